@@ -1,0 +1,205 @@
+"""Layers as the scanner sees them: directories of entries, read once and cached.
+
+A :class:`Layer` is one layer of an overlay stack (an upperdir, a lowerdir, or a tar archive of
+one). The scanner asks a layer only two things: the listing of a directory (``listdir``) and,
+lazily, an entry's xattrs and bytes. :class:`DirLayer` reads a directory on disk without
+following links and without writing; :mod:`ovforensics.tarlayer` reads an archive.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator, Protocol
+
+import xattr as _xattr
+
+Path = tuple[bytes, ...]  # components of a path inside a layer; () is the layer root
+
+KIND_BY_FMT = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "char",
+    stat.S_IFBLK: "block",
+}
+
+
+class LayerError(Exception):
+    """A layer that cannot be read at all (missing, not a directory, not an archive)."""
+
+
+class EntryError(Exception):
+    """One entry that cannot be read; the scan records it and goes on."""
+
+
+@dataclass(eq=False)
+class Entry:
+    """Metadata of one entry in one layer, as stored there (no overlay interpretation)."""
+
+    layer: "Layer"
+    path: Path
+    kind: str
+    mode: int  # full st_mode
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    rdev: int = 0
+    nlink: int = 1
+    ino: int = 0
+    target: bytes | None = None
+    blocks: int | None = None
+    _xattrs: dict[str, bytes] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> bytes:
+        return self.path[-1] if self.path else b""
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "dir"
+
+    @property
+    def perm(self) -> int:
+        return self.mode & 0o7777
+
+    def xattrs(self) -> dict[str, bytes]:
+        """All xattrs as stored in the layer (control and escaped ones included); read once."""
+        if self._xattrs is None:
+            self._xattrs = self.layer.read_xattrs(self)
+        return self._xattrs
+
+    def xattr(self, name: str) -> bytes | None:
+        return self.xattrs().get(name)
+
+    def open(self) -> BinaryIO:
+        return self.layer.open(self)
+
+    @property
+    def physical(self) -> bytes:
+        """Where this entry lives on disk (or inside the archive), for reports."""
+        return self.layer.physical(self.path)
+
+
+class Layer(Protocol):
+    index: int
+    label: str  # the layer's directory or archive, as the user named it
+    rules: str  # whiteout rules: "kernel", "oci" or "fuse" (see markers.py)
+
+    def listdir(self, path: Path) -> dict[bytes, Entry] | None: ...
+    def read_xattrs(self, entry: Entry) -> dict[str, bytes]: ...
+    def open(self, entry: Entry) -> BinaryIO: ...
+    def physical(self, path: Path) -> bytes: ...
+
+
+def join(path: Path) -> bytes:
+    return b"/".join(path)
+
+
+class DirLayer:
+    """A layer that is a directory on disk. Never follows a symlink, never writes."""
+
+    def __init__(self, root: str | bytes, index: int = -1, rules: str = "kernel"):
+        self.root = os.fsencode(root).rstrip(b"/") or b"/"
+        self.index = index
+        self.label = os.fsdecode(self.root)
+        self.rules = rules
+        try:
+            st = os.lstat(self.root)
+        except OSError as exc:
+            raise LayerError(f"{self.label}: {exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise LayerError(f"{self.label}: not a directory")
+        self._cache: dict[Path, dict[bytes, Entry] | None] = {}
+        self.errors: list[tuple[bytes, str]] = []  # (physical path, why) for entries not read
+
+    def physical(self, path: Path) -> bytes:
+        return self.root + b"/" + join(path) if path else self.root
+
+    def listdir(self, path: Path) -> dict[bytes, Entry] | None:
+        """The entries of directory ``path`` in this layer, or None where it is no directory."""
+        try:
+            return self._cache[path]
+        except KeyError:
+            pass
+        listing = self._read_dir(path)
+        self._cache[path] = listing
+        return listing
+
+    def forget(self, path: Path) -> None:
+        """Drop a cached listing once the scan has left that directory (keeps memory flat)."""
+        self._cache.pop(path, None)
+
+    def _read_dir(self, path: Path) -> dict[bytes, Entry] | None:
+        where = self.physical(path)
+        try:
+            it = os.scandir(where)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                self.errors.append((where, exc.strerror or str(exc)))
+            return None
+        out: dict[bytes, Entry] = {}
+        with it:
+            for dent in it:
+                name = dent.name
+                try:
+                    st = dent.stat(follow_symlinks=False)
+                except OSError as exc:  # vanished or unreadable: record and go on
+                    self.errors.append((dent.path, exc.strerror or str(exc)))
+                    continue
+                out[name] = self._entry(path + (name,), st, dent.path)
+        return out
+
+    def _entry(self, path: Path, st: os.stat_result, where: bytes) -> Entry:
+        kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "unknown")
+        target = None
+        if kind == "symlink":
+            try:
+                target = os.readlink(where)
+            except OSError as exc:
+                self.errors.append((where, exc.strerror or str(exc)))
+                target = b""
+        return Entry(
+            layer=self, path=path, kind=kind, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
+            size=st.st_size, mtime_ns=st.st_mtime_ns, rdev=st.st_rdev, nlink=st.st_nlink,
+            ino=st.st_ino, target=target, blocks=getattr(st, "st_blocks", None),
+        )
+
+    def read_xattrs(self, entry: Entry) -> dict[str, bytes]:
+        where = self.physical(entry.path)
+        try:
+            names = _xattr.listxattr(where, symlink=True)
+            return {n: _xattr.getxattr(where, n, symlink=True) for n in names}
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.ENODATA):
+                return {}
+            self.errors.append((where, f"xattrs: {exc.strerror or exc}"))
+            return {}
+
+    def open(self, entry: Entry) -> BinaryIO:
+        """Open a regular file read-only: no link following, no atime update where allowed."""
+        if entry.kind != "file":
+            raise EntryError(f"{os.fsdecode(entry.physical)}: not a regular file")
+        where = self.physical(entry.path)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK
+        noatime = getattr(os, "O_NOATIME", 0)
+        try:
+            try:
+                fd = os.open(where, flags | noatime)
+            except PermissionError:
+                fd = os.open(where, flags)  # O_NOATIME needs file ownership or CAP_FOWNER
+        except OSError as exc:
+            raise EntryError(f"{os.fsdecode(where)}: {exc.strerror}") from None
+        return os.fdopen(fd, "rb")
+
+    def walk_dirs(self, path: Path = ()) -> Iterator[Path]:  # pragma: no cover - helper
+        stack = [path]
+        while stack:
+            p = stack.pop()
+            yield p
+            listing = self.listdir(p) or {}
+            stack.extend(e.path for e in listing.values() if e.is_dir)

@@ -1,0 +1,132 @@
+"""The one record type every writer consumes.
+
+A scan yields :class:`Change` records: one per added, modified or deleted path, and one per
+anomaly (a marker that means nothing, an entry that could not be read). The JSON field names
+produced by :meth:`Change.to_dict` are a public contract: add fields, never rename them.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+from dataclasses import dataclass, field
+
+ADDED = "added"
+MODIFIED = "modified"
+DELETED = "deleted"
+ANOMALY = "anomaly"
+CHANGE_KINDS = (ADDED, MODIFIED, DELETED, ANOMALY)
+
+#: The order in which ``what`` lists differences.
+WHAT_ORDER = ("type", "content", "target", "mode", "owner", "mtime", "xattrs")
+
+#: Why a path counts as deleted.
+VIA_KINDS = ("whiteout", "xwhiteout", "wh-file", "opaque", "parent", "type-change")
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """Names a lower layer: its index (0 = topmost lower) and where it lives."""
+
+    index: int
+    dir: str
+    id: str | None = None
+
+    def to_dict(self) -> dict:
+        out = {"index": self.index, "dir": self.dir}
+        if self.id is not None:
+            out["id"] = self.id
+        return out
+
+
+@dataclass
+class Change:
+    """One finding. ``path`` is the raw path inside the container (bytes, starts with ``/``)."""
+
+    path: bytes
+    change: str
+    type: str | None = None
+    what: tuple[str, ...] = ()
+    via: str | None = None
+    lower_path: bytes | None = None
+    lower_layer: LayerRef | None = None
+    upper_path: bytes | None = None
+    size: int | None = None
+    mode: int | None = None  # permission bits (st_mode & 0o7777)
+    uid: int | None = None
+    gid: int | None = None
+    mtime_ns: int | None = None
+    target: bytes | None = None
+    renamed_from: bytes | None = None
+    metacopy: bool = False
+    anomaly: str | None = None
+    detail: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    # -- rendering helpers shared by all writers ------------------------------------------
+    @property
+    def path_text(self) -> str:
+        return escape_bytes(self.path)
+
+    def to_dict(self) -> dict:
+        """The stable JSON/JSONL form (also the column source for CSV and table)."""
+        out: dict = {
+            "path": escape_bytes(self.path),
+            "change": self.change,
+            "type": self.type,
+            "what": list(self.what),
+            "via": self.via,
+            "lower_path": escape_bytes(self.lower_path) if self.lower_path is not None else None,
+            "lower_layer": self.lower_layer.to_dict() if self.lower_layer else None,
+            "upper_path": escape_bytes(self.upper_path) if self.upper_path is not None else None,
+            "size": self.size,
+            "mode": format_mode(self.mode),
+            "uid": self.uid,
+            "gid": self.gid,
+            "mtime": format_ns(self.mtime_ns),
+            "target": escape_bytes(self.target) if self.target is not None else None,
+            "renamed_from": escape_bytes(self.renamed_from) if self.renamed_from is not None else None,
+            "metacopy": self.metacopy,
+        }
+        if not is_utf8(self.path):
+            out["path_b64"] = base64.b64encode(self.path).decode("ascii")
+        for key, raw in (("lower_path", self.lower_path), ("target", self.target),
+                         ("renamed_from", self.renamed_from)):
+            if raw is not None and not is_utf8(raw):
+                out[key + "_b64"] = base64.b64encode(raw).decode("ascii")
+        if self.change == ANOMALY:
+            out["anomaly"] = self.anomaly
+            out["detail"] = self.detail
+        out.update(self.extra)
+        return out
+
+
+def is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def escape_bytes(raw: bytes) -> str:
+    r"""Decode a name as UTF-8, writing each byte that is not valid UTF-8 as ``\xNN``.
+
+    A literal backslash is left alone; ``path_b64`` carries the exact bytes where needed.
+    """
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def format_mode(mode: int | None) -> str | None:
+    return None if mode is None else format(mode & 0o7777, "04o")
+
+
+def format_ns(ns: int | None) -> str | None:
+    """ISO 8601 UTC with nanoseconds: ``2026-11-28T01:57:14.123456789Z``."""
+    if ns is None:
+        return None
+    secs, frac = divmod(ns, 1_000_000_000)
+    try:
+        stamp = _dt.datetime.fromtimestamp(secs, tz=_dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return f"@{ns}ns"
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z"
