@@ -90,6 +90,7 @@ class Layer(Protocol):
     label: str  # the layer's directory or archive, as the user named it
     rules: str  # whiteout rules: "kernel", "oci" or "fuse" (see markers.py)
 
+    def root_entry(self) -> Entry: ...
     def listdir(self, path: Path) -> dict[bytes, Entry] | None: ...
     def read_xattrs(self, entry: Entry) -> dict[str, bytes]: ...
     def open(self, entry: Entry) -> BinaryIO: ...
@@ -119,6 +120,10 @@ class DirLayer:
 
     def physical(self, path: Path) -> bytes:
         return self.root + b"/" + join(path) if path else self.root
+
+    def root_entry(self) -> Entry:
+        """The layer's root directory itself (its xattrs may mark it opaque or impure)."""
+        return self._entry((), os.lstat(self.root), self.root)
 
     def listdir(self, path: Path) -> dict[bytes, Entry] | None:
         """The entries of directory ``path`` in this layer, or None where it is no directory."""

@@ -1,0 +1,55 @@
+"""ovforensics: what changed in a container's overlayfs layers, what was deleted, and where the
+original is. The CLI (``ovforensics.cli``) is a thin layer over :func:`scan`."""
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Iterable, Iterator
+
+from .layer import Layer, LayerError
+from .markers import Namespaces
+from .record import CHANGE_KINDS, Change, LayerRef
+
+__version__ = "0.1.0"
+__all__ = ["scan", "Change", "LayerRef", "LayerError", "open_layer", "__version__"]
+
+
+def open_layer(spec, index: int = -1, rules: str = "auto") -> Layer:
+    from .stack import open_layer as _open
+
+    return _open(spec, index=index, rules=rules)
+
+
+def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | Layer] = (), *,
+         whiteouts: str = "auto", xattr_ns: str = "both", only: Iterable[str] | None = None,
+         include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Iterator[Change]:
+    """Yield a :class:`Change` for every difference between the lowers and upper-over-lowers.
+
+    ``upper`` and ``lowers`` are directories or tar archives (or :class:`Layer` objects);
+    ``lowers`` is topmost first, as in ``lowerdir=``. ``whiteouts`` picks the marker rules
+    (``auto``: kernel rules for directories, OCI rules for archives); ``xattr_ns`` which control
+    xattr namespace is honoured (``both``, ``trusted``, ``user``). ``only`` keeps some change
+    kinds; ``include``/``exclude`` are shell globs matched against the container path.
+    Raises :class:`LayerError` when a layer cannot be opened; a damaged entry inside a layer is
+    reported as an ``anomaly`` record instead.
+    """
+    from .diff import Differ
+
+    ns = Namespaces.parse(xattr_ns)
+    only_set = set(only) if only is not None else None
+    if only_set is not None and not only_set <= set(CHANGE_KINDS):
+        bad = ", ".join(sorted(only_set - set(CHANGE_KINDS)))
+        raise ValueError(f"--only: unknown change kind {bad}; expected {', '.join(CHANGE_KINDS)}")
+    include, exclude = list(include), list(exclude)
+    upper_layer = open_layer(upper, index=-1, rules=whiteouts)
+    lower_layers = [open_layer(spec, index=i, rules=whiteouts) for i, spec in enumerate(lowers)]
+    for record in Differ(upper_layer, lower_layers, ns).changes():
+        if only_set is not None and record.change not in only_set:
+            continue
+        if include or exclude:
+            text = record.path_text
+            if include and not any(fnmatch.fnmatchcase(text, g) for g in include):
+                continue
+            if any(fnmatch.fnmatchcase(text, g) for g in exclude):
+                continue
+        yield record

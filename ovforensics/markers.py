@@ -1,0 +1,149 @@
+"""Overlay markers: which entries of a layer are whiteouts, opaque dirs, redirects, metacopy.
+
+Three rule sets, per layer (``Layer.rules``):
+
+- ``kernel``: what the Linux kernel honours in an upperdir or lowerdir: a 0/0 character device is a
+  whiteout; a directory whose ``<ns>opaque`` xattr is exactly ``y`` is opaque; in a *lower*
+  layer, a zero-size regular file with ``<ns>whiteout`` is an xwhiteout where its parent
+  directory carries ``<ns>opaque=x``. A file named ``.wh.NAME`` is an ordinary file.
+- ``oci``: the kernel forms plus OCI/AUFS marker files: ``.wh.NAME`` deletes ``NAME`` and
+  ``.wh..wh..opq`` makes its directory opaque (tar layers, ``docker save``).
+- ``fuse``: ``oci`` plus fuse-overlayfs' ``user.fuseoverlayfs.opaque``.
+
+``<ns>`` is ``trusted.overlay.`` (root mounts) or ``user.overlay.`` (``userxattr`` mounts); by
+default both are honoured. ``<ns>overlay.X`` is an escaped xattr: user data shown as ``<ns>X``.
+See docs/kernel-facts.md for what was checked against the kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .layer import Entry
+
+WH_PREFIX = b".wh."
+WH_OPAQUE = b".wh..wh..opq"
+AUFS_META_PREFIX = b".wh..wh."  # .wh..wh.plnk, .wh..wh.aufs, .wh..wh.orph: AUFS bookkeeping
+
+TRUSTED = "trusted.overlay."
+USER = "user.overlay."
+FUSE_PREFIX = "user.fuseoverlayfs."
+FUSE_PRIVATE = ("user.fuseoverlayfs.", "user.containers.override_stat")
+
+RULES = ("kernel", "oci", "fuse")
+
+
+def honours_wh_files(rules: str) -> bool:
+    return rules in ("oci", "fuse")
+
+
+@dataclass(frozen=True)
+class Namespaces:
+    """Which control-xattr prefixes are honoured (``--xattr-ns``)."""
+
+    prefixes: tuple[str, ...] = (TRUSTED, USER)
+
+    @classmethod
+    def parse(cls, value: str) -> "Namespaces":
+        table = {"both": (TRUSTED, USER), "trusted": (TRUSTED,), "user": (USER,)}
+        if value not in table:
+            raise ValueError(f"--xattr-ns: expected one of {', '.join(table)}, got {value!r}")
+        return cls(table[value])
+
+    def control(self, entry: Entry, key: str) -> bytes | None:
+        """The first control xattr ``<ns>key`` found on ``entry``."""
+        xattrs = entry.xattrs()
+        for prefix in self.prefixes:
+            value = xattrs.get(prefix + key)
+            if value is not None:
+                return value
+        return None
+
+
+def is_char_whiteout(entry: Entry) -> bool:
+    return entry.kind == "char" and entry.rdev == 0
+
+
+def opaque_value(entry: Entry, ns: Namespaces) -> bytes | None:
+    value = ns.control(entry, "opaque")
+    if value is None and entry.layer.rules == "fuse":
+        value = entry.xattrs().get(FUSE_PREFIX + "opaque")
+    return value
+
+
+def xattr_opaque(entry: Entry, ns: Namespaces) -> bool:
+    """Opaque by xattr: the kernel takes exactly the one byte ``y`` (``x`` means xwhiteouts)."""
+    return entry.is_dir and opaque_value(entry, ns) == b"y"
+
+
+def redirect(entry: Entry, ns: Namespaces) -> bytes | None:
+    if entry.kind not in ("dir", "file"):
+        return None
+    return ns.control(entry, "redirect")
+
+
+def is_metacopy(entry: Entry, ns: Namespaces) -> bool:
+    return entry.kind == "file" and ns.control(entry, "metacopy") is not None
+
+
+def visible_xattrs(entry: Entry, ns: Namespaces) -> dict[str, bytes]:
+    """The xattrs a reader of the merged mount sees: control xattrs dropped, escaped ones unescaped."""
+    out: dict[str, bytes] = {}
+    fuse = entry.layer.rules == "fuse"
+    for name, value in entry.xattrs().items():
+        for prefix in ns.prefixes:
+            if name.startswith(prefix):
+                rest = name[len(prefix):]
+                if rest.startswith("overlay."):
+                    out[prefix + rest[len("overlay."):]] = value
+                break
+        else:
+            if fuse and name.startswith(FUSE_PRIVATE):
+                continue
+            out[name] = value
+    return out
+
+
+@dataclass
+class DirView:
+    """One layer's directory, read through that layer's rules.
+
+    ``entries`` holds what the directory shows; ``whiteouts`` maps a hidden name to its marker
+    (``via`` and the marker entry); ``opaque`` says why lower dirs are hidden (None if not).
+    """
+
+    entries: dict[bytes, Entry] = field(default_factory=dict)
+    whiteouts: dict[bytes, tuple[str, Entry]] = field(default_factory=dict)
+    opaque: str | None = None
+    lookalikes: list[Entry] = field(default_factory=list)
+
+
+def interpret(dir_entry: Entry, listing: dict[bytes, Entry], ns: Namespaces,
+              is_upper: bool) -> DirView:
+    """Split a raw listing into entries and markers, as the layer's rules say."""
+    layer = dir_entry.layer
+    wh_files = honours_wh_files(layer.rules)
+    opaque_val = opaque_value(dir_entry, ns) if dir_entry.is_dir else None
+    xwhiteouts = not is_upper and opaque_val == b"x"
+    view = DirView()
+    if opaque_val == b"y":
+        view.opaque = "opaque"
+    for name, entry in listing.items():
+        if wh_files and name.startswith(WH_PREFIX):
+            if name == WH_OPAQUE:
+                view.opaque = view.opaque or "opaque"
+            elif name.startswith(AUFS_META_PREFIX):
+                pass  # AUFS bookkeeping, never content
+            else:
+                view.whiteouts[name[len(WH_PREFIX):]] = ("wh-file", entry)
+            continue
+        if is_char_whiteout(entry):
+            view.whiteouts[name] = ("whiteout", entry)
+            continue
+        if (xwhiteouts and entry.kind == "file" and entry.size == 0
+                and ns.control(entry, "whiteout") is not None):
+            view.whiteouts[name] = ("xwhiteout", entry)
+            continue
+        if not wh_files and name.startswith(WH_PREFIX):
+            view.lookalikes.append(entry)
+        view.entries[name] = entry
+    return view

@@ -1,0 +1,286 @@
+r"""Output writers: turn a stream of :class:`~ovforensics.record.Change` records into text.
+
+Every writer renders from :meth:`Change.to_dict` (the JSONL contract), so all formats agree on
+field names and values. Formats (:data:`FORMATS`):
+
+``jsonl``
+    One JSON object per line, as the records arrive. ``json.dumps`` escapes control characters;
+    we also escape U+0085, U+2028 and U+2029, which ``str.splitlines`` and some JSON-lines
+    readers treat as line breaks, so one record is always exactly one line.
+``json``
+    One document, ``{"changes": [...], "summary": {...}}``. Changes are streamed as they arrive;
+    the summary (counts per change kind) follows the list, so nothing is held in memory.
+``csv``
+    Fixed columns (:data:`CSV_COLUMNS`), one header row. The csv module quotes cells holding
+    newlines, so a name with a newline stays one row. **Formula guard:** any text cell that
+    starts with ``=``, ``+``, ``-``, ``@``, tab or CR gets a leading ``'`` (OWASP's advice for
+    CSV injection), so a spreadsheet does not evaluate a name such as ``=cmd|' /C calc'!A0``.
+    That makes guarded cells inexact; the exact bytes stay available in JSON/JSONL, and in the
+    CSV ``path_b64`` column, which is filled when the path is not UTF-8 *or* the guard changed
+    the path cell. Rule for readers: if ``path_b64`` is non-empty it is authoritative, otherwise
+    the ``path`` cell is the exact (UTF-8) path.
+``table``
+    Human output via tabulate: a summary of counts first, then one row per record. It must see
+    every record before printing, so it is the one writer that buffers.
+``docker``
+    ``A``/``C``/``D`` + space + path, like ``docker diff``. Anomalies are counted but not
+    printed (docker diff has no way to say them).
+
+In the two human formats (``table``, ``docker``) control and format characters are shown as
+escapes (``\n``, ``\t``, ``\x1b``, ``\u202e`` ...) so a crafted name cannot forge extra rows or
+lines, or send terminal escape sequences. A literal backslash is left as is, as in
+:func:`~ovforensics.record.escape_bytes`; use JSON for exact values.
+
+Writers never close the stream (the caller owns it, e.g. ``sys.stdout``) and never swallow
+exceptions such as ``BrokenPipeError``; the CLI decides what to do with them.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import unicodedata
+from typing import Iterable, TextIO
+
+from tabulate import tabulate
+
+from .record import ADDED, ANOMALY, CHANGE_KINDS, DELETED, MODIFIED, Change
+
+FORMATS = ("table", "csv", "json", "jsonl", "docker")
+
+CSV_COLUMNS = (
+    "path", "change", "type", "what", "via", "lower_path", "lower_layer", "lower_layer_dir",
+    "upper_path", "size", "mode", "uid", "gid", "mtime", "target", "renamed_from", "metacopy",
+    "anomaly", "detail", "path_b64",
+)
+
+TABLE_HEADERS = ("change", "path", "type", "what", "via", "lower layer", "size")
+
+#: Leading characters that make a spreadsheet treat a cell as a formula (OWASP).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+_DOCKER_CODES = {ADDED: "A", MODIFIED: "C", DELETED: "D"}
+
+# Characters that json.dumps(ensure_ascii=False) leaves raw but line splitters break on.
+_JSON_LINEBREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+# -- helpers ------------------------------------------------------------------------------
+def visible(text: str) -> str:
+    r"""Make control/format/line-separator characters visible, e.g. newline -> ``\n``.
+
+    Used by the human formats so one record is one row/line and no escape sequence reaches the
+    terminal.
+    """
+    if text.isprintable():  # fast path: nothing to escape
+        return text
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            code = ord(ch)
+            if ch in _NAMED_ESCAPES:
+                out.append(_NAMED_ESCAPES[ch])
+            elif code < 0x100:
+                out.append(f"\\x{code:02x}")
+            elif code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def guard_formula(cell: str) -> str:
+    """Prefix ``'`` to a cell a spreadsheet would run as a formula (CSV injection guard)."""
+    return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
+
+
+def json_line(record: dict) -> str:
+    """Serialise one record as a single line of JSON, whatever characters its names hold."""
+    text = json.dumps(record, ensure_ascii=False)
+    # These characters can only occur inside JSON strings, where an escape is equivalent.
+    for raw, escaped in _JSON_LINEBREAKS.items():
+        if raw in text:
+            text = text.replace(raw, escaped)
+    return text
+
+
+def empty_counts() -> dict:
+    """Counts per change kind, every kind present (zero) so consumers need no defaults."""
+    return {kind: 0 for kind in CHANGE_KINDS}
+
+
+# -- writers ------------------------------------------------------------------------------
+class Writer:
+    """Base writer: counts records per change kind; subclasses render them.
+
+    ``write(change)`` renders one record; ``close()`` finishes the output (footer, summary),
+    flushes the stream and returns the counts. The stream itself is not closed.
+    """
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.counts = empty_counts()
+        self.closed = False
+
+    def write(self, change: Change) -> None:
+        if self.closed:
+            raise ValueError("write() on a closed writer")
+        self.counts[change.change] = self.counts.get(change.change, 0) + 1
+        self._write(change.to_dict())
+
+    def close(self) -> dict:
+        if not self.closed:
+            self.closed = True
+            self._finish()
+            self.stream.flush()
+        return dict(self.counts)
+
+    def _write(self, record: dict) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        pass
+
+
+class JsonlWriter(Writer):
+    """One JSON object per line, written as each record arrives."""
+
+    def _write(self, record: dict) -> None:
+        self.stream.write(json_line(record) + "\n")
+
+
+class JsonWriter(Writer):
+    """``{"changes": [...], "summary": {...}}``, changes streamed, summary last."""
+
+    def __init__(self, stream: TextIO):
+        super().__init__(stream)
+        self._first = True
+
+    def _write(self, record: dict) -> None:
+        prefix = '{"changes": [\n' if self._first else ",\n"
+        self._first = False
+        self.stream.write(prefix + json_line(record))
+
+    def _finish(self) -> None:
+        head = '{"changes": [' if self._first else "\n"
+        self.stream.write(head + '], "summary": ' + json.dumps(self.counts) + "}\n")
+
+
+class CsvWriter(Writer):
+    """Fixed columns, csv-module quoting, formula guard on text cells (see module docstring)."""
+
+    def __init__(self, stream: TextIO):
+        super().__init__(stream)
+        self._csv = csv.writer(stream)  # QUOTE_MINIMAL quotes cells with \r or \n
+        self._csv.writerow(CSV_COLUMNS)
+
+    def _write(self, record: dict) -> None:
+        layer = record.get("lower_layer") or {}
+        values = dict(record)
+        values["what"] = ";".join(record.get("what") or ())
+        values["lower_layer"] = layer.get("index")
+        values["lower_layer_dir"] = layer.get("dir")
+        values["metacopy"] = "true" if record.get("metacopy") else "false"
+        row = [self._cell(values.get(col)) for col in CSV_COLUMNS]
+        path_col = CSV_COLUMNS.index("path")
+        if not row[-1] and record.get("path") is not None and row[path_col] != record["path"]:
+            # The guard changed a UTF-8 path; keep its exact bytes recoverable.
+            row[-1] = base64.b64encode(record["path"].encode("utf-8")).decode("ascii")
+        self._csv.writerow(row)
+
+    @staticmethod
+    def _cell(value) -> str | int:
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return guard_formula(value)
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int):
+            return value
+        return guard_formula(str(value))
+
+
+class TableWriter(Writer):
+    """Summary of counts, then a tabulate table. Buffers rows: the summary must come first."""
+
+    def __init__(self, stream: TextIO):
+        super().__init__(stream)
+        self._rows: list[list] = []
+
+    def _write(self, record: dict) -> None:
+        what = ",".join(record.get("what") or ())
+        if record.get("change") == ANOMALY:
+            # No "what" for an anomaly: say which anomaly it is instead.
+            what = ": ".join(x for x in (record.get("anomaly"), record.get("detail")) if x)
+        layer = record.get("lower_layer") or {}
+        self._rows.append([
+            visible(record.get("change") or ""),
+            visible(record.get("path") or ""),
+            visible(record.get("type") or ""),
+            visible(what),
+            visible(record.get("via") or ""),
+            layer.get("index"),
+            record.get("size"),
+        ])
+
+    def _finish(self) -> None:
+        self.stream.write(summary_line(self.counts) + "\n")
+        if not self._rows:
+            self.stream.write("(no changes)\n")
+            return
+        # disable_numparse: a name like "1e5" stays text; preserve_whitespace keeps "a " intact.
+        table = tabulate(self._rows, headers=TABLE_HEADERS, missingval="",
+                         disable_numparse=True, preserve_whitespace=True)
+        self.stream.write("\n" + table + "\n")
+        self._rows = []
+
+
+class DockerWriter(Writer):
+    """``A``/``C``/``D`` lines like ``docker diff``; anomalies are counted, not printed."""
+
+    def _write(self, record: dict) -> None:
+        code = _DOCKER_CODES.get(record.get("change"))
+        if code is not None:
+            self.stream.write(f"{code} {visible(record['path'])}\n")
+
+
+def summary_line(counts: dict) -> str:
+    """``Summary: 3 added, 1 modified, 0 deleted, 2 anomaly`` (plus any unexpected kinds)."""
+    kinds = list(CHANGE_KINDS) + [k for k in counts if k not in CHANGE_KINDS]
+    return "Summary: " + ", ".join(f"{counts.get(k, 0)} {visible(str(k))}" for k in kinds)
+
+
+_WRITERS = {
+    "table": TableWriter,
+    "csv": CsvWriter,
+    "json": JsonWriter,
+    "jsonl": JsonlWriter,
+    "docker": DockerWriter,
+}
+assert tuple(_WRITERS) == FORMATS
+
+
+def open_writer(fmt: str, stream: TextIO) -> Writer:
+    """Return the writer for ``fmt``; unknown formats raise ``ValueError`` listing valid ones."""
+    try:
+        cls = _WRITERS[fmt]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown output format {fmt!r}; valid formats: {', '.join(FORMATS)}") from None
+    return cls(stream)
+
+
+def write_all(fmt: str, changes: Iterable[Change], stream: TextIO) -> dict:
+    """Write every change in ``fmt`` and return the counts per change kind.
+
+    If iteration or writing raises, the writer is not closed, so a JSON document is left
+    visibly incomplete rather than looking like a finished (but partial) result.
+    """
+    writer = open_writer(fmt, stream)
+    for change in changes:
+        writer.write(change)
+    return writer.close()
