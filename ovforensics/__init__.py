@@ -20,22 +20,27 @@ def open_layer(spec, index: int = -1, rules: str = "auto") -> Layer:
     return _open(spec, index=index, rules=rules)
 
 
+def _roots(layers):
+    from .resolve import layer_root
+
+    return [root for root in map(layer_root, layers) if root is not None]
+
+
 def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | Layer] = (), *,
-         whiteouts: str = "auto", xattr_ns: str = "both", only: Iterable[str] | None = None,
+         whiteouts: str = "auto", xattr_ns: str = "auto", only: Iterable[str] | None = None,
          include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Iterator[Change]:
     """Yield a :class:`Change` for every difference between the lowers and upper-over-lowers.
 
     ``upper`` and ``lowers`` are directories or tar archives (or :class:`Layer` objects);
     ``lowers`` is topmost first, as in ``lowerdir=``. ``whiteouts`` picks the marker rules
     (``auto``: kernel rules for directories, OCI rules for archives); ``xattr_ns`` which control
-    xattr namespace is honoured (``both``, ``trusted``, ``user``). ``only`` keeps some change
+    xattr namespace is honoured (``auto``, ``both``, ``trusted``, ``user``). ``only`` keeps some change
     kinds; ``include``/``exclude`` are shell globs matched against the container path.
     Raises :class:`LayerError` when a layer cannot be opened; a damaged entry inside a layer is
     reported as an ``anomaly`` record instead.
     """
     from .diff import Differ
 
-    ns = Namespaces.parse(xattr_ns)
     only_set = set(only) if only is not None else None
     if only_set is not None and not only_set <= set(CHANGE_KINDS):
         bad = ", ".join(sorted(only_set - set(CHANGE_KINDS)))
@@ -43,6 +48,7 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
     include, exclude = list(include), list(exclude)
     upper_layer = open_layer(upper, index=-1, rules=whiteouts)
     lower_layers = [open_layer(spec, index=i, rules=whiteouts) for i, spec in enumerate(lowers)]
+    ns = Namespaces.parse(xattr_ns, roots=_roots([upper_layer, *lower_layers]))
     for record in Differ(upper_layer, lower_layers, ns).changes():
         if only_set is not None and record.change not in only_set:
             continue

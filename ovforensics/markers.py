@@ -3,15 +3,18 @@
 Three rule sets, per layer (``Layer.rules``):
 
 - ``kernel``: what the Linux kernel honours in an upperdir or lowerdir: a 0/0 character device is a
-  whiteout; a directory whose ``<ns>opaque`` xattr is exactly ``y`` is opaque; in a *lower*
-  layer, a zero-size regular file with ``<ns>whiteout`` is an xwhiteout where its parent
-  directory carries ``<ns>opaque=x``. A file named ``.wh.NAME`` is an ordinary file.
+  whiteout; a directory whose ``<ns>opaque`` xattr is exactly the byte ``y`` is opaque (``x``
+  and every other value are not); a zero-size regular file with ``<ns>whiteout`` is an
+  xwhiteout, in any layer, the upper included: the kernel's lookup treats it as a whiteout
+  whatever its parent carries (readdir hides it only under a lower ``opaque=x`` parent, and
+  lists a broken entry elsewhere). A file named ``.wh.NAME`` is an ordinary file.
 - ``oci``: the kernel forms plus OCI/AUFS marker files: ``.wh.NAME`` deletes ``NAME`` and
   ``.wh..wh..opq`` makes its directory opaque (tar layers, ``docker save``).
 - ``fuse``: ``oci`` plus fuse-overlayfs' ``user.fuseoverlayfs.opaque``.
 
-``<ns>`` is ``trusted.overlay.`` (root mounts) or ``user.overlay.`` (``userxattr`` mounts); by
-default both are honoured. ``<ns>overlay.X`` is an escaped xattr: user data shown as ``<ns>X``.
+``<ns>`` is ``trusted.overlay.`` (root mounts) or ``user.overlay.`` (``userxattr`` mounts). A
+mount honours only its own prefix; ``auto`` finds it from the layers' root directories (the
+kernel writes ``<ns>uuid``/``<ns>impure`` there), and honours both when nothing tells. ``<ns>overlay.X`` is an escaped xattr: user data shown as ``<ns>X``.
 See docs/kernel-facts.md for what was checked against the kernel.
 """
 from __future__ import annotations
@@ -43,10 +46,13 @@ class Namespaces:
     prefixes: tuple[str, ...] = (TRUSTED, USER)
 
     @classmethod
-    def parse(cls, value: str) -> "Namespaces":
+    def parse(cls, value: str, roots: "list[Entry] | tuple" = ()) -> "Namespaces":
+        """``both``, ``trusted``, ``user``, or ``auto``: detected from the layer roots' xattrs."""
         table = {"both": (TRUSTED, USER), "trusted": (TRUSTED,), "user": (USER,)}
+        if value == "auto":
+            return cls(detect_prefixes(roots))
         if value not in table:
-            raise ValueError(f"--xattr-ns: expected one of {', '.join(table)}, got {value!r}")
+            raise ValueError(f"--xattr-ns: expected one of auto, {', '.join(table)}, got {value!r}")
         return cls(table[value])
 
     def control(self, entry: Entry, key: str) -> bytes | None:
@@ -57,6 +63,19 @@ class Namespaces:
             if value is not None:
                 return value
         return None
+
+
+def detect_prefixes(roots) -> tuple[str, ...]:
+    """The control prefix the layers were written with, judged from their root directories."""
+    seen = set()
+    for root in roots:
+        for name in root.xattrs():
+            for prefix in (TRUSTED, USER):
+                if name.startswith(prefix) and not name.startswith(prefix + "overlay."):
+                    seen.add(prefix)
+    if len(seen) == 1:
+        return (seen.pop(),)
+    return (TRUSTED, USER)
 
 
 def is_char_whiteout(entry: Entry) -> bool:
@@ -117,13 +136,11 @@ class DirView:
     lookalikes: list[Entry] = field(default_factory=list)
 
 
-def interpret(dir_entry: Entry, listing: dict[bytes, Entry], ns: Namespaces,
-              is_upper: bool) -> DirView:
+def interpret(dir_entry: Entry, listing: dict[bytes, Entry], ns: Namespaces) -> DirView:
     """Split a raw listing into entries and markers, as the layer's rules say."""
     layer = dir_entry.layer
     wh_files = honours_wh_files(layer.rules)
     opaque_val = opaque_value(dir_entry, ns) if dir_entry.is_dir else None
-    xwhiteouts = not is_upper and opaque_val == b"x"
     view = DirView()
     if opaque_val == b"y":
         view.opaque = "opaque"
@@ -139,8 +156,7 @@ def interpret(dir_entry: Entry, listing: dict[bytes, Entry], ns: Namespaces,
         if is_char_whiteout(entry):
             view.whiteouts[name] = ("whiteout", entry)
             continue
-        if (xwhiteouts and entry.kind == "file" and entry.size == 0
-                and ns.control(entry, "whiteout") is not None):
+        if entry.kind == "file" and entry.size == 0 and ns.control(entry, "whiteout") is not None:
             view.whiteouts[name] = ("xwhiteout", entry)
             continue
         if not wh_files and name.startswith(WH_PREFIX):

@@ -91,7 +91,7 @@ class View:
         view = self._views.get(key)
         if view is None:
             listing = entry.layer.listdir(entry.path) or {}
-            view = interpret(entry, listing, self.ns, is_upper=entry.layer is self.upper)
+            view = interpret(entry, listing, self.ns)
             self._views[key] = view
         return view
 

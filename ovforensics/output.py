@@ -1,0 +1,64 @@
+"""Where a report goes: stdout, or a file that appears only once it is complete.
+
+A report file is written to a temporary name beside the target and renamed into place after
+the last record, so a crash, a full disk or Ctrl-C never leaves a partial file that looks
+finished. A report is never written inside a layer being scanned (the evidence).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Iterable, Iterator, TextIO
+
+
+class OutputError(Exception):
+    pass
+
+
+def refuse_inside(target: str, evidence: Iterable[str]) -> None:
+    """Raise when ``target`` lies inside one of the evidence directories or is an archive of it."""
+    real = os.path.realpath(target)
+    for root in evidence:
+        root_real = os.path.realpath(root)
+        if real == root_real or real.startswith(root_real.rstrip("/") + "/"):
+            raise OutputError(f"{target}: refusing to write inside the evidence ({root})")
+
+
+@contextlib.contextmanager
+def report_stream(target: str | None) -> Iterator[TextIO]:
+    if target is None or target == "-":
+        yield sys.stdout
+        return
+    directory = os.path.dirname(os.path.abspath(target))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".ovf-", suffix=".partial", dir=directory)
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write here: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        _unlink(tmp)
+        raise OutputError(f"{target}: {exc.strerror or exc}") from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def default_format(target: str | None) -> str:
+    """``table`` on a terminal, else from the file's extension, else ``jsonl``."""
+    if target and target != "-":
+        ext = os.path.splitext(target)[1].lower().lstrip(".")
+        return {"csv": "csv", "json": "json", "jsonl": "jsonl", "ndjson": "jsonl",
+                "txt": "table"}.get(ext, "jsonl")
+    return "table" if sys.stdout.isatty() else "jsonl"

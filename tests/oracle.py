@@ -1,0 +1,590 @@
+"""Kernel oracle for the scanner: build overlay stacks through real mounts and ask the kernel what changed.
+
+A :class:`Case` describes a whole stack:
+
+* ``l2``: operations applied to a plain directory (the bottom lower layer, parents made on demand);
+* ``l1``: operations applied through a read-write overlay mount ``upper=L1, lower=L2`` (``None``: the
+  stack has a single lower layer), so L1 holds real kernel whiteouts, opaque dirs, redirects, metacopy;
+* ``upper``: operations applied through a read-write overlay mount ``upper=UPPER, lower=L1:L2``.
+
+Then two read-only views are mounted: *base* (``lowerdir=L1:L2``, or ``L2:EMPTY`` with one lower)
+and *merged* (``lowerdir=UPPER:L1:L2``). Both are walked (lstat, readlink, xattrs, bytes) and
+:func:`expected_changes` turns the two trees into the records the scanner must report.
+
+Operations are plain tuples such as ``("write", "a/b", b"x")`` so that a failing hypothesis case
+prints as a pasteable reproducer; :func:`format_case` renders one readably, with the outcome
+(``ok`` or the errno) of each operation.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+
+# -- vocabulary ----------------------------------------------------------------------------------
+NAMES = ("a", "b", "c")
+DATA = (b"", b"1", b"22", b"hello\n")
+MODES = (0o644, 0o755, 0o600, 0o4755)
+OWNERS = ((0, 0), (1000, 1000), (0, 1000))
+TIMES = (1_000_000_000_123_456_789, 1_500_000_000_000_000_000)  # ns
+XATTR_NAMES = ("user.a", "user.b", "trusted.overlay.x")  # the last one is escaped by the kernel
+XATTR_VALUES = (b"1", b"2")
+TARGETS = ("a", "b/c", "../a", "/abs/x", ".")
+DEVICES = ((1, 3), (1, 5), (0, 0))  # 0/0 is a whiteout: the kernel refuses it through a mount
+L2_MTIME = TIMES[0]  # every non-directory in the bottom layer gets this mtime
+
+FLAVOURS = {
+    # name: (options of the read-write mounts, options of the read-only views)
+    "default": ((), ()),
+    "redirect_metacopy": (("redirect_dir=on", "metacopy=on"), ("redirect_dir=follow", "metacopy=on")),
+}
+
+WHAT_ORDER = ("type", "content", "target", "mode", "owner", "mtime", "xattrs")
+
+# -- mounting ------------------------------------------------------------------------------------
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+MS_RDONLY = 1
+MNT_DETACH = 2
+_MOUNTED: list[bytes] = []
+
+
+class OracleError(Exception):
+    """The oracle itself could not do its job (mount failed, a view could not be read)."""
+
+
+def _b(path) -> bytes:
+    return os.fsencode(path)
+
+
+def mount_overlay(target, lowers, upper=None, work=None, options=(), ro=False) -> None:
+    opts = ["lowerdir=" + ":".join(os.fsdecode(p) for p in lowers)]
+    if upper is not None:
+        opts += [f"upperdir={os.fsdecode(upper)}", f"workdir={os.fsdecode(work)}"]
+    opts += list(options)
+    data = ",".join(opts)
+    if _libc.mount(b"overlay", _b(target), b"overlay", MS_RDONLY if ro else 0, data.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OracleError(f"mount -t overlay -o {'ro,' if ro else ''}{data} {os.fsdecode(target)}: "
+                          f"{os.strerror(err)}; dmesg: {_dmesg_tail()}")
+    _MOUNTED.append(_b(target))
+
+
+def umount(target, detach=False) -> None:
+    t = _b(target)
+    if _libc.umount2(t, MNT_DETACH if detach else 0) != 0:
+        err = ctypes.get_errno()
+        if not detach:
+            # never leave a mount behind: detach it, then complain
+            _libc.umount2(t, MNT_DETACH)
+            with contextlib.suppress(ValueError):
+                _MOUNTED.remove(t)
+            raise OracleError(f"umount {os.fsdecode(t)}: {os.strerror(err)}")
+    with contextlib.suppress(ValueError):
+        _MOUNTED.remove(t)
+
+
+def umount_all() -> None:
+    """Detach every mount this module made and has not unmounted yet (newest first)."""
+    for t in reversed(list(_MOUNTED)):
+        umount(t, detach=True)
+
+
+@contextlib.contextmanager
+def mounted(target, lowers, upper=None, work=None, options=(), ro=False):
+    os.makedirs(target, exist_ok=True)
+    if work is not None:
+        os.makedirs(work, exist_ok=True)
+    mount_overlay(target, lowers, upper, work, options, ro)
+    try:
+        yield _b(target)
+    except BaseException:
+        umount(target, detach=True)
+        raise
+    else:
+        umount(target)
+
+
+def _dmesg_tail() -> str:
+    try:
+        out = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return " | ".join(out.strip().splitlines()[-2:])
+
+
+def probe() -> tuple[bool, str]:
+    """Can we mount overlays here, with user.* and trusted.* xattrs on the backing fs?"""
+    if os.geteuid() != 0:
+        return False, "needs root to mount overlayfs"
+    try:
+        with open("/proc/filesystems") as fh:
+            if "overlay" not in fh.read():
+                return False, "kernel has no overlayfs"
+    except OSError:
+        return False, "cannot read /proc/filesystems"
+    d = tempfile.mkdtemp(prefix="ovf-probe-")
+    try:
+        f = os.path.join(d, "f")
+        open(f, "w").close()
+        for name in ("user.probe", "trusted.probe"):
+            try:
+                os.setxattr(f, name, b"1")
+            except OSError as exc:
+                return False, f"{d}: filesystem has no {name.split('.')[0]}.* xattrs ({exc})"
+        for sub in ("l1", "l2", "u", "w", "m"):
+            os.mkdir(os.path.join(d, sub))
+        for flavour in FLAVOURS.values():
+            try:
+                with mounted(os.path.join(d, "m"), [os.path.join(d, "l1"), os.path.join(d, "l2")],
+                             os.path.join(d, "u"), os.path.join(d, "w"), flavour[0]):
+                    pass
+            except OracleError as exc:
+                return False, f"cannot mount overlay: {exc}"
+        return True, ""
+    finally:
+        umount_all()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# -- operations ----------------------------------------------------------------------------------
+def _lkind(path: bytes) -> int | None:
+    try:
+        return stat.S_IFMT(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def _write(p: bytes, data: bytes, flags: int) -> None:
+    kind = _lkind(p)
+    if kind not in (None, stat.S_IFREG):
+        raise OSError(errno.EINVAL, "not a regular file (skipped)")
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | flags, 0o644)
+    try:
+        if data:
+            os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _rmtree(p: bytes) -> None:
+    if _lkind(p) == stat.S_IFDIR:
+        shutil.rmtree(p)
+    else:
+        os.unlink(p)
+
+
+def apply_op(root: bytes, op: tuple, mkparents: bool = False) -> None:
+    """Apply one operation below ``root``; raise OSError when it cannot be done. Never follows links."""
+    kind, *args = op
+
+    def P(rel: str) -> bytes:
+        p = os.path.join(root, rel.encode()) if rel else root
+        if mkparents and rel:
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+        return p
+
+    if kind == "write":
+        _write(P(args[0]), args[1], os.O_TRUNC)
+    elif kind == "append":
+        _write(P(args[0]), args[1], os.O_APPEND)
+    elif kind == "truncate":
+        p = P(args[0])
+        if _lkind(p) != stat.S_IFREG:
+            raise OSError(errno.EINVAL, "not a regular file (skipped)")
+        os.truncate(p, args[1])
+    elif kind == "chmod":
+        p = P(args[0])
+        if _lkind(p) in (None, stat.S_IFLNK):
+            raise OSError(errno.EINVAL, "missing or a symlink (skipped)")
+        os.chmod(p, args[1])
+    elif kind == "chown":
+        os.lchown(P(args[0]), args[1], args[2])
+    elif kind == "touch":
+        os.utime(P(args[0]), ns=(args[1], args[1]), follow_symlinks=False)
+    elif kind == "setxattr":
+        os.setxattr(P(args[0]), args[1], args[2], follow_symlinks=False)
+    elif kind == "rmxattr":
+        os.removexattr(P(args[0]), args[1], follow_symlinks=False)
+    elif kind == "rm":
+        p = P(args[0])
+        if _lkind(p) == stat.S_IFDIR:
+            os.rmdir(p)
+        else:
+            os.unlink(p)
+    elif kind == "rmtree":
+        _rmtree(P(args[0]))
+    elif kind == "mkdir":
+        os.mkdir(P(args[0]), args[1])
+    elif kind == "replace_dir":  # rm -rf d; mkdir d
+        p = P(args[0])
+        _rmtree(p)
+        os.mkdir(p, 0o755)
+    elif kind == "rename":
+        os.rename(P(args[0]), P(args[1]))
+    elif kind == "symlink":
+        os.symlink(args[0].encode(), P(args[1]))
+    elif kind == "link":
+        os.link(P(args[0]), P(args[1]), follow_symlinks=False)
+    elif kind == "mkfifo":
+        os.mkfifo(P(args[0]), 0o644)
+    elif kind == "mknod":
+        fmt = stat.S_IFCHR if args[1] == "c" else stat.S_IFBLK
+        os.mknod(P(args[0]), fmt | 0o600, os.makedev(*args[2]))
+    else:
+        raise ValueError(f"unknown op {op!r}")
+
+
+def apply_ops(root: bytes, ops, mkparents: bool = False) -> list[str]:
+    """Apply ``ops`` in order; return each one's outcome ("ok" or the errno name)."""
+    out = []
+    for op in ops:
+        try:
+            apply_op(root, op, mkparents)
+        except OSError as exc:
+            out.append(errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno else str(exc))
+        else:
+            out.append("ok")
+    return out
+
+
+def settle_l2(root: bytes) -> None:
+    """Give every non-directory of the bottom layer a fixed mtime (so touch can restore it)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            os.utime(os.path.join(dirpath, name), ns=(L2_MTIME, L2_MTIME), follow_symlinks=False)
+
+
+# -- views ---------------------------------------------------------------------------------------
+KIND_BY_FMT = {
+    stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket", stat.S_IFCHR: "char", stat.S_IFBLK: "block",
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    kind: str
+    perm: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    content: bytes | None = None
+    rdev: int | None = None
+    target: bytes | None = None
+    xattrs: tuple = ()
+
+    def brief(self) -> str:
+        bits = [self.kind, f"mode={self.perm:04o}", f"owner={self.uid}:{self.gid}", f"mtime={self.mtime_ns}"]
+        if self.content is not None:
+            bits.append(f"content={self.content!r}")
+        if self.rdev is not None:
+            bits.append(f"dev={os.major(self.rdev)},{os.minor(self.rdev)}")
+        if self.target is not None:
+            bits.append(f"target={self.target!r}")
+        if self.xattrs:
+            bits.append("xattrs={" + ", ".join(f"{k}={v!r}" for k, v in self.xattrs) + "}")
+        return " ".join(bits)
+
+
+def read_node(p: bytes) -> Node:
+    st = os.lstat(p)
+    kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "unknown")
+    content = rdev = target = None
+    if kind == "file":
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            content = b"".join(chunks)
+        finally:
+            os.close(fd)
+    elif kind in ("char", "block"):
+        rdev = st.st_rdev
+    elif kind == "symlink":
+        target = os.readlink(p)
+    xattrs = tuple(sorted((name, os.getxattr(p, name, follow_symlinks=False))
+                          for name in os.listxattr(p, follow_symlinks=False)))
+    return Node(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns,
+                content, rdev, target, xattrs)
+
+
+def walk_view(root) -> dict[bytes, Node]:
+    """Every entry of a mounted view: container path (``b"/"``, ``b"/a/b"``) -> :class:`Node`."""
+    root = _b(root)
+    out: dict[bytes, Node] = {}
+
+    def visit(disk: bytes, rel: bytes) -> None:
+        try:
+            node = read_node(disk)
+        except OSError as exc:
+            raise OracleError(f"cannot read {rel!r} in view {root!r}: {exc}; dmesg: {_dmesg_tail()}") from exc
+        out[rel] = node
+        if node.kind == "dir":
+            try:
+                names = sorted(os.listdir(disk))
+            except OSError as exc:
+                raise OracleError(f"cannot list {rel!r} in view {root!r}: {exc}") from exc
+            for name in names:
+                visit(os.path.join(disk, name), (rel.rstrip(b"/") + b"/" + name))
+
+    visit(root, b"/")
+    return out
+
+
+def dump_raw(root) -> list[str]:
+    """The raw on-disk listing of a layer directory, with every xattr (for failure messages)."""
+    root = _b(root)
+    lines = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in [b""] + sorted(dirnames) + sorted(filenames):
+            if name == b"" and dirpath != root:
+                continue
+            p = os.path.join(dirpath, name) if name else dirpath
+            rel = b"/" + os.path.relpath(p, root) if p != root else b"/"
+            try:
+                st = os.lstat(p)
+                kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "?")
+                desc = f"{kind} {stat.S_IMODE(st.st_mode):04o} {st.st_uid}:{st.st_gid} size={st.st_size}"
+                if kind in ("char", "block"):
+                    desc += f" dev={os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
+                if kind == "symlink":
+                    desc += f" -> {os.readlink(p)!r}"
+                xs = {n: os.getxattr(p, n, follow_symlinks=False) for n in os.listxattr(p, follow_symlinks=False)}
+                xs = {k: v for k, v in xs.items() if k != "trusted.overlay.origin" and k != "trusted.overlay.uuid"}
+                if xs:
+                    desc += " " + " ".join(f"{k}={v!r}" for k, v in sorted(xs.items()))
+            except OSError as exc:
+                desc = f"<{exc}>"
+            lines.append(f"{rel.decode(errors='backslashreplace')}: {desc}")
+    return lines
+
+
+# -- the contract --------------------------------------------------------------------------------
+def node_diff(old: Node, new: Node) -> tuple[str, ...]:
+    if old.kind != new.kind:
+        return ("type",)
+    what = set()
+    if old.kind == "file" and old.content != new.content:
+        what.add("content")
+    if old.kind in ("char", "block") and old.rdev != new.rdev:
+        what.add("content")
+    if old.kind == "symlink" and old.target != new.target:
+        what.add("target")
+    if old.perm != new.perm:
+        what.add("mode")
+    if (old.uid, old.gid) != (new.uid, new.gid):
+        what.add("owner")
+    if old.kind != "dir" and old.mtime_ns != new.mtime_ns:
+        what.add("mtime")
+    if old.xattrs != new.xattrs:
+        what.add("xattrs")
+    return tuple(w for w in WHAT_ORDER if w in what)
+
+
+def expected_changes(base: dict[bytes, Node], merged: dict[bytes, Node]) -> dict[bytes, tuple[str, tuple]]:
+    """path -> (change, what) for every path that differs between the two views."""
+    out: dict[bytes, tuple[str, tuple]] = {}
+    for path in sorted(set(base) | set(merged)):
+        old, new = base.get(path), merged.get(path)
+        if old is None:
+            out[path] = ("added", ())
+        elif new is None:
+            out[path] = ("deleted", ())
+        else:
+            what = node_diff(old, new)
+            if what:
+                out[path] = ("modified", what)
+    return out
+
+
+# -- a whole case --------------------------------------------------------------------------------
+@dataclass
+class Case:
+    l2: list = field(default_factory=list)
+    l1: list | None = None
+    upper: list = field(default_factory=list)
+
+
+@dataclass
+class Built:
+    """A built stack: raw layer dirs plus what the kernel says about it."""
+
+    case: Case
+    flavour: str
+    upper: bytes
+    lowers: list[bytes]
+    outcomes: dict[str, list[str]]
+    base: dict[bytes, Node]
+    merged: dict[bytes, Node]
+    raw: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def expected(self):
+        return expected_changes(self.base, self.merged)
+
+
+def build(case: Case, flavour: str, workdir) -> Built:
+    """Build the stack of ``case`` under ``workdir`` with real mounts and read both views.
+
+    Every mount is gone when this returns (or raises). The raw layers stay in ``workdir``.
+    """
+    rw_opts, _ = FLAVOURS[flavour]
+    w = _b(workdir)
+    l2, l1 = os.path.join(w, b"L2"), os.path.join(w, b"L1")
+    for d in (l2, l1):
+        os.mkdir(d)
+        os.chmod(d, 0o755)
+    outcomes: dict[str, list[str]] = {}
+    rw_base = None
+    try:
+        outcomes["l2"] = apply_ops(l2, case.l2, mkparents=True)
+        settle_l2(l2)
+        if case.l1 is not None:
+            with mounted(os.path.join(w, b"M1"), [l2], l1, os.path.join(w, b"W1"), rw_opts) as m:
+                outcomes["l1"] = apply_ops(m, case.l1)
+                rw_base = walk_view(m)
+            lowers = [l1, l2]
+        else:
+            lowers = [l2]
+    finally:
+        umount_all()
+    built = build_upper(lowers, case.upper, flavour, workdir, case=case, outcomes=outcomes)
+    if rw_base is not None and _strip_dir_mtime(rw_base) != _strip_dir_mtime(built.base):
+        raise OracleError("ORACLE SELF-CHECK FAILED\nbase view differs from the L1 read-write mount:\n"
+                          + _tree_diff(rw_base, built.base) + "\n" + format_case(built))
+    return built
+
+
+def build_upper(lowers, ops, flavour: str, workdir, case: Case | None = None,
+                outcomes: dict | None = None) -> Built:
+    """Make ``workdir/U`` the upper of an overlay over ``lowers`` (topmost first), apply ``ops``
+    through the mount, unmount, then read the base and merged views read-only."""
+    rw_opts, view_opts = FLAVOURS[flavour]
+    w = _b(workdir)
+    lowers = [_b(p) for p in lowers]
+    upper, empty = os.path.join(w, b"U"), os.path.join(w, b"E")
+    for d in (upper, empty):
+        os.mkdir(d)
+        os.chmod(d, 0o755)
+    case = case or Case(l2=[], l1=None, upper=list(ops))
+    outcomes = dict(outcomes or {})
+    try:
+        with mounted(os.path.join(w, b"M2"), lowers, upper, os.path.join(w, b"W2"), rw_opts) as m:
+            outcomes["upper"] = apply_ops(m, ops)
+            rw_merged = walk_view(m)
+        base_lowers = lowers if len(lowers) > 1 else lowers + [empty]
+        with mounted(os.path.join(w, b"VB"), base_lowers, options=view_opts, ro=True) as v:
+            base = walk_view(v)
+        with mounted(os.path.join(w, b"VM"), [upper] + lowers, options=view_opts, ro=True) as v:
+            merged = walk_view(v)
+    finally:
+        umount_all()
+    built = Built(case, flavour, upper, lowers, outcomes, base, merged)
+    built.raw = {"UPPER": dump_raw(upper)}
+    for i, low in enumerate(lowers):
+        built.raw[f"lower {i} ({os.path.basename(low).decode(errors='replace')})"] = dump_raw(low)
+    # self-check: the read-only merged view must show what the read-write mount showed
+    if _strip_dir_mtime(rw_merged) != _strip_dir_mtime(merged):
+        raise OracleError("ORACLE SELF-CHECK FAILED\nmerged view differs from the UPPER read-write mount:\n"
+                          + _tree_diff(rw_merged, merged) + "\n" + format_case(built))
+    return built
+
+
+def _strip_dir_mtime(tree):
+    # directory mtimes/atime may legitimately move between walks (lookups, copy-ups of parents)
+    return {p: (n if n.kind != "dir" else Node(n.kind, n.perm, n.uid, n.gid, 0, xattrs=n.xattrs))
+            for p, n in tree.items()}
+
+
+def _tree_diff(a, b) -> str:
+    lines = []
+    for p in sorted(set(a) | set(b)):
+        x, y = a.get(p), b.get(p)
+        if x != y:
+            lines.append(f"  {p!r}: {x.brief() if x else None}  vs  {y.brief() if y else None}")
+    return "\n".join(lines)
+
+
+def _fmt_ops(ops, outcomes) -> list[str]:
+    return [f"    {op!r:60} -> {res}" for op, res in zip(ops, outcomes or ["?"] * len(ops))]
+
+
+def format_case(built: Built) -> str:
+    c = built.case
+    lines = [f"flavour: {built.flavour} (rw mounts: {','.join(FLAVOURS[built.flavour][0]) or 'defaults'})",
+             "L2 (plain dir, parents made on demand, non-dir mtimes set to L2_MTIME):"]
+    lines += _fmt_ops(c.l2, built.outcomes.get("l2"))
+    if c.l1 is None:
+        lines.append("L1: none (single lower layer)")
+    else:
+        lines.append("L1 (ops through overlay upper=L1 lower=L2):")
+        lines += _fmt_ops(c.l1, built.outcomes.get("l1"))
+    lines.append("UPPER (ops through overlay upper=UPPER lower=" + ("L1:L2" if c.l1 is not None else "L2") + "):")
+    lines += _fmt_ops(c.upper, built.outcomes.get("upper"))
+    lines.append("reproduce: Case(l2=%r, l1=%r, upper=%r)" % (c.l2, c.l1, c.upper))
+    return "\n".join(lines)
+
+
+def format_layers(built: Built) -> str:
+    out = []
+    for name, lines in built.raw.items():
+        out.append(f"raw {name}:")
+        out += ["    " + line for line in lines]
+    return "\n".join(out)
+
+
+# -- comparing with the scanner ------------------------------------------------------------------
+def compare(built: Built, records) -> str | None:
+    """None if the scanner's records match the kernel; else a readable report."""
+    expected = built.expected
+    got: dict[bytes, tuple[str, tuple]] = {}
+    dupes, anomalies = [], []
+    for r in records:
+        if r.change == "anomaly":
+            anomalies.append(r)
+            continue
+        key = (r.change, tuple(r.what) if r.change == "modified" else ())
+        if r.path in got:
+            dupes.append(f"  {r.path!r}: {got[r.path]} and {key}")
+        got[r.path] = key
+    missing = {p: e for p, e in expected.items() if p not in got}
+    unexpected = {p: g for p, g in got.items() if p not in expected}
+    wrong = {p: (expected[p], got[p]) for p in expected.keys() & got.keys()
+             if expected[p][0] != got[p][0] or set(expected[p][1]) != set(got[p][1])}
+    if not (missing or unexpected or wrong or dupes):
+        return None
+
+    def views(p):
+        b, m = built.base.get(p), built.merged.get(p)
+        return (f"\n        base:   {b.brief() if b else '-'}"
+                f"\n        merged: {m.brief() if m else '-'}")
+
+    lines = ["SCANNER DISAGREES WITH THE KERNEL", format_case(built)]
+    if missing:
+        lines.append("expected but NOT reported:")
+        lines += [f"  {p!r}: {c} {list(w)}{views(p)}" for p, (c, w) in sorted(missing.items())]
+    if unexpected:
+        lines.append("reported but NOT expected (kernel views agree):")
+        lines += [f"  {p!r}: {c} {list(w)}{views(p)}" for p, (c, w) in sorted(unexpected.items())]
+    if wrong:
+        lines.append("reported with the wrong change/what:")
+        lines += [f"  {p!r}: expected {e[0]} {list(e[1])}, got {g[0]} {list(g[1])}{views(p)}"
+                  for p, (e, g) in sorted(wrong.items())]
+    if dupes:
+        lines.append("paths reported more than once:")
+        lines += dupes
+    if anomalies:
+        lines.append("anomaly records (ignored):")
+        lines += [f"  {a.path!r}: {a.anomaly} {a.detail}" for a in anomalies]
+    lines.append(format_layers(built))
+    return "\n".join(lines)

@@ -1,0 +1,305 @@
+"""The kernel is the oracle: random overlay stacks built through real mounts, checked against the scanner.
+
+Each generated case builds a bottom layer L2 (plain directory), a layer L1 (the upper of an overlay
+mounted over L2, after random operations through the mount) and the container's UPPER (the upper of
+an overlay over L1:L2, after more random operations). The kernel then mounts two read-only views,
+*base* (the lowers alone) and *merged* (UPPER on top), and the expected report is the difference of
+the two trees (see :func:`oracle.expected_changes`). ``ovforensics.scan`` reads only the raw
+directories and must report exactly those changes.
+
+Two mount flavours run: the kernel defaults, and ``redirect_dir=on,metacopy=on`` (real redirects,
+metacopy files). A failing case shrinks to a short list of operations; the failure message shows
+each operation with its outcome, the expected and reported records and the raw layers.
+
+Needs root and overlayfs (skips on a laptop, fails under ``OVF_REQUIRE_REAL=1``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, note, settings, target
+from hypothesis import given
+from hypothesis import strategies as st
+
+sys.path.insert(0, os.path.dirname(__file__))
+import oracle  # noqa: E402
+from conftest import need  # noqa: E402
+from oracle import (DATA, DEVICES, FLAVOURS, MODES, NAMES, OWNERS, TARGETS, TIMES,  # noqa: E402
+                    XATTR_NAMES, XATTR_VALUES, Case)
+
+EXAMPLES_PER_FLAVOUR = int(os.environ.get("OVF_ORACLE_EXAMPLES", "400"))
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def oracle_dir(tmp_path_factory):
+    """A scratch directory on a filesystem with user.* and trusted.* xattrs, overlay mounts work."""
+    ok, why = oracle.probe()
+    need(ok, why)
+    base = tmp_path_factory.mktemp("oracle")
+    yield base
+    oracle.umount_all()
+
+
+@pytest.fixture
+def workdir(oracle_dir):
+    d = tempfile.mkdtemp(dir=oracle_dir)
+    try:
+        yield d
+    finally:
+        oracle.umount_all()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def scan(built: oracle.Built) -> list:
+    import ovforensics
+
+    return list(ovforensics.scan(upper=os.fsdecode(built.upper),
+                                 lowers=[os.fsdecode(p) for p in built.lowers]))
+
+
+def check(built: oracle.Built) -> list:
+    """Scan the raw layers of ``built``; fail with a full report if the scanner and kernel disagree."""
+    records = scan(built)
+    report = oracle.compare(built, records)
+    if report:
+        pytest.fail(report, pytrace=False)
+    return records
+
+
+def by_path(records) -> dict:
+    out = {}
+    for r in records:
+        if r.change != "anomaly":
+            out[r.path] = r
+    return out
+
+
+# -- strategies ----------------------------------------------------------------------------------
+def _weighted_paths() -> list[str]:
+    """Short paths are the likeliest, so that operations keep colliding with what exists."""
+    one = list(NAMES)
+    two = [f"{x}/{y}" for x in NAMES for y in NAMES]
+    three = [f"{x}/{y}/{z}" for x in NAMES[:2] for y in NAMES[:2] for z in NAMES[:2]]
+    return one * 4 + two + three
+
+
+rel = st.sampled_from(_weighted_paths())
+rel_or_root = st.one_of(rel, st.just(""))  # attribute changes may hit the root directory too
+
+write = st.tuples(st.just("write"), rel, st.sampled_from(DATA))
+mkdir = st.tuples(st.just("mkdir"), rel, st.sampled_from((0o755, 0o700)))
+symlink = st.tuples(st.just("symlink"), st.sampled_from(TARGETS), rel)
+mkfifo = st.tuples(st.just("mkfifo"), rel)
+chmod = st.tuples(st.just("chmod"), rel_or_root, st.sampled_from(MODES))
+chown = st.builds(lambda p, o: ("chown", p, *o), rel_or_root, st.sampled_from(OWNERS))
+setxattr = st.tuples(st.just("setxattr"), rel_or_root, st.sampled_from(XATTR_NAMES), st.sampled_from(XATTR_VALUES))
+link = st.tuples(st.just("link"), rel, rel)
+
+#: the bottom layer: a plain directory, mostly creations (parents are made on demand)
+l2_ops = st.one_of(
+    write, write, write, mkdir, mkdir, symlink, mkfifo, chmod, chown, setxattr, setxattr, link,
+    st.tuples(st.just("mknod"), rel, st.sampled_from("cb"), st.sampled_from(DEVICES[:2])),
+)
+
+#: operations through a read-write overlay mount (failures, e.g. EXDEV or ENOENT, are ignored)
+mount_ops = st.one_of(
+    write, mkdir,
+    st.tuples(st.just("rm"), rel),
+    st.tuples(st.just("rmtree"), rel),
+    chmod, chown,
+    st.tuples(st.just("touch"), rel_or_root, st.sampled_from(TIMES)),
+    setxattr,
+    st.tuples(st.just("rmxattr"), rel_or_root, st.sampled_from(XATTR_NAMES)),
+    st.tuples(st.just("append"), rel, st.sampled_from(DATA[1:])),
+    st.tuples(st.just("truncate"), rel, st.sampled_from((0, 1, 3))),
+    st.tuples(st.just("rename"), rel, rel),
+    st.tuples(st.just("replace_dir"), rel),  # rm -rf d; mkdir d
+    symlink, link, mkfifo,
+    st.tuples(st.just("mknod"), rel, st.sampled_from("cb"), st.sampled_from(DEVICES)),
+)
+
+cases = st.builds(
+    Case,
+    l2=st.lists(l2_ops, min_size=2, max_size=16),
+    l1=st.one_of(st.none(), st.lists(mount_ops, max_size=10)),
+    upper=st.lists(mount_ops, min_size=1, max_size=14),
+)
+
+
+# -- the property --------------------------------------------------------------------------------
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+@settings(max_examples=EXAMPLES_PER_FLAVOUR, deadline=None, derandomize=False,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                 HealthCheck.data_too_large])
+@given(case=cases)
+def test_scanner_matches_kernel(flavour, case, oracle_dir):
+    d = tempfile.mkdtemp(dir=oracle_dir)
+    try:
+        built = oracle.build(case, flavour, d)
+        note(oracle.format_case(built))
+        target(float(len(built.expected)), label="expected changes")
+        records = scan(built)
+        report = oracle.compare(built, records)
+        assert report is None, report
+    finally:
+        oracle.umount_all()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# -- pinned classic cases ------------------------------------------------------------------------
+def _mkfile(path, data: bytes, mtime=TIMES[0], mode=0o644):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, mode)
+    os.utime(path, ns=(mtime, mtime))
+
+
+def _lower(workdir, name, files: dict) -> str:
+    root = os.path.join(workdir, name)
+    os.makedirs(root)
+    os.chmod(root, 0o755)
+    for rel_path, data in files.items():
+        if data is None:
+            os.makedirs(os.path.join(root, rel_path), exist_ok=True)
+        else:
+            _mkfile(os.path.join(root, rel_path), data)
+    return root
+
+
+def _build(workdir, lowers, ops, flavour="default"):
+    built = oracle.build_upper(lowers, ops, flavour, workdir)
+    failed = [(op, res) for op, res in zip(ops, built.outcomes["upper"]) if res != "ok"]
+    assert not failed, f"setup operations failed: {failed}"
+    return built
+
+
+def test_docker_walkthrough(workdir):
+    material = _lower(workdir, "material", {"concrete": b"bad concrete", "rebar": b"rebar"})
+    material2 = _lower(workdir, "material2", {"concrete": b"good concrete", "marble": b"marble"})
+    built = _build(workdir, [material2, material],
+                   [("write", "frame", b"main structure"), ("rm", "marble")])
+    assert built.expected == {b"/frame": ("added", ()), b"/marble": ("deleted", ())}
+    recs = by_path(check(built))
+    assert set(recs) == {b"/frame", b"/marble"}
+    assert recs[b"/frame"].change == "added"
+    marble = recs[b"/marble"]
+    assert (marble.change, marble.via) == ("deleted", "whiteout")
+    assert marble.lower_layer is not None and marble.lower_layer.index == 0
+    assert marble.lower_path == os.path.join(os.fsencode(material2), b"marble")
+
+
+def test_rm_rf_lower_dir_reports_every_path(workdir):
+    low = _lower(workdir, "low", {"keep": b"k", "d/g": b"g", "d/x/f": b"f", "d/x/y/z": b"z", "d/e": None})
+    built = _build(workdir, [low], [("rmtree", "d")])
+    subtree = {b"/d", b"/d/g", b"/d/x", b"/d/x/f", b"/d/x/y", b"/d/x/y/z", b"/d/e"}
+    assert built.expected == {p: ("deleted", ()) for p in subtree}
+    recs = by_path(check(built))
+    assert recs[b"/d"].via == "whiteout"
+    for p in subtree - {b"/d"}:
+        assert recs[p].via == "parent", (p, recs[p].via)
+        assert recs[p].lower_layer is not None and recs[p].lower_layer.index == 0
+        assert recs[p].lower_path == os.fsencode(low) + p
+
+
+def test_rm_rf_then_mkdir_is_opaque(workdir):
+    low = _lower(workdir, "low", {"d/f": b"f", "d/sub/g": b"g", "other": b"o"})
+    built = _build(workdir, [low], [("rmtree", "d"), ("mkdir", "d", 0o755), ("write", "d/new", b"n")])
+    assert os.getxattr(os.path.join(built.upper, b"d"), "trusted.overlay.opaque") == b"y"
+    assert built.expected == {b"/d/f": ("deleted", ()), b"/d/sub": ("deleted", ()),
+                              b"/d/sub/g": ("deleted", ()), b"/d/new": ("added", ())}
+    recs = by_path(check(built))
+    assert b"/d" not in recs  # same mode/owner/xattrs: an opaque dir that looks the same is no change
+    assert recs[b"/d/f"].via == "opaque"
+    assert recs[b"/d/sub"].via == "opaque"
+    assert recs[b"/d/sub/g"].via in ("opaque", "parent")
+
+
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+def test_chmod_only_copy_up(workdir, flavour):
+    low = _lower(workdir, "low", {"f": b"data" * 1000, "d/g": b"g"})
+    built = _build(workdir, [low], [("chmod", "f", 0o600), ("chmod", "d", 0o700)], flavour)
+    upper_f = os.path.join(built.upper, b"f")
+    assert os.path.exists(upper_f)
+    if flavour == "redirect_metacopy":  # the copy-up really is metadata-only
+        assert "trusted.overlay.metacopy" in os.listxattr(upper_f)
+    assert built.expected == {b"/f": ("modified", ("mode",)), b"/d": ("modified", ("mode",))}
+    recs = by_path(check(built))
+    assert recs[b"/f"].what == ("mode",)
+    assert recs[b"/d"].what == ("mode",)
+
+
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+def test_touch_only(workdir, flavour):
+    low = _lower(workdir, "low", {"f": b"x", "d/g": b"g"})
+    built = _build(workdir, [low], [("touch", "f", TIMES[1]), ("touch", "d", TIMES[1])], flavour)
+    # a directory's mtime alone is never a change
+    assert built.expected == {b"/f": ("modified", ("mtime",))}
+    assert by_path(check(built))[b"/f"].what == ("mtime",)
+
+
+def test_same_content_rewrite_is_mtime_only(workdir):
+    low = _lower(workdir, "low", {"f": b"same bytes"})
+    built = _build(workdir, [low], [("write", "f", b"same bytes")])
+    assert built.expected == {b"/f": ("modified", ("mtime",))}
+    assert by_path(check(built))[b"/f"].what == ("mtime",)
+
+
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+def test_copy_up_with_nothing_different_is_no_change(workdir, flavour):
+    low = _lower(workdir, "low", {"f": b"x", "g": b"y", "h": b"z", "d/e": b"e"})
+    ops = [("chown", "f", 0, 0),  # same owner: copy-up, nothing changes
+           ("setxattr", "g", "user.tmp", b"1"), ("rmxattr", "g", "user.tmp"),
+           ("link", "h", "d/h2"),  # copies h up, then links it
+           ("touch", "d/e", TIMES[1]), ("touch", "d/e", TIMES[0])]
+    built = _build(workdir, [low], ops, flavour)
+    for name in (b"f", b"g", b"h", b"d/e"):
+        assert os.path.lexists(os.path.join(built.upper, name)), name
+    assert built.expected == {b"/d/h2": ("added", ())}
+    assert set(by_path(check(built))) == {b"/d/h2"}
+
+
+def test_type_changes(workdir):
+    low = _lower(workdir, "low", {"d/f": b"f", "d/s/g": b"g", "x": b"x"})
+    built = _build(workdir, [low], [("rmtree", "d"), ("write", "d", b"now a file"),
+                                    ("rm", "x"), ("mkdir", "x", 0o755), ("write", "x/y", b"y")])
+    assert built.expected == {b"/d": ("modified", ("type",)), b"/d/f": ("deleted", ()),
+                              b"/d/s": ("deleted", ()), b"/d/s/g": ("deleted", ()),
+                              b"/x": ("modified", ("type",)), b"/x/y": ("added", ())}
+    recs = by_path(check(built))
+    assert recs[b"/d"].what == ("type",) and recs[b"/x"].what == ("type",)
+
+
+def test_escaped_overlay_xattr(workdir):
+    low = _lower(workdir, "low", {"f": b"x"})
+    built = _build(workdir, [low], [("setxattr", "f", "trusted.overlay.x", b"1")])
+    raw = os.listxattr(os.path.join(built.upper, b"f"))
+    assert "trusted.overlay.overlay.x" in raw  # the kernel escaped it
+    assert built.merged[b"/f"].xattrs == (("trusted.overlay.x", b"1"),)
+    assert built.expected == {b"/f": ("modified", ("xattrs",))}
+    assert by_path(check(built))[b"/f"].what == ("xattrs",)
+
+
+def test_renamed_dir_with_redirect(workdir):
+    low = _lower(workdir, "low", {"d/f": b"f", "d/sub/g": b"g"})
+    built = _build(workdir, [low], [("rename", "d", "e")], "redirect_metacopy")
+    assert os.getxattr(os.path.join(built.upper, b"e"), "trusted.overlay.redirect") == b"d"
+    old = {b"/d", b"/d/f", b"/d/sub", b"/d/sub/g"}
+    new = {b"/e", b"/e/f", b"/e/sub", b"/e/sub/g"}
+    assert built.expected == {**{p: ("deleted", ()) for p in old}, **{p: ("added", ()) for p in new}}
+    recs = by_path(check(built))
+    assert recs[b"/e"].renamed_from == b"/d"
+    assert recs[b"/d"].via == "whiteout"
+
+
+def test_rename_of_lower_dir_without_redirect_is_exdev(workdir):
+    low = _lower(workdir, "low", {"d/f": b"f"})
+    built = oracle.build_upper([low], [("rename", "d", "e")], "default", workdir)
+    assert built.outcomes["upper"] == ["EXDEV"]
+    assert built.expected == {}
+    assert by_path(check(built)) == {}
