@@ -83,7 +83,7 @@ def _mtime_ns(info: tarfile.TarInfo) -> int:
 
 
 def _xattrs(info: tarfile.TarInfo) -> dict[str, bytes]:
-    """Xattrs from PAX records: ``SCHILY.xattr.NAME`` (GNU tar, Go) and ``LIBARCHIVE.xattr.NAME``."""
+    """Xattrs from PAX records ``SCHILY.xattr.NAME`` (GNU tar, Go) and ``LIBARCHIVE.xattr.NAME``."""
     out: dict[str, bytes] = {}
     libarchive: dict[str, bytes] = {}
     for key, value in info.pax_headers.items():
@@ -318,31 +318,34 @@ class TarLayer:
         assert fh is not None
         try:
             tf = tarfile.open(fileobj=fh, mode="r:", encoding="utf-8", errors="surrogateescape")
-        except tarfile.ReadError as exc:
-            raise self._fail(f"not a {self._where()}tar archive ({exc})") from None
-        except (tarfile.TarError, OSError, ValueError) as exc:
-            raise self._fail(f"corrupt {self._where()}tar archive ({exc})") from None
-        try:
             for info in tf:
                 self._add(info)
             end = tf.offset
         except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
-            why = str(exc)
-            # tarfile's words for running out of bytes mid-member or between a PAX/GNU extended
-            # header and the header it extends
-            if "unexpected end" in why or why in ("truncated header", "empty header"):
-                raise self._fail(f"truncated {self._where()}tar archive ({why})") from None
-            raise self._fail(f"corrupt {self._where()}tar archive ({why})") from None
+            raise self._fail(self._why(str(exc))) from None
         # tarfile stops quietly at a bad or short header after the first one, and at end of file:
         # only a zero block there means the archive really ended.
         block = os.pread(fh.fileno(), tarfile.BLOCKSIZE, end)
         if len(block) < tarfile.BLOCKSIZE:
-            raise self._fail(f"truncated {self._where()}tar archive (ends at byte {end + len(block)}"
-                             " without an end-of-archive marker)")
+            raise self._fail(f"truncated {self._where()}tar archive (ends at byte "
+                             f"{end + len(block)} without an end-of-archive marker)")
         if block.count(0) != tarfile.BLOCKSIZE:
             raise self._fail(f"corrupt {self._where()}tar archive (bad header at byte {end})")
         tf.members = []  # the index below holds what is needed
         self._finish()
+
+    def _why(self, why: str) -> str:
+        """Name a tarfile error: not a tar at all, a truncated one, or a corrupt one."""
+        head = os.pread(self._fh.fileno(), tarfile.BLOCKSIZE, 0)
+        try:
+            tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            return f"not a {self._where()}tar archive ({why})"
+        # tarfile's words for running out of bytes inside a member, or between an extended
+        # (PAX, GNU long name) header and the header it extends
+        if "unexpected end" in why or why in ("truncated header", "empty header"):
+            return f"truncated {self._where()}tar archive ({why})"
+        return f"corrupt {self._where()}tar archive ({why})"
 
     def _add(self, info: tarfile.TarInfo) -> None:
         name = _b(info.name)
@@ -441,7 +444,7 @@ class TarLayer:
         """Drop a cached listing once the scan has left that directory."""
         self._cache.pop(path, None)
 
-    def root(self) -> Entry:
+    def root_entry(self) -> Entry:
         """The archive root (its ``./`` member, or an implied directory)."""
         return self._entry(self._recs[()])
 

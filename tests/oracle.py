@@ -242,10 +242,40 @@ def apply_op(root: bytes, op: tuple, mkparents: bool = False) -> None:
         raise ValueError(f"unknown op {op!r}")
 
 
-def apply_ops(root: bytes, ops, mkparents: bool = False) -> list[str]:
-    """Apply ``ops`` in order; return each one's outcome ("ok" or the errno name)."""
+class Pick(int):
+    """A path argument meaning "the n-th existing entry (sorted, modulo their number)"."""
+
+    def __repr__(self) -> str:
+        return f"Pick({int(self)})"
+
+
+def _existing(root: bytes) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            out.append(os.path.relpath(os.path.join(dirpath, name), root).decode())
+    return sorted(out)
+
+
+def resolve(root: bytes, op: tuple) -> tuple:
+    """Replace every :class:`Pick` in ``op`` by a concrete existing path (or "" if nothing exists:
+    the operation will then act on the root or fail)."""
+    if not any(isinstance(a, Pick) for a in op):
+        return op
+    paths = _existing(root)
+    return tuple((paths[a % len(paths)] if paths else "") if isinstance(a, Pick) else a for a in op)
+
+
+def apply_ops(root: bytes, ops, mkparents: bool = False, resolved: list | None = None) -> list[str]:
+    """Apply ``ops`` in order; return each one's outcome ("ok" or the errno name).
+
+    ``resolved`` (if given) receives each operation with its :class:`Pick` arguments made concrete.
+    """
     out = []
     for op in ops:
+        op = resolve(root, op)
+        if resolved is not None:
+            resolved.append(op)
         try:
             apply_op(root, op, mkparents)
         except OSError as exc:
@@ -427,6 +457,7 @@ class Built:
     base: dict[bytes, Node]
     merged: dict[bytes, Node]
     raw: dict[str, list[str]] = field(default_factory=dict)
+    resolved: dict[str, list] = field(default_factory=dict)  # the ops with Pick()s made concrete
 
     @property
     def expected(self):
@@ -445,20 +476,21 @@ def build(case: Case, flavour: str, workdir) -> Built:
         os.mkdir(d)
         os.chmod(d, 0o755)
     outcomes: dict[str, list[str]] = {}
+    resolved: dict[str, list] = {}
     rw_base = None
     try:
-        outcomes["l2"] = apply_ops(l2, case.l2, mkparents=True)
+        outcomes["l2"] = apply_ops(l2, case.l2, mkparents=True, resolved=resolved.setdefault("l2", []))
         settle_l2(l2)
         if case.l1 is not None:
             with mounted(os.path.join(w, b"M1"), [l2], l1, os.path.join(w, b"W1"), rw_opts) as m:
-                outcomes["l1"] = apply_ops(m, case.l1)
+                outcomes["l1"] = apply_ops(m, case.l1, resolved=resolved.setdefault("l1", []))
                 rw_base = walk_view(m)
             lowers = [l1, l2]
         else:
             lowers = [l2]
     finally:
         umount_all()
-    built = build_upper(lowers, case.upper, flavour, workdir, case=case, outcomes=outcomes)
+    built = build_upper(lowers, case.upper, flavour, workdir, case=case, outcomes=outcomes, resolved=resolved)
     if rw_base is not None and _strip_dir_mtime(rw_base) != _strip_dir_mtime(built.base):
         raise OracleError("ORACLE SELF-CHECK FAILED\nbase view differs from the L1 read-write mount:\n"
                           + _tree_diff(rw_base, built.base) + "\n" + format_case(built))
@@ -466,7 +498,7 @@ def build(case: Case, flavour: str, workdir) -> Built:
 
 
 def build_upper(lowers, ops, flavour: str, workdir, case: Case | None = None,
-                outcomes: dict | None = None) -> Built:
+                outcomes: dict | None = None, resolved: dict | None = None) -> Built:
     """Make ``workdir/U`` the upper of an overlay over ``lowers`` (topmost first), apply ``ops``
     through the mount, unmount, then read the base and merged views read-only."""
     rw_opts, view_opts = FLAVOURS[flavour]
@@ -478,9 +510,10 @@ def build_upper(lowers, ops, flavour: str, workdir, case: Case | None = None,
         os.chmod(d, 0o755)
     case = case or Case(l2=[], l1=None, upper=list(ops))
     outcomes = dict(outcomes or {})
+    resolved = dict(resolved or {})
     try:
         with mounted(os.path.join(w, b"M2"), lowers, upper, os.path.join(w, b"W2"), rw_opts) as m:
-            outcomes["upper"] = apply_ops(m, ops)
+            outcomes["upper"] = apply_ops(m, ops, resolved=resolved.setdefault("upper", []))
             rw_merged = walk_view(m)
         base_lowers = lowers if len(lowers) > 1 else lowers + [empty]
         with mounted(os.path.join(w, b"VB"), base_lowers, options=view_opts, ro=True) as v:
@@ -489,7 +522,7 @@ def build_upper(lowers, ops, flavour: str, workdir, case: Case | None = None,
             merged = walk_view(v)
     finally:
         umount_all()
-    built = Built(case, flavour, upper, lowers, outcomes, base, merged)
+    built = Built(case, flavour, upper, lowers, outcomes, base, merged, resolved=resolved)
     built.raw = {"UPPER": dump_raw(upper)}
     for i, low in enumerate(lowers):
         built.raw[f"lower {i} ({os.path.basename(low).decode(errors='replace')})"] = dump_raw(low)
@@ -516,22 +549,24 @@ def _tree_diff(a, b) -> str:
 
 
 def _fmt_ops(ops, outcomes) -> list[str]:
-    return [f"    {op!r:60} -> {res}" for op, res in zip(ops, outcomes or ["?"] * len(ops))]
+    outcomes = outcomes or ["not run"] * len(ops)
+    return [f"    {op!r:64} -> {res}" for op, res in zip(ops, outcomes)]
 
 
 def format_case(built: Built) -> str:
-    c = built.case
+    c, r = built.case, built.resolved
     lines = [f"flavour: {built.flavour} (rw mounts: {','.join(FLAVOURS[built.flavour][0]) or 'defaults'})",
-             "L2 (plain dir, parents made on demand, non-dir mtimes set to L2_MTIME):"]
-    lines += _fmt_ops(c.l2, built.outcomes.get("l2"))
+             "L2 (plain dir, parents made on demand, non-dir mtimes then set to L2_MTIME):"]
+    lines += _fmt_ops(r.get("l2", c.l2), built.outcomes.get("l2"))
     if c.l1 is None:
         lines.append("L1: none (single lower layer)")
     else:
         lines.append("L1 (ops through overlay upper=L1 lower=L2):")
-        lines += _fmt_ops(c.l1, built.outcomes.get("l1"))
+        lines += _fmt_ops(r.get("l1", c.l1), built.outcomes.get("l1"))
     lines.append("UPPER (ops through overlay upper=UPPER lower=" + ("L1:L2" if c.l1 is not None else "L2") + "):")
-    lines += _fmt_ops(c.upper, built.outcomes.get("upper"))
-    lines.append("reproduce: Case(l2=%r, l1=%r, upper=%r)" % (c.l2, c.l1, c.upper))
+    lines += _fmt_ops(r.get("upper", c.upper), built.outcomes.get("upper"))
+    lines.append("reproduce: Case(l2=%r, l1=%r, upper=%r)"
+                 % (r.get("l2", c.l2), r.get("l1", c.l1), r.get("upper", c.upper)))
     return "\n".join(lines)
 
 

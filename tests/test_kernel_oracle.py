@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import oracle  # noqa: E402
 from conftest import need  # noqa: E402
 from oracle import (DATA, DEVICES, FLAVOURS, MODES, NAMES, OWNERS, TARGETS, TIMES,  # noqa: E402
-                    XATTR_NAMES, XATTR_VALUES, Case)
+                    XATTR_NAMES, XATTR_VALUES, Case, Pick)
 
 EXAMPLES_PER_FLAVOUR = int(os.environ.get("OVF_ORACLE_EXAMPLES", "400"))
 
@@ -89,16 +89,18 @@ def _weighted_paths() -> list[str]:
 
 
 rel = st.sampled_from(_weighted_paths())
-rel_or_root = st.one_of(rel, st.just(""))  # attribute changes may hit the root directory too
+#: an entry that exists when the operation runs (the n-th one, sorted), or else a literal path
+some = st.one_of(st.integers(0, 63).map(Pick), st.integers(0, 63).map(Pick), rel)
+some_or_root = st.one_of(some, st.just(""))  # attribute changes may hit the root directory too
 
-write = st.tuples(st.just("write"), rel, st.sampled_from(DATA))
+write = st.tuples(st.just("write"), st.one_of(rel, some), st.sampled_from(DATA))
 mkdir = st.tuples(st.just("mkdir"), rel, st.sampled_from((0o755, 0o700)))
 symlink = st.tuples(st.just("symlink"), st.sampled_from(TARGETS), rel)
 mkfifo = st.tuples(st.just("mkfifo"), rel)
-chmod = st.tuples(st.just("chmod"), rel_or_root, st.sampled_from(MODES))
-chown = st.builds(lambda p, o: ("chown", p, *o), rel_or_root, st.sampled_from(OWNERS))
-setxattr = st.tuples(st.just("setxattr"), rel_or_root, st.sampled_from(XATTR_NAMES), st.sampled_from(XATTR_VALUES))
-link = st.tuples(st.just("link"), rel, rel)
+chmod = st.tuples(st.just("chmod"), some_or_root, st.sampled_from(MODES))
+chown = st.builds(lambda p, o: ("chown", p, *o), some_or_root, st.sampled_from(OWNERS))
+setxattr = st.tuples(st.just("setxattr"), some_or_root, st.sampled_from(XATTR_NAMES), st.sampled_from(XATTR_VALUES))
+link = st.tuples(st.just("link"), some, rel)
 
 #: the bottom layer: a plain directory, mostly creations (parents are made on demand)
 l2_ops = st.one_of(
@@ -109,16 +111,16 @@ l2_ops = st.one_of(
 #: operations through a read-write overlay mount (failures, e.g. EXDEV or ENOENT, are ignored)
 mount_ops = st.one_of(
     write, mkdir,
-    st.tuples(st.just("rm"), rel),
-    st.tuples(st.just("rmtree"), rel),
+    st.tuples(st.just("rm"), some),
+    st.tuples(st.just("rmtree"), some),
     chmod, chown,
-    st.tuples(st.just("touch"), rel_or_root, st.sampled_from(TIMES)),
+    st.tuples(st.just("touch"), some_or_root, st.sampled_from(TIMES)),
     setxattr,
-    st.tuples(st.just("rmxattr"), rel_or_root, st.sampled_from(XATTR_NAMES)),
-    st.tuples(st.just("append"), rel, st.sampled_from(DATA[1:])),
-    st.tuples(st.just("truncate"), rel, st.sampled_from((0, 1, 3))),
-    st.tuples(st.just("rename"), rel, rel),
-    st.tuples(st.just("replace_dir"), rel),  # rm -rf d; mkdir d
+    st.tuples(st.just("rmxattr"), some_or_root, st.sampled_from(XATTR_NAMES)),
+    st.tuples(st.just("append"), some, st.sampled_from(DATA[1:])),
+    st.tuples(st.just("truncate"), some, st.sampled_from((0, 1, 3))),
+    st.tuples(st.just("rename"), some, st.one_of(rel, some)),
+    st.tuples(st.just("replace_dir"), some),  # rm -rf d; mkdir d
     symlink, link, mkfifo,
     st.tuples(st.just("mknod"), rel, st.sampled_from("cb"), st.sampled_from(DEVICES)),
 )

@@ -27,7 +27,7 @@ NL = b"nl\nname"
 MTIME_NS = 1_600_000_000_123_456_789
 
 
-# -- helpers -------------------------------------------------------------------------------------
+# -- helpers ----------------------------------------------------------------------------------
 
 def _user_xattrs_work(path) -> bool:
     probe = os.path.join(path, ".xattr-probe")
@@ -164,7 +164,7 @@ def ti(name, type=tarfile.REGTYPE, **kw) -> tarfile.TarInfo:
     return info
 
 
-# -- real tar, compared with the tree -----------------------------------------------------------
+# -- real tar, compared with the tree ----------------------------------------------------------
 
 @pytest.mark.parametrize("comp", ["plain", "gzip", "zstd", "zstd-frames"])
 def test_gnu_tar_matches_dirlayer(tmp_path, comp):
@@ -255,7 +255,7 @@ def test_gnu_tar_implied_parents(tmp_path):
         assert tl.listdir((b"a", b"b"))[b"c"].open().read() == b"c"
 
 
-# -- crafted archives: what tarfile.add cannot write ----------------------------------------------
+# -- crafted archives: what tarfile.add cannot write -------------------------------------------
 
 def test_hard_linked_whiteouts_look_like_char_devices(tmp_path):
     # What Docker/containerd and bsdtar write for the kernel's shared whiteout inode.
@@ -341,7 +341,7 @@ def test_names_normalised_and_dotdot_refused(tmp_path):
         (ti("file/under"), b"orphan"),
     ], fmt=tarfile.GNU_FORMAT)
     with TarLayer(tmp_path / "x.tar") as tl:
-        assert tl.root().mode == stat.S_IFDIR | 0o700 and tl.root().mtime_ns == 5 * 10**9
+        assert tl.root_entry().mode == stat.S_IFDIR | 0o700 and tl.root_entry().mtime_ns == 5 * 10**9
         top = tl.listdir(())
         assert sorted(top) == [b"abs", b"dup", b"file", b"x"]
         assert top[b"x"].mode == stat.S_IFDIR | 0o755  # implied by "x//y/"
@@ -368,7 +368,7 @@ def test_implied_parents_python_tarfile(tmp_path):
         assert tl.listdir((b"a", b"b", b"c")) is None
 
 
-# -- reading bytes ---------------------------------------------------------------------------------
+# -- reading bytes ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("comp", ["plain", "gzip", "zstd"])
 def test_open_random_access_and_nothing_next_to_evidence(tmp_path, comp):
@@ -407,7 +407,7 @@ def test_label_index_rules_and_entry_shape(tmp_path):
     tl.close()
 
 
-# -- archives that cannot be read -------------------------------------------------------------------
+# -- archives that cannot be read --------------------------------------------------------------
 
 def _expect_error(path, *words) -> str:
     with pytest.raises(LayerError) as exc:
@@ -421,7 +421,8 @@ def _expect_error(path, *words) -> str:
 
 @pytest.fixture
 def good_tar(tmp_path):
-    members = [(ti("a"), os.urandom(5000)), (ti("b"), os.urandom(3000)),
+    members = [(ti("a", pax_headers={"mtime": "2.5"}), os.urandom(5000)),
+               (ti("b"), os.urandom(3000)),
                (ti("p", pax_headers={"mtime": "1.5"}), b"p"), (ti("c"), b"c")]
     write_members(tmp_path / "good.tar", members)
     return (tmp_path / "good.tar").read_bytes()
@@ -434,6 +435,8 @@ def test_truncated_plain_archives(tmp_path, good_tar):
         "in-data": b.offset_data + 100,
         "after-pax-header": p.offset_data - 512,
         "in-header-after-pax-header": p.offset_data - 300,
+        "first-member-data": 700,
+        "after-first-pax-header": 1024,  # tarfile.open itself fails here
         "at-member-boundary": c.offset,  # tarfile alone would report a shorter, "fine" archive
         "in-header": c.offset + 200,
         "after-last-member": c.offset_data + 512,  # end-of-archive marker missing
