@@ -222,7 +222,8 @@ class TableWriter(Writer):
             visible(record.get("path") or ""),
             visible(record.get("type") or ""),
             visible(what),
-            visible(record.get("via") or ""),
+            visible(record.get("via") or (f"renamed from {record['renamed_from']}"
+                                           if record.get("renamed_from") else "")),
             layer.get("index"),
             record.get("size"),
         ])

@@ -5,8 +5,10 @@ or an engine fails instead of skipping, so CI can never go green by skipping the
 """
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
+import tempfile
 import uuid
 
 import pytest
@@ -23,7 +25,9 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@functools.cache
 def _overlay_works() -> tuple[bool, str]:
+    """Root, overlayfs in the kernel, and a test mount that really works (not in every container)."""
     if os.geteuid() != 0:
         return False, "needs root to mount overlayfs"
     try:
@@ -32,6 +36,14 @@ def _overlay_works() -> tuple[bool, str]:
                 return False, "kernel has no overlayfs"
     except OSError:
         return False, "cannot read /proc/filesystems"
+    with tempfile.TemporaryDirectory(prefix="ovf-probe-") as d:
+        for sub in ("l1", "l2", "m"):
+            os.mkdir(os.path.join(d, sub))
+        proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                               f"ro,lowerdir={d}/l1:{d}/l2", f"{d}/m"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return False, f"cannot mount overlayfs here: {proc.stderr.strip()}"
+        subprocess.run(["umount", f"{d}/m"], check=False)
     return True, ""
 
 
