@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import oracle  # noqa: E402
 from conftest import need  # noqa: E402
 from oracle import (DATA, DEVICES, FLAVOURS, MODES, NAMES, OWNERS, TARGETS, TIMES,  # noqa: E402
-                    XATTR_NAMES, XATTR_VALUES, Case, Pick)
+                    XATTR_NAMES, XATTR_VALUES, ODD_NAMES, Case, Pick)
 
 EXAMPLES_PER_FLAVOUR = int(os.environ.get("OVF_ORACLE_EXAMPLES", "400"))
 
@@ -85,7 +85,8 @@ def _weighted_paths() -> list[str]:
     one = list(NAMES)
     two = [f"{x}/{y}" for x in NAMES for y in NAMES]
     three = [f"{x}/{y}/{z}" for x in NAMES[:2] for y in NAMES[:2] for z in NAMES[:2]]
-    return one * 4 + two + three
+    odd = list(ODD_NAMES) + [f"a/{n}" for n in ODD_NAMES]
+    return one * 4 + two + three + odd
 
 
 rel = st.sampled_from(_weighted_paths())
@@ -105,6 +106,7 @@ link = st.tuples(st.just("link"), some, rel)
 #: the bottom layer: a plain directory, mostly creations (parents are made on demand)
 l2_ops = st.one_of(
     write, write, write, mkdir, mkdir, symlink, mkfifo, chmod, chown, setxattr, setxattr, link,
+    st.tuples(st.just("setacl"), some), st.tuples(st.just("socket"), rel),
     st.tuples(st.just("mknod"), rel, st.sampled_from("cb"), st.sampled_from(DEVICES[:2])),
 )
 
@@ -123,6 +125,8 @@ mount_ops = st.one_of(
     st.tuples(st.just("replace_dir"), some),  # rm -rf d; mkdir d
     symlink, link, mkfifo,
     st.tuples(st.just("mknod"), rel, st.sampled_from("cb"), st.sampled_from(DEVICES)),
+    st.tuples(st.just("setacl"), some_or_root),
+    st.tuples(st.just("socket"), rel),
 )
 
 cases = st.builds(

@@ -12,7 +12,9 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -22,6 +24,7 @@ from ovforensics.layer import DirLayer, Entry, EntryError, LayerError
 from ovforensics.tarlayer import TarLayer, normalise
 
 IS_ROOT = os.geteuid() == 0
+ROOT = Path(__file__).resolve().parents[1]
 BAD = b"bad\xff"
 NL = b"nl\nname"
 MTIME_NS = 1_600_000_000_123_456_789
@@ -483,9 +486,17 @@ def test_not_a_tar(tmp_path):
 
 
 def test_unreadable(tmp_path, good_tar):
-    if IS_ROOT:
-        pytest.skip("root reads a mode-000 file")
+    """A locked archive (as on a FUSE/NFS evidence mount): as root, checked as an unprivileged user."""
     p = tmp_path / "locked.tar"
     p.write_bytes(good_tar)
     p.chmod(0)
-    _expect_error(p, "Permission denied")
+    if not IS_ROOT:
+        _expect_error(p, "Permission denied")
+        return
+    tmp_path.chmod(0o755)
+    code = ("import sys; from ovforensics.tarlayer import TarLayer; from ovforensics.layer import LayerError\n"
+            "try:\n    TarLayer(sys.argv[1])\nexcept LayerError as e:\n    print(e)\n")
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           sys.executable, "-c", code, str(p)], capture_output=True, text=True,
+                          cwd="/", env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "Permission denied" in proc.stdout, proc.stdout + proc.stderr
