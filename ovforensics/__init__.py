@@ -11,7 +11,8 @@ from .markers import Namespaces
 from .record import CHANGE_KINDS, Change, LayerRef
 
 __version__ = "0.1.0"
-__all__ = ["scan", "Change", "LayerRef", "LayerError", "open_layer", "__version__"]
+__all__ = ["scan", "scan_container", "containers", "find_container", "Change", "LayerRef",
+           "LayerError", "open_layer", "__version__"]
 
 
 def open_layer(spec, index: int = -1, rules: str = "auto") -> Layer:
@@ -59,3 +60,36 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
             if any(fnmatch.fnmatchcase(text, g) for g in exclude):
                 continue
         yield record
+
+
+def containers(root: str = "/", engine: str | None = None, data_root: str | None = None):
+    """Every container of every engine found under ``root`` (a live host: ``/``; evidence: its
+    mount point), from the engines' files alone. Yields ``Container`` and ``Broken`` records."""
+    from .engines.registry import find_all
+    from .rootfs import Root
+
+    return find_all(Root(root), engine=engine, data_root=data_root)
+
+
+def find_container(query: str, root: str = "/", engine: str | None = None,
+                   data_root: str | None = None):
+    """The one container a name, full id or id prefix names; raises on none or several."""
+    from .engines.base import Container
+    from .engines.registry import select
+
+    found = [c for c in containers(root, engine, data_root) if isinstance(c, Container)]
+    return select(query, found)
+
+
+def scan_container(container, **options) -> Iterator[Change]:
+    """:func:`scan` over a container's stack; records carry the engine's layer ids."""
+    from .layer import DirLayer
+
+    rules = options.pop("whiteouts", None) or container.whiteouts
+    options.setdefault("xattr_ns", container.xattr_ns)
+    layers = []
+    for index, info in enumerate([container.upper, *container.lowers]):
+        layer = DirLayer(info.dir, index=index - 1, rules=rules if rules != "auto" else "kernel")
+        layer.info = info
+        layers.append(layer)
+    return scan(layers[0], layers[1:], **options)

@@ -30,6 +30,15 @@ class Task:
     cut: bool = False
 
 
+def layer_ref(layer: Layer, index: int) -> LayerRef:
+    """The record's name for a lower layer, with the engine's ids when a reader attached them."""
+    info = getattr(layer, "info", None)
+    if info is None:
+        return LayerRef(index, layer.label)
+    return LayerRef(index, layer.label, id=info.id, diff_id=info.diff_id,
+                    image_index=info.image_index, role=info.role)
+
+
 class Differ:
     def __init__(self, upper: Layer, lowers: list[Layer], ns: Namespaces):
         self.upper = upper
@@ -168,8 +177,7 @@ class Differ:
             what=tuple(what),
             via=via,
             lower_path=shadow.physical if shadow is not None else None,
-            lower_layer=(LayerRef(shadow_pos, shadow.layer.label, getattr(shadow.layer, "layer_id", None))
-                         if shadow is not None else None),
+            lower_layer=layer_ref(shadow.layer, shadow_pos) if shadow is not None else None,
             upper_path=entry.physical if in_upper else None,
             size=entry.size,
             mode=entry.perm,

@@ -109,6 +109,7 @@ class DirLayer:
         self.index = index
         self.label = os.fsdecode(self.root)
         self.rules = rules
+        self.info = None  # the engine's LayerInfo, when an engine reader found this layer
         try:
             st = os.lstat(self.root)
         except OSError as exc:

@@ -25,16 +25,22 @@ VIA_KINDS = ("whiteout", "xwhiteout", "wh-file", "opaque", "parent", "type-chang
 
 @dataclass(frozen=True)
 class LayerRef:
-    """Names a lower layer: its index (0 = topmost lower) and where it lives."""
+    """Names a lower layer: its index (0 = topmost lower), where it lives, and, when an engine
+    reader found it, the engine's names for it (layer id, diff id, image layer index, role)."""
 
     index: int
     dir: str
     id: str | None = None
+    diff_id: str | None = None
+    image_index: int | None = None
+    role: str | None = None  # "init" or "image" when known
 
     def to_dict(self) -> dict:
         out = {"index": self.index, "dir": self.dir}
-        if self.id is not None:
-            out["id"] = self.id
+        for key in ("id", "diff_id", "image_index", "role"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
         return out
 
 

@@ -285,3 +285,53 @@ def write_all(fmt: str, changes: Iterable[Change], stream: TextIO) -> dict:
     for change in changes:
         writer.write(change)
     return writer.close()
+
+
+# -- rows: inventories (containers, layers) in the same formats ----------------------------
+def write_rows(fmt: str, rows: Iterable[dict], columns: tuple[str, ...], stream: TextIO) -> int:
+    """Write plain records (``containers``, ``layers``) in any core format; returns the count.
+
+    ``docker`` prints the table without a summary, as ``docker ps`` does. The same guards
+    apply as for changes: formula-guarded CSV cells, visible control characters in tables.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    count = 0
+    if fmt == "jsonl":
+        for row in rows:
+            stream.write(json_line(row) + "\n")
+            count += 1
+    elif fmt == "json":
+        stream.write("[")
+        for row in rows:
+            stream.write(("\n" if not count else ",\n") + json_line(row))
+            count += 1
+        stream.write("\n]\n")
+    elif fmt == "csv":
+        out = csv.writer(stream, lineterminator="\r\n")
+        out.writerow(columns)
+        for row in rows:
+            out.writerow([_row_cell(row.get(c), guard=True) for c in columns])
+            count += 1
+    else:
+        table = [[visible(str(_row_cell(row.get(c), guard=False))) for c in columns] for row in rows]
+        count = len(table)
+        if not table:
+            stream.write("(none)\n")
+        else:
+            stream.write(tabulate(table, headers=columns, disable_numparse=True,
+                                  preserve_whitespace=True) + "\n")
+    stream.flush()
+    return count
+
+
+def _row_cell(value, guard: bool):
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    if isinstance(value, str) and guard:
+        return guard_formula(value)
+    return value

@@ -1,0 +1,50 @@
+"""What every engine reader returns: containers and their layer stacks, as typed records."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class StoreError(Exception):
+    """A store file that is missing or damaged; the message names the file and what was expected."""
+
+
+@dataclass
+class LayerInfo:
+    """One layer of a container's stack, as the engine knows it.
+
+    ``dir`` is the host path of the layer's real content directory (``.../diff`` or ``.../fs``),
+    resolved inside the evidence root, never through an ``l/`` link.
+    """
+
+    role: str  # "upper", "init" or "image"
+    dir: str
+    id: str | None = None  # Docker cache-id, Podman layer id, containerd snapshot key
+    diff_id: str | None = None  # sha256:... where known
+    chain_id: str | None = None
+    link: str | None = None  # the l/ short name, where the engine keeps one
+    image_index: int | None = None  # 0 = the image's bottom layer
+
+
+@dataclass
+class Container:
+    engine: str  # "docker", "podman", "containerd"
+    id: str
+    names: list[str]
+    image: str | None
+    state: str | None
+    created: str | None  # ISO 8601 as the engine stored it
+    store: str  # host path of the engine's data root
+    upper: LayerInfo
+    lowers: list[LayerInfo] = field(default_factory=list)  # topmost first: init, then image top..bottom
+    namespace: str | None = None  # containerd namespace
+    whiteouts: str = "kernel"  # marker rules of this store's layers (fuse-overlayfs: "fuse")
+    xattr_ns: str = "auto"
+
+
+@dataclass
+class Broken:
+    """A container entry that could not be read: listed as a warning, never fatal."""
+
+    engine: str
+    where: str
+    why: str

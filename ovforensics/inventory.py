@@ -1,0 +1,61 @@
+"""Inventories for ``containers`` and ``layers``: one plain dict per container or layer."""
+from __future__ import annotations
+
+import os
+import stat
+
+from .engines.base import Container, LayerInfo
+
+CONTAINER_COLUMNS = ("engine", "id", "names", "image", "state", "created", "upperdir", "layers",
+                     "upper_entries", "upper_bytes", "namespace")
+LAYER_COLUMNS = ("position", "role", "id", "dir", "link", "diff_id", "chain_id", "image_index",
+                 "entries", "bytes")
+
+
+def tree_stats(top: str) -> tuple[int, int]:
+    """(entries, apparent bytes of regular files) below ``top``; no links followed, errors skipped."""
+    entries = size = 0
+    stack = [os.fsencode(top)]
+    while stack:
+        where = stack.pop()
+        try:
+            it = os.scandir(where)
+        except OSError:
+            continue
+        with it:
+            for dent in it:
+                entries += 1
+                try:
+                    st = dent.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(dent.path)
+                elif stat.S_ISREG(st.st_mode):
+                    size += st.st_size
+    return entries, size
+
+
+def container_row(c: Container, sizes: bool = True) -> dict:
+    entries, size = tree_stats(c.upper.dir) if sizes else (None, None)
+    return {
+        "engine": c.engine, "id": c.id, "names": list(c.names), "image": c.image,
+        "state": c.state, "created": c.created, "upperdir": c.upper.dir,
+        "layers": 1 + len(c.lowers), "upper_entries": entries, "upper_bytes": size,
+        "namespace": c.namespace,
+    }
+
+
+def layer_rows(c: Container):
+    """The stack top down: position 0 is the upper, then the lowers (init first)."""
+    for position, layer in enumerate([c.upper, *c.lowers]):
+        yield layer_row(position, layer)
+
+
+def layer_row(position: int, layer: LayerInfo) -> dict:
+    entries, size = tree_stats(layer.dir)
+    return {
+        "position": position, "role": layer.role, "id": layer.id, "dir": layer.dir,
+        "link": layer.link, "diff_id": layer.diff_id, "chain_id": layer.chain_id,
+        "image_index": layer.image_index, "entries": entries, "bytes": size,
+    }
