@@ -89,7 +89,10 @@ class Differ:
                 for anomaly, detail in (found.problems if found else ()):
                     yield self._anomaly(path, anomaly, detail)
             if m is None and b is None:
-                if upper_view is not None and name in upper_view.whiteouts:
+                # orphan: nothing below the whiteout in the merged view's own lower frames
+                # (under a renamed dir those are the old path's, not the base's at this path)
+                if (upper_view is not None and name in upper_view.whiteouts
+                        and self.merged.lookup(task.mframes[1:], name) is None):
                     via, marker = upper_view.whiteouts[name]
                     yield self._anomaly(path, "orphan-whiteout",
                                         f"{via} {self._show(marker.physical)}: no lower layer holds this path",

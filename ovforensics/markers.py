@@ -14,7 +14,8 @@ Three rule sets, per layer (``Layer.rules``):
 
 ``<ns>`` is ``trusted.overlay.`` (root mounts) or ``user.overlay.`` (``userxattr`` mounts). A
 mount honours only its own prefix; ``auto`` finds it from the layers' root directories (the
-kernel writes ``<ns>uuid``/``<ns>impure`` there), and honours both when nothing tells. ``<ns>overlay.X`` is an escaped xattr: user data shown as ``<ns>X``.
+kernel writes ``<ns>uuid``/``<ns>impure`` there; a ``trusted.`` mark wins, as only a root
+mount can write one), and honours both when nothing tells. ``<ns>overlay.X`` is an escaped xattr: user data shown as ``<ns>X``.
 See docs/kernel-facts.md for what was checked against the kernel.
 """
 from __future__ import annotations
@@ -65,16 +66,29 @@ class Namespaces:
         return None
 
 
+CONTROL_NAMES = frozenset({"opaque", "redirect", "origin", "impure", "nlink", "upper", "uuid",
+                           "metacopy", "whiteout", "whiteouts", "protattr"})
+
+
 def detect_prefixes(roots) -> tuple[str, ...]:
-    """The control prefix the layers were written with, judged from their root directories."""
-    seen = set()
+    """The control prefix the layers were written with, judged from their root directories.
+
+    The first root (the upper's, where the mount writes ``<ns>uuid``/``<ns>impure``) that
+    carries a known control xattr under exactly one prefix decides; unknown names such as
+    ``trusted.overlay.x`` are user data and prove nothing. Only a root mount can write
+    ``trusted.*``, so where both prefixes carry control names, ``trusted`` wins. With no
+    mark at all, both are honoured.
+    """
     for root in roots:
+        seen = set()
         for name in root.xattrs():
             for prefix in (TRUSTED, USER):
-                if name.startswith(prefix) and not name.startswith(prefix + "overlay."):
+                if name.startswith(prefix) and name[len(prefix):] in CONTROL_NAMES:
                     seen.add(prefix)
-    if len(seen) == 1:
-        return (seen.pop(),)
+        if TRUSTED in seen:
+            return (TRUSTED,)
+        if USER in seen:
+            return (USER,)
     return (TRUSTED, USER)
 
 

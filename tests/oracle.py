@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 # -- vocabulary ----------------------------------------------------------------------------------
 NAMES = ("a", "b", "c")
 DATA = (b"", b"1", b"22", b"hello\n")
-MODES = (0o644, 0o755, 0o600, 0o4755)
+MODES = (0o644, 0o755, 0o600, 0o4755, 0o1777)
 OWNERS = ((0, 0), (1000, 1000), (0, 1000))
 TIMES = (1_000_000_000_123_456_789, 1_500_000_000_000_000_000)  # ns
 #: trusted.overlay.x is escaped by the kernel (stored as trusted.overlay.overlay.x); user.overlay.opaque
 #: is plain user data on a root (trusted.*) mount, never a marker
-XATTR_NAMES = ("user.a", "user.b", "trusted.overlay.x", "user.overlay.opaque")
+XATTR_NAMES = ("user.a", "user.b", "trusted.overlay.x", "user.overlay.opaque", "trusted.a")
 XATTR_VALUES = (b"1", b"y")
 #: odd names a container can create: OCI whiteout lookalikes (ordinary files for the kernel),
 #: bytes that are not UTF-8, a newline
@@ -52,14 +52,18 @@ def _acl(*entries) -> bytes:
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i) for t, p, i in entries)
 
 
-#: an extended ACL (user:1000:r--), as setfacl writes it to system.posix_acl_access
+#: an extended ACL (user:1000:r--), as setfacl writes it to system.posix_acl_access (or _default)
 ACL_USER_1000 = _acl((0x01, 6, 0xFFFFFFFF), (0x02, 4, 1000), (0x04, 4, 0xFFFFFFFF),
-                     (0x10, 4, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF))  # every non-directory in the bottom layer gets this mtime
+                     (0x10, 4, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF))
+#: file capabilities (cap_net_bind_service+ep), as setcap writes them: VFS_CAP_REVISION_2
+CAP_NET_BIND = (0x02000000 | 1).to_bytes(4, "little") + (1 << 10).to_bytes(4, "little") + bytes(12)  # every non-directory in the bottom layer gets this mtime
 
 FLAVOURS = {
     # name: (options of the read-write mounts, options of the read-only views)
     "default": ((), ()),
     "redirect_metacopy": (("redirect_dir=on", "metacopy=on"), ("redirect_dir=follow", "metacopy=on")),
+    # rootless-style markers: user.overlay.* instead of trusted.overlay.*
+    "userxattr": (("userxattr",), ("userxattr",)),
 }
 
 WHAT_ORDER = ("type", "content", "target", "mode", "owner", "mtime", "xattrs")
@@ -172,6 +176,12 @@ def probe() -> tuple[bool, str]:
 
 
 # -- operations ----------------------------------------------------------------------------------
+def is_whiteout(path) -> bool:
+    """A kernel whiteout: a 0/0 character device."""
+    st = os.lstat(path)
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
 def _lkind(path: bytes) -> int | None:
     try:
         return stat.S_IFMT(os.lstat(path).st_mode)
@@ -208,6 +218,8 @@ def apply_op(root: bytes, op: tuple, mkparents: bool = False) -> None:
             os.makedirs(os.path.dirname(p), exist_ok=True)
         return p
 
+    if kind == "nop":
+        return
     if kind == "write":
         _write(P(args[0]), args[1], os.O_TRUNC)
     elif kind == "append":
@@ -256,7 +268,13 @@ def apply_op(root: bytes, op: tuple, mkparents: bool = False) -> None:
         p = P(args[0])
         if _lkind(p) in (None, stat.S_IFLNK):
             raise OSError(errno.EINVAL, "missing or a symlink (skipped)")
-        os.setxattr(p, "system.posix_acl_access", ACL_USER_1000)
+        os.setxattr(p, "system.posix_acl_default" if tuple(args[1:]) == ("default",) else "system.posix_acl_access",
+                    ACL_USER_1000)
+    elif kind == "setcap":
+        p = P(args[0])
+        if _lkind(p) != stat.S_IFREG:
+            raise OSError(errno.EINVAL, "not a regular file (skipped)")
+        os.setxattr(p, "security.capability", CAP_NET_BIND)
     elif kind == "socket":
         import socket
 
@@ -427,9 +445,9 @@ def dump_raw(root) -> list[str]:
                 if kind == "symlink":
                     desc += f" -> {os.readlink(p)!r}"
                 xs = {n: os.getxattr(p, n, follow_symlinks=False) for n in os.listxattr(p, follow_symlinks=False)}
-                xs = {k: v for k, v in xs.items() if k != "trusted.overlay.origin" and k != "trusted.overlay.uuid"}
                 if xs:
-                    desc += " " + " ".join(f"{k}={v!r}" for k, v in sorted(xs.items()))
+                    desc += " " + " ".join(f"{k}=<{len(v)} bytes>" if k.endswith(".origin") else f"{k}={v!r}"
+                                           for k, v in sorted(xs.items()))
             except OSError as exc:
                 desc = f"<{exc}>"
             lines.append(f"{rel.decode(errors='backslashreplace')}: {desc}")
@@ -477,9 +495,13 @@ def expected_changes(base: dict[bytes, Node], merged: dict[bytes, Node]) -> dict
 # -- a whole case --------------------------------------------------------------------------------
 @dataclass
 class Case:
+    """A stack: ops for the bottom layer L2, for L1 and L0 (None: no such layer; L0 needs L1),
+    and for the UPPER. Lowers are L0:L1:L2 (topmost first)."""
+
     l2: list = field(default_factory=list)
     l1: list | None = None
     upper: list = field(default_factory=list)
+    l0: list | None = None
 
 
 @dataclass
@@ -508,29 +530,34 @@ def build(case: Case, flavour: str, workdir) -> Built:
     """
     rw_opts, _ = FLAVOURS[flavour]
     w = _b(workdir)
-    l2, l1 = os.path.join(w, b"L2"), os.path.join(w, b"L1")
-    for d in (l2, l1):
-        os.mkdir(d)
-        os.chmod(d, 0o755)
+    l2 = os.path.join(w, b"L2")
+    os.mkdir(l2)
+    os.chmod(l2, 0o755)
     outcomes: dict[str, list[str]] = {}
     resolved: dict[str, list] = {}
     rw_base = None
+    lowers = [l2]
     try:
         outcomes["l2"] = apply_ops(l2, case.l2, mkparents=True, resolved=resolved.setdefault("l2", []))
         settle_l2(l2)
-        if case.l1 is not None:
-            with mounted(os.path.join(w, b"M1"), [l2], l1, os.path.join(w, b"W1"), rw_opts) as m:
-                outcomes["l1"] = apply_ops(m, case.l1, resolved=resolved.setdefault("l1", []))
+        # the middle layers, bottom up: each is the upper of a mount over the layers below it
+        for name, ops in (("l1", case.l1), ("l0", case.l0 if case.l1 is not None else None)):
+            if ops is None:
+                continue
+            layer = os.path.join(w, name.upper().encode())
+            os.mkdir(layer)
+            os.chmod(layer, 0o755)
+            with mounted(os.path.join(w, b"M" + name.encode()), lowers, layer,
+                         os.path.join(w, b"W" + name.encode()), rw_opts) as m:
+                outcomes[name] = apply_ops(m, ops, resolved=resolved.setdefault(name, []))
                 rw_base = walk_view(m)
-            lowers = [l1, l2]
-        else:
-            lowers = [l2]
+            lowers = [layer] + lowers
     finally:
         umount_all()
     built = build_upper(lowers, case.upper, flavour, workdir, case=case, outcomes=outcomes, resolved=resolved)
     if rw_base is not None and _strip_dir_mtime(rw_base) != _strip_dir_mtime(built.base):
-        raise OracleError("ORACLE SELF-CHECK FAILED\nbase view differs from the L1 read-write mount:\n"
-                          + _tree_diff(rw_base, built.base) + "\n" + format_case(built))
+        raise OracleError("ORACLE SELF-CHECK FAILED\nbase view differs from the read-write mount that made "
+                          "the top lower layer:\n" + _tree_diff(rw_base, built.base) + "\n" + format_case(built))
     return built
 
 
@@ -587,7 +614,11 @@ def _tree_diff(a, b) -> str:
 
 def _fmt_ops(ops, outcomes) -> list[str]:
     outcomes = outcomes or ["not run"] * len(ops)
-    return [f"    {op!r:64} -> {res}" for op, res in zip(ops, outcomes)]
+    return [f"    {op!r:64} -> {res}" for op, res in zip(ops, outcomes) if op != ("nop",)] or ["    (nothing)"]
+
+
+def _real(ops):
+    return None if ops is None else [op for op in ops if op != ("nop",)]
 
 
 def format_case(built: Built) -> str:
@@ -595,15 +626,22 @@ def format_case(built: Built) -> str:
     lines = [f"flavour: {built.flavour} (rw mounts: {','.join(FLAVOURS[built.flavour][0]) or 'defaults'})",
              "L2 (plain dir, parents made on demand, non-dir mtimes then set to L2_MTIME):"]
     lines += _fmt_ops(r.get("l2", c.l2), built.outcomes.get("l2"))
-    if c.l1 is None:
-        lines.append("L1: none (single lower layer)")
-    else:
-        lines.append("L1 (ops through overlay upper=L1 lower=L2):")
-        lines += _fmt_ops(r.get("l1", c.l1), built.outcomes.get("l1"))
-    lines.append("UPPER (ops through overlay upper=UPPER lower=" + ("L1:L2" if c.l1 is not None else "L2") + "):")
+    below = "L2"
+    l0 = c.l0 if c.l1 is not None else None
+    for name, ops in (("L1", c.l1), ("L0", l0)):
+        if ops is None:
+            lines.append(f"{name}: none")
+            continue
+        lines.append(f"{name} (ops through overlay upper={name} lower={below}):")
+        lines += _fmt_ops(r.get(name.lower(), ops), built.outcomes.get(name.lower()))
+        below = f"{name}:{below}"
+    lines.append(f"UPPER (ops through overlay upper=UPPER lower={below}):")
     lines += _fmt_ops(r.get("upper", c.upper), built.outcomes.get("upper"))
-    lines.append("reproduce: Case(l2=%r, l1=%r, upper=%r)"
-                 % (r.get("l2", c.l2), r.get("l1", c.l1), r.get("upper", c.upper)))
+    args = [f"l2={_real(r.get('l2', c.l2))!r}", f"l1={_real(r.get('l1', c.l1))!r}"]
+    if l0 is not None:
+        args.append(f"l0={_real(r.get('l0', l0))!r}")
+    args.append(f"upper={_real(r.get('upper', c.upper))!r}")
+    lines.append(f"reproduce: Case({', '.join(args)}) with flavour {built.flavour!r}")
     return "\n".join(lines)
 
 

@@ -103,37 +103,45 @@ chown = st.builds(lambda p, o: ("chown", p, *o), some_or_root, st.sampled_from(O
 setxattr = st.tuples(st.just("setxattr"), some_or_root, st.sampled_from(XATTR_NAMES), st.sampled_from(XATTR_VALUES))
 link = st.tuples(st.just("link"), some, rel)
 
+#: does nothing: the shrinker turns operations a failure does not need into this (lists have a
+#: minimum length so that generated stacks are not trivial); reports leave it out
+NOP = st.just(("nop",))
+
 #: the bottom layer: a plain directory, mostly creations (parents are made on demand)
+l2_write = st.tuples(st.just("write"), rel, st.sampled_from(DATA[1:]))
 l2_ops = st.one_of(
-    write, write, write, mkdir, mkdir, symlink, mkfifo, chmod, chown, setxattr, setxattr, link,
-    st.tuples(st.just("setacl"), some), st.tuples(st.just("socket"), rel),
+    NOP, l2_write, l2_write, l2_write, l2_write, l2_write, mkdir, mkdir, symlink, mkfifo, chmod, chown, setxattr, setxattr, link,
+    st.tuples(st.just("setacl"), some), st.tuples(st.just("setacl"), some, st.just("default")),
+    st.tuples(st.just("setcap"), some), st.tuples(st.just("socket"), rel),
     st.tuples(st.just("mknod"), rel, st.sampled_from("cb"), st.sampled_from(DEVICES[:2])),
 )
 
 #: operations through a read-write overlay mount (failures, e.g. EXDEV or ENOENT, are ignored)
+touch = st.tuples(st.just("touch"), some_or_root, st.sampled_from(TIMES))
+rename = st.tuples(st.just("rename"), some, st.one_of(rel, some))
 mount_ops = st.one_of(
-    write, mkdir,
+    NOP, write, mkdir,
     st.tuples(st.just("rm"), some),
     st.tuples(st.just("rmtree"), some),
-    chmod, chown,
-    st.tuples(st.just("touch"), some_or_root, st.sampled_from(TIMES)),
-    setxattr,
+    # metadata-only changes (metacopy copy-ups) and renames (redirects) count twice
+    chmod, chmod, chown, chown, touch, touch, setxattr, setxattr, rename, rename, rename,
     st.tuples(st.just("rmxattr"), some_or_root, st.sampled_from(XATTR_NAMES)),
     st.tuples(st.just("append"), some, st.sampled_from(DATA[1:])),
     st.tuples(st.just("truncate"), some, st.sampled_from((0, 1, 3))),
-    st.tuples(st.just("rename"), some, st.one_of(rel, some)),
     st.tuples(st.just("replace_dir"), some),  # rm -rf d; mkdir d
     symlink, link, mkfifo,
     st.tuples(st.just("mknod"), rel, st.sampled_from("cb"), st.sampled_from(DEVICES)),
-    st.tuples(st.just("setacl"), some_or_root),
+    st.tuples(st.just("setacl"), some_or_root), st.tuples(st.just("setacl"), some_or_root, st.just("default")),
+    st.tuples(st.just("setcap"), some),
     st.tuples(st.just("socket"), rel),
 )
 
 cases = st.builds(
     Case,
-    l2=st.lists(l2_ops, min_size=2, max_size=16),
-    l1=st.one_of(st.none(), st.lists(mount_ops, max_size=10)),
-    upper=st.lists(mount_ops, min_size=1, max_size=14),
+    l2=st.lists(l2_ops, min_size=4, max_size=16),
+    l1=st.one_of(st.none(), st.lists(mount_ops, min_size=2, max_size=10)),
+    upper=st.lists(mount_ops, min_size=3, max_size=14),
+    l0=st.one_of(st.none(), st.none(), st.lists(mount_ops, min_size=2, max_size=8)),
 )
 
 
@@ -309,3 +317,43 @@ def test_rename_of_lower_dir_without_redirect_is_exdev(workdir):
     assert built.outcomes["upper"] == ["EXDEV"]
     assert built.expected == {}
     assert by_path(check(built)) == {}
+
+
+def test_whiteout_inside_renamed_dir_is_not_an_orphan(workdir):
+    # the whiteout b/a -> a/a hides L2's b/a through a's redirect: no anomaly
+    low = _lower(workdir, "low", {"b/a": b"1"})
+    built = _build(workdir, [low], [("rm", "b/a"), ("rename", "b", "a")], "redirect_metacopy")
+    assert oracle.is_whiteout(os.path.join(built.upper, b"a", b"a"))
+    assert built.expected == {b"/a": ("added", ()), b"/b": ("deleted", ()), b"/b/a": ("deleted", ())}
+    records = check(built)
+    assert [r for r in records if r.change == "anomaly"] == []
+
+
+def test_user_overlay_xattrs_are_data_on_a_root_mount(workdir):
+    # trusted.overlay.* markers: a user.overlay.* xattr is data, even on a layer's root
+    low = _lower(workdir, "low", {"b/f": b"1"})
+    os.setxattr(low, "user.overlay.opaque", b"1")
+    built = _build(workdir, [low], [("setxattr", "b", "user.overlay.opaque", b"y")])
+    assert built.expected == {b"/": ("modified", ("xattrs",)), b"/b": ("modified", ("xattrs",))}
+    check(built)
+
+
+def test_userxattr_mount_markers(workdir):
+    # userxattr: user.overlay.opaque is the marker, a user's user.overlay.x is escaped on disk
+    low = _lower(workdir, "low", {"b/f": b"1", "c": b"c"})
+    built = _build(workdir, [low], [("replace_dir", "b"), ("setxattr", "c", "user.overlay.x", b"1")],
+                   "userxattr")
+    assert os.getxattr(os.path.join(built.upper, b"b"), "user.overlay.opaque") == b"y"
+    assert "user.overlay.overlay.x" in os.listxattr(os.path.join(built.upper, b"c"))
+    assert built.expected == {b"/b/f": ("deleted", ()), b"/c": ("modified", ("xattrs",))}
+    assert by_path(check(built))[b"/b/f"].via == "opaque"
+
+
+def test_userxattr_mount_with_trusted_data_on_the_root(workdir):
+    # on a userxattr mount trusted.overlay.* is plain data (a root process may set it): the
+    # user.overlay.* markers still rule
+    low = _lower(workdir, "low", {"b/f": b"1"})
+    built = _build(workdir, [low], [("setxattr", "", "trusted.overlay.x", b"1"), ("replace_dir", "b")],
+                   "userxattr")
+    assert built.expected == {b"/": ("modified", ("xattrs",)), b"/b/f": ("deleted", ())}
+    check(built)

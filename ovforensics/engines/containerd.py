@@ -1,0 +1,423 @@
+"""containerd: containers and their overlayfs snapshot stacks, from containerd's bbolt files alone.
+
+Never talks to the daemon or its socket. What is read, under the data root (``root =`` in
+``/etc/containerd/config.toml``, default ``/var/lib/containerd``):
+
+* ``io.containerd.metadata.v1.bolt/meta.db``: bucket ``v1``, one bucket per namespace
+  (``default`` for ctr, ``k8s.io`` for the CRI plugin, ``moby`` for Docker's containerd image
+  store, ...). In each namespace:
+
+  - ``containers/<id>/``: ``image``, ``snapshotter``, ``snapshotKey`` (strings), ``createdat``,
+    ``updatedat`` (Go ``time.MarshalBinary``), ``spec`` (a protobuf ``Any`` holding the OCI
+    spec JSON), ``runtime/{name,options}``, ``labels/``, ``extensions/``;
+  - ``snapshots/<snapshotter>/<key>/``: ``name`` (the snapshotter's own key,
+    ``<namespace>/<n>/<key>``), ``parent`` (the parent's key), ``children/``, ``labels/``,
+    ``createdat``, ``updatedat``;
+  - ``images/<name>/target/{digest,mediatype,size}``, ``content/blob/<digest>/``, ``leases/``.
+
+* ``io.containerd.snapshotter.v1.overlayfs/metadata.db``: ``v1/snapshots/<name>/`` with ``id``
+  (uvarint: the directory ``snapshots/<id>/``), ``kind`` (one byte: 1 view, 2 active,
+  3 committed), ``parent`` (the parent's *name*), ``inodes``, ``size`` (zig-zag varints),
+  ``createdat``, ``updatedat``, ``labels/``; and ``v1/parents/`` (``uvarint(parent id) 0x00
+  uvarint(child id)`` → child name). A snapshot's content is ``snapshots/<id>/fs``.
+
+The container's upperdir is its active snapshot's ``fs``; the lowerdirs are the parent chain's
+``fs``, immediate parent first, exactly the ``lowerdir=`` containerd mounts. Image layers are
+committed snapshots whose key is the layer's chain ID.
+
+Container state is never known from the disk: whether a task runs lives under containerd's
+``state`` directory (``/run/containerd``, a tmpfs that is not part of a disk image), so
+``state`` is ``None``.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import stat
+import tomllib
+from typing import Iterator
+
+from .. import bbolt
+from ..bbolt import BoltError
+from ..rootfs import Root, RootEscape
+from .base import Broken, Container, LayerInfo
+
+ENGINE = "containerd"
+CONFIG = "/etc/containerd/config.toml"
+DEFAULT_ROOT = "/var/lib/containerd"
+META_DB = "io.containerd.metadata.v1.bolt/meta.db"
+OVERLAY_PLUGIN = "io.containerd.snapshotter.v1.overlayfs"
+CONTENT = "io.containerd.content.v1.content"
+SNAPSHOTTER = "overlayfs"
+
+KINDS = {1: "view", 2: "active", 3: "committed"}
+#: labels whose values are also names of the container (nerdctl, the CRI plugin)
+NAME_LABELS = ("nerdctl/name", "io.kubernetes.pod.name", "io.kubernetes.container.name")
+#: Docker (with its classic graph drivers) registers every container in namespace "moby" with
+#: no snapshot and this label; its layers are Docker's own (the docker reader lists them)
+DOCKER_NAMESPACE = "moby"
+DOCKER_BUNDLE_LABEL = "com.docker/engine.bundle.path"
+MAX_CHAIN = 1000  # a parent chain longer than this loops
+MAX_JSON = 4 << 20
+_GO_EPOCH_TO_UNIX = 62135596800  # seconds from 0001-01-01 to 1970-01-01 (Go's unixToInternal)
+
+
+# -- values ------------------------------------------------------------------------------------
+def text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "backslashreplace")
+
+
+def go_time(value: bytes) -> str:
+    """Decode Go's ``time.MarshalBinary`` into RFC 3339 with nanoseconds, as Go prints it
+    (``time.RFC3339Nano``: trailing zeros of the fraction dropped; ``Z`` for UTC).
+
+    Layout: version byte (1, or 2 when the zone offset has seconds), seconds since
+    0001-01-01T00:00:00Z (int64 big-endian), nanoseconds (uint32 BE), zone offset in minutes
+    (int16 BE, -1 = UTC), and for version 2 the offset's seconds (one byte).
+    """
+    if len(value) < 15 or value[0] not in (1, 2) or len(value) != (15 if value[0] == 1 else 16):
+        raise ValueError(f"not a Go binary time ({len(value)} bytes, version {value[:1].hex() or '-'})")
+    sec = int.from_bytes(value[1:9], "big", signed=True)
+    nsec = int.from_bytes(value[9:13], "big")
+    offset_min = int.from_bytes(value[13:15], "big", signed=True)
+    offset = 0 if offset_min == -1 else offset_min * 60
+    if value[0] == 2:
+        offset += int.from_bytes(value[15:16], "big", signed=True)
+    if nsec >= 1_000_000_000:
+        raise ValueError(f"nanoseconds out of range ({nsec})")
+    local = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=sec - _GO_EPOCH_TO_UNIX + offset)
+    out = local.strftime("%Y-%m-%dT%H:%M:%S")
+    if nsec:
+        out += "." + f"{nsec:09d}".rstrip("0")
+    if offset == 0:
+        return out + "Z"
+    sign, a = ("+" if offset > 0 else "-"), abs(offset)
+    out += f"{sign}{a // 3600:02d}:{a % 3600 // 60:02d}"
+    return out + (f":{a % 60:02d}" if a % 60 else "")
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """OCI chain IDs: ChainID(L0) = DiffID(L0); ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(Ln))."""
+    out: list[str] = []
+    for d in diff_ids:
+        out.append(d if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
+    return out
+
+
+# -- where things are --------------------------------------------------------------------------
+def _config(root: Root, broken: list[Broken]) -> dict:
+    try:
+        host = root.resolve(CONFIG)
+    except (RootEscape, OSError) as exc:
+        broken.append(Broken(ENGINE, root.host_path(CONFIG), f"cannot resolve ({exc}); using {DEFAULT_ROOT}"))
+        return {}
+    if not os.path.isfile(host):
+        return {}
+    try:
+        with open(host, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        broken.append(Broken(ENGINE, host, f"cannot read ({exc.strerror or exc}); using {DEFAULT_ROOT}"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        broken.append(Broken(ENGINE, host, f"not valid TOML ({exc}); using {DEFAULT_ROOT}"))
+    return {}
+
+
+def _overlay_root_path(config: dict) -> str | None:
+    plugins = config.get("plugins")
+    if not isinstance(plugins, dict):
+        return None
+    for name in (OVERLAY_PLUGIN, SNAPSHOTTER):  # config version 2/3 ids; version 1 used short names
+        section = plugins.get(name)
+        if isinstance(section, dict) and isinstance(section.get("root_path"), str) and section["root_path"]:
+            return section["root_path"]
+    return None
+
+
+def _join(base: str, rel: str) -> str:
+    return base.rstrip("/") + "/" + rel
+
+
+class _Damaged(Exception):
+    """One container's stack cannot be followed; ``where`` is the host path at fault."""
+
+    def __init__(self, where: str, why: str):
+        super().__init__(why)
+        self.where = where
+        self.why = why
+
+
+class _Store:
+    """One containerd data root under an evidence root; opens the snapshotter database on demand."""
+
+    def __init__(self, root: Root, data_root: str, overlay_root: str):
+        self.root = root
+        self.data_root = data_root  # evidence paths
+        self.overlay_root = overlay_root
+        self.host = root.resolve(data_root)
+        self.meta_host = root.resolve(_join(data_root, META_DB))
+        snap = _join(overlay_root, "metadata.db")
+        try:
+            self.snap_host = root.resolve(snap)
+            self._snap_error: BoltError | None = None
+        except (RootEscape, OSError) as exc:
+            self.snap_host = root.host_path(snap)
+            self._snap_error = BoltError(self.snap_host, f"cannot resolve: {exc}")
+        self._snap_db: bbolt.DB | None = None
+        self._diff_ids: dict[tuple[str, str], dict[str, str]] = {}
+
+    def close(self) -> None:
+        if self._snap_db is not None:
+            self._snap_db.close()
+
+    def snap_db(self) -> bbolt.DB:
+        if self._snap_error is not None:
+            raise self._snap_error
+        if self._snap_db is None:
+            try:
+                self._snap_db = bbolt.open_db(self.snap_host)
+            except BoltError as exc:
+                self._snap_error = exc
+                raise
+        return self._snap_db
+
+    def backend(self, name: str) -> tuple[int, int, str | None]:
+        """(id, kind, parent name) of a snapshot in the overlayfs snapshotter's own database."""
+        snaps = self.snap_db().bucket("v1", "snapshots")
+        if snaps is None:
+            raise _Damaged(self.snap_host, "no v1/snapshots bucket")
+        b = snaps.bucket(name)
+        if b is None:
+            raise _Damaged(self.snap_host, f"snapshot {name!r} is not there (removed, or the two "
+                           "databases disagree)")
+        raw_id, raw_kind = b.value("id"), b.value("kind")
+        try:
+            sid = bbolt.uvarint(raw_id or b"")
+        except ValueError as exc:
+            raise _Damaged(self.snap_host, f"snapshot {name!r}: bad id {raw_id!r} ({exc})") from None
+        return sid, raw_kind[0] if raw_kind else 0, text(b.value("parent"))
+
+    def layer_dir(self, sid: int) -> str:
+        inside = _join(self.overlay_root, f"snapshots/{sid}/fs")
+        try:
+            host = self.root.resolve(inside)
+        except (RootEscape, OSError) as exc:
+            raise _Damaged(self.root.host_path(inside), f"refused: {exc}") from None
+        try:
+            st = os.stat(host)
+        except OSError as exc:
+            raise _Damaged(host, f"snapshot {sid}: {exc.strerror or exc}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise _Damaged(host, f"snapshot {sid}: not a directory")
+        return host
+
+    def diff_ids(self, namespace: str, ns_bucket: bbolt.Bucket, image: str | None) -> dict[str, str]:
+        """chain ID -> diff ID for the image's layers, from its manifest(s) and config(s) in the
+        content store; empty when the content is not there (never an error)."""
+        if not image:
+            return {}
+        cache_key = (namespace, image)
+        if cache_key in self._diff_ids:
+            return self._diff_ids[cache_key]
+        out: dict[str, str] = {}
+        try:
+            images = ns_bucket.bucket("images")
+            img = images.bucket(image) if images is not None else None
+            target = img.bucket("target") if img is not None else None
+            digest = text(target.value("digest")) if target is not None else None
+            todo, seen = [digest] if digest else [], set()
+            while todo and len(seen) < 64:
+                d = todo.pop()
+                if d in seen:
+                    continue
+                seen.add(d)
+                doc = self._blob_json(d)
+                if not isinstance(doc, dict):
+                    continue
+                if isinstance(doc.get("manifests"), list):  # an index: every platform's manifest
+                    todo += [m.get("digest") for m in doc["manifests"]
+                             if isinstance(m, dict) and isinstance(m.get("digest"), str)]
+                elif isinstance(doc.get("config"), dict) and isinstance(doc["config"].get("digest"), str):
+                    todo.append(doc["config"]["digest"])
+                elif isinstance(doc.get("rootfs"), dict):
+                    diffs = doc["rootfs"].get("diff_ids")
+                    if isinstance(diffs, list) and all(isinstance(x, str) for x in diffs):
+                        out.update(zip(chain_ids(diffs), diffs))
+        except BoltError:
+            pass
+        self._diff_ids[cache_key] = out
+        return out
+
+    def _blob_json(self, digest: str):
+        m = re.fullmatch(r"(sha256|sha512):([0-9a-f]{64,128})", digest or "")
+        if not m:
+            return None
+        try:
+            host = self.root.resolve(_join(self.data_root, f"{CONTENT}/blobs/{m[1]}/{m[2]}"))
+            with open(host, "rb") as fh:
+                data = fh.read(MAX_JSON + 1)
+            if len(data) > MAX_JSON:
+                return None
+            return json.loads(data)
+        except (OSError, RootEscape, ValueError):
+            return None
+
+
+# -- the reader --------------------------------------------------------------------------------
+def find(root: Root, data_root: str | None = None) -> Iterator[Container | Broken]:
+    """Every containerd container under ``root`` whose rootfs is an overlayfs snapshot.
+
+    ``data_root`` (a path inside ``root``) overrides ``root =`` of ``/etc/containerd/config.toml``
+    (itself read inside ``root``), whose default is ``/var/lib/containerd``. A missing or empty
+    data root yields nothing. A damaged database, a container on another snapshotter, a missing
+    snapshot, a path that leaves the root: each is a :class:`Broken` (``where`` = the host path
+    of the file at fault) and the listing goes on; nothing the evidence holds makes this raise.
+    """
+    broken: list[Broken] = []
+    overlay_root = None
+    if data_root is None:
+        config = _config(root, broken)
+        configured = config.get("root")
+        data_root = configured if isinstance(configured, str) and configured else DEFAULT_ROOT
+        overlay_root = _overlay_root_path(config)
+    yield from broken
+    overlay_root = overlay_root or _join(data_root, OVERLAY_PLUGIN)
+    try:
+        store = _Store(root, data_root, overlay_root)
+    except (RootEscape, OSError) as exc:
+        yield Broken(ENGINE, root.host_path(data_root), f"cannot resolve the data root: {exc}")
+        return
+    if not os.path.isdir(store.host):
+        return
+    if not os.path.lexists(store.meta_host):
+        try:
+            empty = not os.listdir(store.host)
+        except OSError:
+            empty = True
+        if not empty:
+            yield Broken(ENGINE, store.meta_host, f"missing: the data root {store.host} has no "
+                         "metadata database, its containers cannot be listed")
+        return
+    try:
+        db = bbolt.open_db(store.meta_host)
+    except BoltError as exc:
+        yield Broken(ENGINE, exc.path, exc.detail)
+        return
+    try:
+        yield from _namespaces(db, store)
+    finally:
+        db.close()
+        store.close()
+
+
+def _namespaces(db: bbolt.DB, store: _Store) -> Iterator[Container | Broken]:
+    try:
+        v1 = db.bucket("v1")
+        if v1 is None:
+            yield Broken(ENGINE, db.name, "no v1 bucket: not a containerd metadata database, or an "
+                         "unknown schema")
+            return
+        namespaces = list(v1.buckets())
+    except BoltError as exc:
+        yield Broken(ENGINE, exc.path, exc.detail)
+        return
+    for raw_ns, ns_bucket in namespaces:
+        namespace = text(raw_ns)
+        done = 0
+        try:
+            containers = ns_bucket.bucket("containers")
+            if containers is None:
+                continue
+            for raw_id, c_bucket in containers.buckets():
+                cid = text(raw_id)
+                try:
+                    item = _container(store, namespace, ns_bucket, cid, c_bucket)
+                    if item is not None:
+                        yield item
+                except BoltError as exc:
+                    yield Broken(ENGINE, exc.path, f"namespace {namespace}, container {cid}: {exc.detail}")
+                done += 1
+        except BoltError as exc:
+            more = f" after {done} container{'s' * (done != 1)}" if done else ""
+            yield Broken(ENGINE, exc.path, f"namespace {namespace}: {exc.detail}; the namespace's "
+                         f"containers cannot be listed{more}")
+
+
+def _container(store: _Store, namespace: str, ns_bucket: bbolt.Bucket, cid: str,
+               c: bbolt.Bucket) -> Container | Broken | None:
+    def broken(where: str, why: str) -> Broken:
+        return Broken(ENGINE, where, f"namespace {namespace}, container {cid}: {why}")
+
+    image = text(c.value("image")) or None
+    snapshotter = text(c.value("snapshotter")) or ""
+    key = text(c.value("snapshotKey")) or ""
+    label_bucket = c.bucket("labels")
+    labels = {text(k): text(v) for k, v in (label_bucket.items() if label_bucket else ())
+              if isinstance(v, bytes)}
+    created = None
+    raw_created = c.value("createdat")
+    if raw_created:
+        try:
+            created = go_time(raw_created)
+        except ValueError:
+            created = None
+    names = [cid]
+    names += [labels[k] for k in NAME_LABELS if labels.get(k) and labels[k] not in names]
+
+    if not key:
+        if namespace == DOCKER_NAMESPACE or DOCKER_BUNDLE_LABEL in labels:
+            return None  # Docker's graph-driver containers: the docker reader lists them
+        return broken(_db_name(c), "no snapshotKey: its rootfs is a directory of its own (ctr run "
+                      "--rootfs), not a snapshot; nothing to diff")
+    if snapshotter != SNAPSHOTTER:
+        return broken(_db_name(c), f"snapshotter {snapshotter or '(none)'!r} (snapshot {key!r}): only "
+                      "the overlayfs snapshotter is handled")
+    snaps = ns_bucket.bucket("snapshots")
+    snaps = snaps.bucket(SNAPSHOTTER) if snaps is not None else None
+    own = snaps.bucket(key) if snaps is not None else None
+    if own is None:
+        return broken(_db_name(c), f"snapshot {key!r} is not in v1/{namespace}/snapshots/{SNAPSHOTTER} "
+                      "(removed?)")
+    name = text(own.value("name"))
+    if not name:
+        return broken(_db_name(c), f"snapshot {key!r} has no backend name")
+
+    try:
+        sid, _kind, parent = store.backend(name)
+        upper = LayerInfo(role="upper", dir=store.layer_dir(sid), id=key)
+        chain: list[tuple[str, int]] = []
+        seen = {name}
+        while parent:
+            if parent in seen or len(chain) > MAX_CHAIN:
+                raise _Damaged(store.snap_host, f"snapshot {parent!r}: the parent chain loops")
+            seen.add(parent)
+            psid, _pkind, next_parent = store.backend(parent)
+            chain.append((parent, psid))
+            parent = next_parent
+        diff_ids = store.diff_ids(namespace, ns_bucket, image)
+        lowers = []
+        for i, (pname, psid) in enumerate(chain):
+            pkey = _key_of(pname)
+            lowers.append(LayerInfo(role="image", dir=store.layer_dir(psid), id=pkey,
+                                    chain_id=pkey if pkey.startswith("sha256:") else None,
+                                    diff_id=diff_ids.get(pkey), image_index=len(chain) - 1 - i))
+    except BoltError as exc:
+        return broken(exc.path, f"snapshot {key!r}: {exc.detail}")
+    except _Damaged as exc:
+        return broken(exc.where, f"snapshot {key!r}: {exc.why}")
+    return Container(engine=ENGINE, id=cid, names=names, image=image, state=None, created=created,
+                     store=store.host, upper=upper, lowers=lowers, namespace=namespace,
+                     whiteouts="kernel", xattr_ns="auto")
+
+
+def _db_name(bucket: bbolt.Bucket) -> str:
+    return bucket.db.name
+
+
+def _key_of(name: str) -> str:
+    """The namespace's key of a snapshot from its backend name ``<namespace>/<n>/<key>``."""
+    m = re.fullmatch(r"([^/]+)/(\d+)/(.+)", name, re.S)
+    return m[3] if m else name

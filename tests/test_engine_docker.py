@@ -1,0 +1,433 @@
+"""The Docker engine reader against a real, hermetic dockerd (overlay2).
+
+One dockerd per session (own data root, exec root, socket; stopped by its pid file) builds a
+one-layer busybox image and a multi-layer image whose own layers hold whiteouts and an opaque
+directory, and runs containers that write, delete, rm -rf and recreate, chmod, rename, swap a
+directory for a symlink, and make odd names. Then:
+
+1. ``find()`` on the live data root gives what ``docker inspect`` gives (names, image, state,
+   UpperDir, LowerDir), with the ids layerdb holds;
+2. ``ovforensics.scan`` over that stack accounts for every line of ``docker diff``, and every
+   record is either in ``docker diff`` or explained (pinned below);
+3. a ``cp -a`` copy of the data root, read as evidence under ``Root(copy)``, gives the same
+   containers and the same records, every directory inside the copy; hand-made ``l/`` links and
+   ``lower`` entries that point out of the store are refused;
+4. damaged stores give ``Broken`` records named by file, and the other containers still list.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import engine_docker as ed  # noqa: E402
+from conftest import need  # noqa: E402
+
+import ovforensics  # noqa: E402
+from ovforensics.engines import docker  # noqa: E402
+from ovforensics.engines.base import Broken, Container, StoreError  # noqa: E402
+from ovforensics.rootfs import Root  # noqa: E402
+
+BUSYBOX, MULTI = "ovf-test/busybox:1", "ovf-test/multi:1"
+ODD = "/odd\nname"
+
+#: name -> (image, script, expected exit status); c3 is only created, c4 keeps running
+SCRIPTS = {
+    "c1": (MULTI, f"""
+        echo new > /new.txt
+        rm /data/a
+        rm -rf /data/sub && mkdir /data/sub && echo c > /data/sub/c
+        chmod 600 /opt/app/keep
+        mv /tmp.txt /moved.txt
+        echo x > "{ODD}"
+        echo y > "$(printf '/bad\\377name')"
+        mkdir -p /deep/er/est
+        rm -rf /opt/app/lib
+        mv /srv/tree /srv/moved
+        echo again > /etc/motd
+        """, 0),
+    "c2": (BUSYBOX, "echo bye > /bye; exit 3", 3),
+    "c5": (BUSYBOX, """
+        rm -rf /data && ln -s /etc /data
+        mkfifo /fifo
+        touch /etc/issue
+        ln /etc/issue /hard
+        """, 0),
+}
+NAMES = ("c1", "c2", "c3", "c4", "c5")
+
+#: what ``account`` must explain for each container, exactly (docker diff's known blind spots)
+EXPLAINED = {
+    "c1": [
+        "C '/data': docker's parent-directory noise (a change below it)",
+        "C '/data/sub': docker's parent-directory noise (a change below it)",
+        "C '/etc': docker's parent-directory noise (a change below it)",
+        "C '/opt': docker's parent-directory noise (a change below it)",
+        "C '/opt/app': docker's parent-directory noise (a change below it)",
+        "C '/srv': docker's parent-directory noise (a change below it)",
+        "deleted '/opt/app/lib/y' (via parent): below D '/opt/app/lib'; docker lists a deleted "
+        "directory alone",
+        "deleted '/srv/tree/1' (via parent): below D '/srv/tree'; docker lists a deleted "
+        "directory alone",
+        "deleted '/srv/tree/1/f' (via parent): below D '/srv/tree'; docker lists a deleted "
+        "directory alone",
+        "deleted '/srv/tree/2' (via parent): below D '/srv/tree'; docker lists a deleted "
+        "directory alone",
+        "deleted '/srv/tree/2/g' (via parent): below D '/srv/tree'; docker lists a deleted "
+        "directory alone",
+    ],
+    "c2": [],
+    "c3": [],
+    "c4": [],
+    "c5": [
+        "C '/etc': docker's parent-directory noise (a change below it)",
+        "deleted '/data/a' (via type-change): below C '/data', a directory replaced by a "
+        "symlink; docker does not list what it hid",
+        "deleted '/data/sub' (via type-change): below C '/data', a directory replaced by a "
+        "symlink; docker does not list what it hid",
+        "deleted '/data/sub/b' (via parent): below C '/data', a directory replaced by a "
+        "symlink; docker does not list what it hid",
+    ],
+}
+
+
+# -- the daemon --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory):
+    why = ed.missing()
+    need(why is None, why or "")
+    base = tmp_path_factory.mktemp("dockerd")
+    daemon = ed.DockerD(base)
+    try:
+        error = daemon.start()
+        need(error is None, f"dockerd does not come up here: {error}")
+        rootfs = ed.busybox_rootfs(base / "rootfs")
+        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True)
+        daemon.cli("import", "-", BUSYBOX, input=tar.stdout)
+        ctx = base / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(ed.DOCKERFILE)
+        daemon.cli("build", "--network", "none", "-t", MULTI, str(ctx))
+        for name, (image, script, status) in SCRIPTS.items():
+            proc = daemon.cli("run", "--name", name, "--network", "none", image, "sh", "-c", script,
+                              check=False)
+            assert proc.returncode == status, (name, proc.stderr)
+        daemon.cli("create", "--name", "c3", "--network", "none", BUSYBOX, "true")
+        daemon.cli("run", "-d", "--name", "c4", "--network", "none", BUSYBOX, "sh", "-c",
+                   "echo r > /r; exec sleep 1000")
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _containers(items) -> dict[str, Container]:
+    return {c.names[0]: c for c in items if isinstance(c, Container)}
+
+
+def _broken(items) -> list[Broken]:
+    return [b for b in items if isinstance(b, Broken)]
+
+
+@pytest.fixture(scope="session")
+def live(dockerd):
+    items = list(docker.find(Root("/"), data_root=str(dockerd.data)))
+    assert _broken(items) == []
+    return _containers(items)
+
+
+def _copy_store(dockerd, dest) -> str:
+    """``cp -a`` of the data root (xattrs, devices, links, times); not into live mounts."""
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    subprocess.run(["cp", "-a", "--one-file-system", str(dockerd.data), str(dest)], check=True)
+    return str(dest)
+
+
+def _read(path) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def _write(path, text) -> None:
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+# -- 1. find() == docker inspect ---------------------------------------------------------------
+def test_find_matches_docker_inspect(dockerd, live):
+    assert sorted(live) == sorted(NAMES)
+    data = str(dockerd.data)
+    layerdb = os.path.join(data, "image/overlay2/layerdb")
+    for name in NAMES:
+        found, insp = live[name], dockerd.inspect(name)
+        assert found.engine == "docker" and found.id == insp["Id"]
+        assert found.names == [insp["Name"].lstrip("/")] == [name]
+        assert found.image == insp["Config"]["Image"]
+        assert found.state == insp["State"]["Status"]
+        assert found.created == insp["Created"]
+        assert found.store == data
+        graph = insp["GraphDriver"]
+        assert graph["Name"] == "overlay2"
+        assert found.upper.dir == graph["Data"]["UpperDir"]
+        assert [layer.dir for layer in found.lowers] == graph["Data"]["LowerDir"].split(":")
+        # the ids are layerdb's
+        mounts = os.path.join(layerdb, "mounts", found.id)
+        assert found.upper.role == "upper" and found.upper.id == _read(f"{mounts}/mount-id")
+        init = found.lowers[0]
+        assert init.role == "init" and init.id == _read(f"{mounts}/init-id") == found.upper.id + "-init"
+        image = found.lowers[1:]
+        assert all(layer.role == "image" for layer in image)
+        diff_ids = dockerd.inspect(insp["Image"])["RootFS"]["Layers"]  # bottom first
+        assert [layer.diff_id for layer in reversed(image)] == diff_ids
+        assert [layer.image_index for layer in reversed(image)] == list(range(len(diff_ids)))
+        chain = None
+        for layer, diff_id in zip(reversed(image), diff_ids):  # ChainID(L0..n), as the spec says
+            chain = diff_id if chain is None else \
+                "sha256:" + hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest()
+            assert layer.chain_id == chain
+            assert layer.id == _read(os.path.join(layerdb, "sha256", chain[7:], "cache-id"))
+        assert image[0].chain_id == _read(f"{mounts}/parent")
+        for layer in [found.upper, *found.lowers]:
+            assert layer.link == _read(os.path.join(os.path.dirname(layer.dir), "link"))
+            assert os.path.realpath(os.path.join(data, "overlay2/l", layer.link)) == layer.dir
+    assert {n: live[n].state for n in NAMES} == {"c1": "exited", "c2": "exited", "c3": "created",
+                                                 "c4": "running", "c5": "exited"}
+    assert len(live["c1"].lowers) == 1 + 4 and len(live["c2"].lowers) == 1 + 1
+    # the same through the package's entry point (the CLI's path)
+    assert ovforensics.find_container("c1", engine="docker", data_root=data).upper == live["c1"].upper
+
+
+def test_image_name_falls_back_to_the_id_when_the_tag_moved(dockerd, live, tmp_path):
+    """repositories.json gives the name; a name that now points elsewhere is not shown."""
+    store = _copy_store(dockerd, tmp_path / "docker")
+    repos = os.path.join(store, "image/overlay2/repositories.json")
+    data = json.loads(_read(repos))
+    # retag busybox:1 onto the multi image, as `docker tag` would
+    data["Repositories"]["ovf-test/busybox"][BUSYBOX] = data["Repositories"]["ovf-test/multi"][MULTI]
+    _write(repos, json.dumps(data))
+    found = _containers(docker.find(Root("/"), data_root=store))
+    busybox_id = dockerd.inspect(BUSYBOX)["Id"]
+    assert found["c2"].image == busybox_id
+    assert found["c1"].image == MULTI  # Config.Image is one of the image's names: kept
+
+
+# -- 2. scan vs docker diff --------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_scan_accounts_for_docker_diff(dockerd, live, name):
+    found = live[name]
+    changes = list(ovforensics.scan(found.upper.dir, [layer.dir for layer in found.lowers]))
+    theirs = ed.parse_diff(dockerd.text("diff", name))
+    problems, explained = ed.account(changes, theirs)
+    assert problems == []
+    assert explained == EXPLAINED[name]
+    if name == "c1":  # the odd names went through both sides intact
+        assert ("A", ODD) in theirs and ("A", "/bad\ufffdname") in theirs
+        paths = {c.path for c in changes}
+        assert ODD.encode() in paths and b"/bad\xffname" in paths
+
+
+# -- 3. evidence re-rooting --------------------------------------------------------------------
+def _records(found: Container) -> list[str]:
+    return [json.dumps(c.to_dict(), sort_keys=True)
+            for c in ovforensics.scan(found.upper.dir, [layer.dir for layer in found.lowers])]
+
+
+def _same_stack(mine: Container, ref: Container, old: str, new: str) -> None:
+    moved = lambda p: new + p[len(old):] if p.startswith(old + "/") else p  # noqa: E731
+    assert (mine.id, mine.names, mine.image, mine.state, mine.created) == \
+        (ref.id, ref.names, ref.image, ref.state, ref.created)
+    assert mine.store == new
+    for a, b in zip([mine.upper, *mine.lowers], [ref.upper, *ref.lowers], strict=True):
+        assert a.dir == moved(b.dir) and a.dir.startswith(new + "/overlay2/")
+        assert (a.role, a.id, a.diff_id, a.chain_id, a.link, a.image_index) == \
+            (b.role, b.id, b.diff_id, b.chain_id, b.link, b.image_index)
+
+
+@pytest.mark.parametrize("layout", ["default", "data-root", "graph"])
+def test_evidence_copy_reads_the_same(dockerd, live, tmp_path, layout):
+    evidence = tmp_path / "evidence"
+    if layout == "default":  # /var/lib/docker, no daemon.json
+        store = _copy_store(dockerd, evidence / "var/lib/docker")
+    else:  # daemon.json names /srv/docker; /srv is an absolute link inside the evidence
+        store = _copy_store(dockerd, evidence / "mnt/disk2/docker")
+        os.symlink("/mnt/disk2", evidence / "srv")
+        (evidence / "etc/docker").mkdir(parents=True)
+        _write(evidence / "etc/docker/daemon.json", json.dumps({layout: "/srv/docker"}))
+    items = list(docker.find(Root(str(evidence))))
+    assert _broken(items) == []
+    found = _containers(items)
+    assert sorted(found) == sorted(live)
+    for name, ref in live.items():
+        _same_stack(found[name], ref, str(dockerd.data), store)
+        assert [r.replace(store, str(dockerd.data)) for r in _records(found[name])] == _records(ref)
+
+
+def _c1_lower(store, c1: Container) -> tuple[str, list[str]]:
+    lower = os.path.join(store, "overlay2", c1.upper.id, "lower")
+    return lower, _read(lower).split(":")
+
+
+@pytest.mark.parametrize("how", ["evidence", "live-root"])
+def test_l_link_out_of_the_store_is_refused(dockerd, live, tmp_path, how):
+    evidence = tmp_path / "evidence"
+    store = _copy_store(dockerd, evidence / "var/lib/docker")
+    c1 = live["c1"]
+    _lower, entries = _c1_lower(store, c1)
+    short = entries[1][2:]  # the image's top layer
+    link = os.path.join(store, "overlay2/l", short)
+    os.unlink(link)
+    if how == "evidence":  # climbs above the evidence root
+        os.symlink("../../../../../../etc", link)
+        items = list(docker.find(Root(str(evidence))))
+    else:  # read as a live host: exactly enough ".." to reach the host's /etc
+        depth = len(os.path.dirname(link).strip("/").split("/"))
+        os.symlink("../" * depth + "etc", link)
+        assert os.path.realpath(link) == "/etc"
+        items = list(docker.find(Root("/"), data_root=store))
+    found = _containers(items)
+    assert sorted(found) == sorted(NAMES)
+    for item in found.values():
+        for layer in [item.upper, *item.lowers]:
+            assert layer.dir.startswith(store + "/overlay2/") and layer.dir != "/etc"
+    _same_stack(found["c1"], c1, str(dockerd.data), store)  # layerdb's stack, intact
+    broken = _broken(items)
+    assert [b.where for b in broken] == [link]
+    assert "refused" in broken[0].why and "taken from layerdb" in broken[0].why
+
+
+def test_lower_entry_out_of_the_store_is_refused(dockerd, live, tmp_path):
+    evidence = tmp_path / "evidence"
+    store = _copy_store(dockerd, evidence / "var/lib/docker")
+    c1 = live["c1"]
+    lower, entries = _c1_lower(store, c1)
+    entries[1] = "l/../../../../etc"
+    _write(lower, ":".join(entries))
+    for items in (list(docker.find(Root(str(evidence)))),
+                  list(docker.find(Root("/"), data_root=store))):
+        broken = _broken(items)
+        assert [b.where for b in broken] == [lower]
+        assert "'l/../../../../etc'" in broken[0].why and "refused" in broken[0].why
+        _same_stack(_containers(items)["c1"], c1, str(dockerd.data), store)
+
+
+def test_layer_dir_that_is_a_symlink_is_refused(dockerd, live, tmp_path):
+    evidence = tmp_path / "evidence"
+    store = _copy_store(dockerd, evidence / "var/lib/docker")
+    upper = os.path.join(store, "overlay2", live["c2"].upper.id, "diff")
+    shutil.rmtree(upper)
+    os.symlink("/etc", upper)
+    items = list(docker.find(Root(str(evidence))))
+    assert sorted(_containers(items)) == ["c1", "c3", "c4", "c5"]
+    broken = _broken(items)
+    assert [b.where for b in broken] == [upper] and "a symlink" in broken[0].why
+
+
+# -- 4. damaged stores ---------------------------------------------------------------------
+def test_damaged_containers_are_broken_the_others_listed(dockerd, live, tmp_path):
+    store = _copy_store(dockerd, tmp_path / "docker")
+    config = lambda name: os.path.join(store, "containers", live[name].id, "config.v2.json")  # noqa: E731
+    text = _read(config("c1"))
+    _write(config("c1"), text[: len(text) // 2])  # truncated
+    with open(config("c2"), "wb") as fh:
+        fh.write(b"\x00\xff garbage \x8f")
+    mount_id = os.path.join(store, "image/overlay2/layerdb/mounts", live["c3"].id, "mount-id")
+    os.unlink(mount_id)
+    cfg5 = json.loads(_read(config("c5")))
+    cfg5["Driver"] = "vfs"
+    _write(config("c5"), json.dumps(cfg5))
+
+    items = list(docker.find(Root("/"), data_root=store))
+    found = _containers(items)
+    assert sorted(found) == ["c4"]
+    _same_stack(found["c4"], live["c4"], str(dockerd.data), store)
+    why = {b.where: b.why for b in _broken(items)}
+    assert sorted(why) == sorted([config("c1"), config("c2"), mount_id, config("c5")])
+    assert why[config("c1")].startswith("not valid JSON (")
+    assert why[config("c2")] == "not text: expected the container's configuration (JSON)"
+    assert why[mount_id].startswith("missing: expected the id of the container's overlay2 directory")
+    assert why[config("c5")] == "storage driver 'vfs': only overlay2 is read here"
+
+
+def test_layerdb_and_lower_file_disagree(dockerd, live, tmp_path):
+    """The lower file (what the kernel mounted) gives the directories; layerdb the ids it knows."""
+    c1 = live["c1"]
+    moved = lambda store, p: store + p[len(str(dockerd.data)):]  # noqa: E731
+    # the lower file lost a layer: the stack the lower file gives, layerdb's ids, and a warning
+    store = _copy_store(dockerd, tmp_path / "a")
+    lower, entries = _c1_lower(store, c1)
+    _write(lower, ":".join(entries[:2] + entries[3:]))
+    kept = c1.lowers[:2] + c1.lowers[3:]
+    items = list(docker.find(Root("/"), data_root=store))
+    found = _containers(items)
+    assert sorted(found) == sorted(NAMES)
+    assert [x.dir for x in found["c1"].lowers] == [moved(store, x.dir) for x in kept]
+    assert [(x.role, x.id, x.diff_id, x.chain_id, x.image_index) for x in found["c1"].lowers] == \
+        [(x.role, x.id, x.diff_id, x.chain_id, x.image_index) for x in kept]
+    broken = _broken(items)
+    assert [b.where for b in broken] == [lower]
+    assert "using the lower file (what the kernel mounted)" in broken[0].why
+
+    # layerdb lost the top image layer's cache-id: the lower file supplies the directories;
+    # ids come from the directory names, diff/chain ids and image positions are unknown
+    store = _copy_store(dockerd, tmp_path / "b")
+    cache_id = os.path.join(store, "image/overlay2/layerdb/sha256", c1.lowers[1].chain_id[7:],
+                            "cache-id")
+    os.unlink(cache_id)
+    items = list(docker.find(Root("/"), data_root=store))
+    found = _containers(items)
+    assert sorted(found) == sorted(NAMES)
+    got = found["c1"].lowers
+    assert [x.dir for x in got] == [moved(store, x.dir) for x in c1.lowers]
+    assert [(x.role, x.id) for x in got] == [(x.role, x.id) for x in c1.lowers]
+    assert got[0].link == c1.lowers[0].link
+    assert all(x.diff_id is None and x.chain_id is None and x.image_index is None for x in got[1:])
+    broken = _broken(items)
+    assert [b.where for b in broken] == [cache_id]
+    assert broken[0].why.startswith("missing: expected the layer's overlay2 directory id")
+    lower_b = os.path.join(store, "overlay2", c1.upper.id, "lower")
+    assert broken[0].why.endswith(f"the lower layers are taken from {lower_b}")
+
+
+# -- without a daemon ------------------------------------------------------------------------
+def test_no_data_root_yields_nothing(tmp_path):
+    assert list(docker.find(Root(str(tmp_path)))) == []
+    assert list(docker.find(Root(str(tmp_path)), data_root="/srv/nothing")) == []
+
+
+def test_containers_as_a_file_is_a_store_error(tmp_path):
+    (tmp_path / "var/lib/docker").mkdir(parents=True)
+    (tmp_path / "var/lib/docker/containers").write_text("not a directory")
+    with pytest.raises(StoreError, match="containers: not a directory"):
+        list(docker.find(Root(str(tmp_path))))
+
+
+def test_garbage_daemon_json_warns_and_uses_the_default(tmp_path):
+    (tmp_path / "etc/docker").mkdir(parents=True)
+    (tmp_path / "etc/docker/daemon.json").write_text("{\"data-root\": ")
+    items = list(docker.find(Root(str(tmp_path))))
+    assert [b.where for b in items] == [str(tmp_path / "etc/docker/daemon.json")]
+    assert "using /var/lib/docker" in items[0].why
+
+
+def test_data_root_link_out_of_the_evidence_is_a_store_error(tmp_path):
+    (tmp_path / "var/lib").mkdir(parents=True)
+    os.symlink("../../../../../../../../srv", tmp_path / "var/lib/docker")
+    with pytest.raises(StoreError, match="leaves the evidence root"):
+        list(docker.find(Root(str(tmp_path))))
+
+
+def test_image_name_choice():
+    names = {"sha256:aa": ["x/y:1", "x/y@sha256:dd"], "sha256:bb": ["busybox:latest"]}
+    assert docker._image_name("sha256:aa", "x/y@sha256:dd", names) == "x/y@sha256:dd"
+    assert docker._image_name("sha256:aa", "something/else:2", names) == "x/y:1"
+    assert docker._image_name("sha256:cc", "gone:1", names) == "gone:1"
+    assert docker._image_name("sha256:cc", "busybox", names) == "sha256:cc"  # busybox moved on
+    assert docker._image_name("sha256:bb", "busybox", names) == "busybox:latest"
+    assert docker._image_name("sha256:" + "c" * 64, "cccccc", {}) == "sha256:" + "c" * 64
+    assert docker._image_name(None, None, names) is None
