@@ -431,3 +431,64 @@ def test_image_name_choice():
     assert docker._image_name("sha256:bb", "busybox", names) == "busybox:latest"
     assert docker._image_name("sha256:" + "c" * 64, "cccccc", {}) == "sha256:" + "c" * 64
     assert docker._image_name(None, None, names) is None
+
+
+# -- 5. the CLI on real containers -------------------------------------------------------------
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ovforensics", *args], capture_output=True,
+                          text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_cli_containers_lists_every_docker_container(dockerd, live):
+    proc = _cli("containers", "--engine", "docker", "--data-root", str(dockerd.data), "-f", "jsonl")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["names"][0]: row for row in map(json.loads, proc.stdout.splitlines())}
+    assert sorted(rows) == sorted(NAMES)
+    c1 = rows["c1"]
+    assert (c1["engine"], c1["id"], c1["state"], c1["upperdir"]) == \
+           ("docker", live["c1"].id, "exited", live["c1"].upper.dir)
+    assert c1["layers"] == 1 + len(live["c1"].lowers)
+    assert c1["upper_entries"] > 0 and c1["upper_bytes"] >= 0
+
+
+def test_cli_diff_by_name_and_by_id_prefix(dockerd, live):
+    base = ("--engine", "docker", "--data-root", str(dockerd.data), "-f", "jsonl")
+    by_name = _cli("diff", "c1", *base)
+    by_prefix = _cli("diff", live["c1"].id[:12], *base)
+    assert by_name.returncode == 0, by_name.stderr
+    assert by_name.stdout == by_prefix.stdout
+    records = [json.loads(line) for line in by_name.stdout.splitlines()]
+    expected = [r.to_dict() for r in ovforensics.scan_container(live["c1"])]
+    assert records == json.loads(json.dumps(expected))
+    shadowed = [r["lower_layer"] for r in records if r["lower_layer"]]
+    assert shadowed and all(layer["role"] in ("init", "image") and layer["id"] for layer in shadowed)
+    assert any(layer.get("diff_id", "").startswith("sha256:") for layer in shadowed)
+
+
+def test_cli_layers_shows_the_stack(dockerd, live):
+    proc = _cli("layers", "c1", "--engine", "docker", "--data-root", str(dockerd.data), "-f", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    c1 = live["c1"]
+    assert [r["role"] for r in rows] == ["upper", "init"] + ["image"] * (len(c1.lowers) - 1)
+    assert [r["dir"] for r in rows] == [c1.upper.dir] + [layer.dir for layer in c1.lowers]
+    assert all(r["entries"] >= 0 for r in rows)
+
+
+def test_cli_diff_on_evidence_root(dockerd, live, tmp_path):
+    evidence = tmp_path / "evidence"
+    _copy_store(dockerd, evidence / "var/lib/docker")
+    proc = _cli("diff", "c1", "--root", str(evidence), "--engine", "docker", "-f", "jsonl")
+    assert proc.returncode == 0, proc.stderr
+    live_out = _cli("diff", "c1", "--engine", "docker", "--data-root", str(dockerd.data), "-f", "jsonl")
+    assert proc.stdout.replace(str(evidence / "var/lib/docker"), str(dockerd.data)) == live_out.stdout
+    report = evidence / "report.jsonl"
+    refused = _cli("diff", "c1", "--root", str(evidence), "-o", str(report))
+    assert refused.returncode == 2 and "evidence" in refused.stderr and not report.exists()
+
+
+def test_cli_unknown_container_is_one_line(dockerd):
+    proc = _cli("diff", "no-such-container", "--engine", "docker", "--data-root", str(dockerd.data))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "ovforensics: error: no-such-container: no such container (looked in: docker)"]
