@@ -78,3 +78,15 @@ def overlay(tmp_path):
     yield Mounter()
     for target in reversed(mounted):
         subprocess.run(["umount", "-l", target], check=False)
+
+
+def need_whiteout_devices(where) -> None:
+    """Skip (fail under OVF_REQUIRE_REAL=1) where 0/0 devices cannot be made, e.g. when the test
+    directory is itself on an overlay (the suite run inside a container)."""
+    probe = os.path.join(str(where), ".ovf-mknod-probe")
+    try:
+        os.mknod(probe, 0o600 | 0o020000, os.makedev(0, 0))
+    except OSError as exc:
+        need(False, f"cannot make a 0/0 whiteout device in {where}: {exc.strerror}")
+    else:
+        os.unlink(probe)

@@ -12,7 +12,7 @@ import os
 import pytest
 
 import ovforensics
-from conftest import need
+from conftest import need, need_whiteout_devices
 
 
 def tree(root, spec: dict) -> str:
@@ -191,6 +191,7 @@ def test_missing_lower_is_a_clear_error(tmp_path):
 
 def test_device_other_than_0_0_is_not_a_whiteout(tmp_path, lower):
     need(os.geteuid() == 0, "needs root to mknod")
+    need_whiteout_devices(tmp_path)
     upper = tree(tmp_path / "upper", {})
     os.mknod(os.path.join(upper, "keep"), 0o600 | 0o020000, os.makedev(1, 3))
     os.mknod(os.path.join(upper, "a"), 0o000 | 0o020000, os.makedev(0, 0))

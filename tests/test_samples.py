@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import ovforensics
-from conftest import need
+from conftest import need, need_whiteout_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 RICH = ROOT / "samples" / "rich"
@@ -59,6 +59,7 @@ def test_rich_sample_from_archives():
 def unpacked(tmp_path):
     """The rich sample unpacked as the kernel would have it on disk (root: devices, trusted.*)."""
     need(os.geteuid() == 0, "needs root to unpack whiteout devices and trusted.* xattrs")
+    need_whiteout_devices(tmp_path)
     for name in RICH_LAYERS:
         (tmp_path / name).mkdir()
         subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import need
+from conftest import need, need_whiteout_devices
 from ovforensics.layer import DirLayer, Entry, EntryError, LayerError
 from ovforensics.tarlayer import TarLayer, normalise
 
@@ -194,6 +194,7 @@ def test_gnu_tar_matches_dirlayer(tmp_path, comp):
 
 def test_gnu_tar_devices_opaque_owners(tmp_path):
     need(IS_ROOT, "needs root to mknod whiteouts and set trusted.* xattrs")
+    need_whiteout_devices(tmp_path)
     src = tmp_path / "src"
     src.mkdir()
     make_tree(src, devices=True)
@@ -214,6 +215,8 @@ def test_gnu_tar_devices_opaque_owners(tmp_path):
 
 
 def test_python_tarfile_matches_dirlayer(tmp_path):
+    if IS_ROOT:
+        need_whiteout_devices(tmp_path)
     src = tmp_path / "src"
     src.mkdir()
     make_tree(src, devices=IS_ROOT, xattrs=False)
