@@ -13,7 +13,7 @@ from typing import Iterator
 
 from .compare import differences, same_entry
 from .layer import Entry, Layer, Path, join
-from .markers import Namespaces, WH_PREFIX
+from .markers import WH_PREFIX, Namespaces, is_metacopy
 from .record import ADDED, ANOMALY, DELETED, MODIFIED, Change, LayerRef
 from .resolve import Frame, Resolved, View
 
@@ -117,7 +117,8 @@ class Differ:
                 via = "opaque"  # a whiteout inside an opaque dir serves no purpose
         else:
             via = "opaque"
-        yield self._record(DELETED, path, b.top, via=via, shadow=b.top, shadow_pos=b.pos)
+        yield self._record(DELETED, path, b.top, via=via, shadow=b.top, shadow_pos=b.pos,
+                           data=b.data, shadow_data=b.data)
         if b.top.is_dir:
             yield Task(path, [], b.frames, gone="parent")
 
@@ -126,8 +127,7 @@ class Differ:
         renamed = self._renamed_from(path, m)
         from_lower = top.layer is not self.upper
         yield self._record(ADDED, path, top, renamed_from=renamed,
-                           shadow=top if from_lower else None, shadow_pos=m.pos - 1,
-                           metacopy_data=m.data)
+                           shadow=top if from_lower else None, shadow_pos=m.pos - 1, data=m.data)
         yield from self._lookalike(path, top)
         if top.is_dir:
             yield Task(path, m.frames, [])
@@ -144,7 +144,8 @@ class Differ:
             yield self._anomaly(path, "unreadable", problem)
         if what:
             yield self._record(MODIFIED, path, top, what=what, shadow=b.top, shadow_pos=b.pos,
-                               renamed_from=self._renamed_from(path, m), metacopy_data=m.data)
+                               renamed_from=self._renamed_from(path, m), data=m.data,
+                               shadow_data=b.data)
             yield from self._lookalike(path, top)
         if what == ("type",):
             if b.top.is_dir:
@@ -168,11 +169,9 @@ class Differ:
 
     def _record(self, change: str, path: Path, entry: Entry, *, what=(), via=None,
                 shadow: Entry | None = None, shadow_pos: int = 0, renamed_from=None,
-                metacopy_data: Entry | None = None) -> Change:
-        from .markers import is_metacopy
-
+                data: Entry | None = None, shadow_data: Entry | None = None) -> Change:
         in_upper = entry.layer is self.upper
-        metacopy = is_metacopy(entry, self.ns) if entry.kind == "file" else False
+        metacopy = is_metacopy(entry, self.ns)
         return Change(
             path=b"/" + join(path),
             change=change,
@@ -190,6 +189,10 @@ class Differ:
             target=entry.target,
             renamed_from=renamed_from,
             metacopy=metacopy,
+            entry=entry,
+            data=data,
+            shadow=shadow,
+            shadow_data=shadow_data,
         )
 
     def _anomaly(self, path: Path, kind: str, detail: str, upper: Entry | None = None) -> Change:

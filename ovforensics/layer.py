@@ -53,6 +53,8 @@ class Entry:
     ino: int = 0
     target: bytes | None = None
     blocks: int | None = None
+    atime_ns: int | None = None
+    ctime_ns: int | None = None
     _xattrs: dict[str, bytes] | None = field(default=None, repr=False)
 
     @property
@@ -79,6 +81,11 @@ class Entry:
     def open(self) -> BinaryIO:
         return self.layer.open(self)
 
+    def btime_ns(self) -> int | None:
+        """Birth time, where the layer's filesystem records one (statx); None elsewhere."""
+        getter = getattr(self.layer, "btime_ns", None)
+        return getter(self) if getter is not None else None
+
     @property
     def physical(self) -> bytes:
         """Where this entry lives on disk (or inside the archive), for reports."""
@@ -99,6 +106,47 @@ class Layer(Protocol):
 
 def join(path: Path) -> bytes:
     return b"/".join(path)
+
+
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def open_dir(where: bytes | str) -> int:
+    """Open a directory to list it: read-only, no link following, and no atime update where
+    the kernel allows it (O_NOATIME needs ownership or CAP_FOWNER; retried without)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(where, flags | _NOATIME)
+    except PermissionError:
+        if not _NOATIME:
+            raise
+        return os.open(where, flags)
+
+
+def statx_btime_ns(where: bytes) -> int | None:
+    """Birth time by statx(2) (no link following), or None where the filesystem has none."""
+    import ctypes
+
+    global _statx
+    if _statx is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        _statx = getattr(libc, "statx", False)
+    if not _statx:
+        return None
+    buf = ctypes.create_string_buffer(256)
+    AT_FDCWD, AT_SYMLINK_NOFOLLOW, STATX_BTIME = -100, 0x100, 0x800
+    if _statx(AT_FDCWD, where, AT_SYMLINK_NOFOLLOW, STATX_BTIME, buf) != 0:
+        return None
+    mask = int.from_bytes(buf.raw[0:4], "little")
+    if not mask & STATX_BTIME:
+        return None
+    # struct statx: stx_btime (struct statx_timestamp: i64 sec, u32 nsec) at offset 80
+    sec = int.from_bytes(buf.raw[80:88], "little", signed=True)
+    nsec = int.from_bytes(buf.raw[88:92], "little")
+    return sec * 1_000_000_000 + nsec
+
+
+_statx = None
 
 
 class DirLayer:
@@ -143,22 +191,31 @@ class DirLayer:
     def _read_dir(self, path: Path) -> dict[bytes, Entry] | None:
         where = self.physical(path)
         try:
-            it = os.scandir(where)
+            fd = open_dir(where)
         except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 self.errors.append((where, exc.strerror or str(exc)))
             return None
         out: dict[bytes, Entry] = {}
-        with it:
-            for dent in it:
-                name = dent.name
-                try:
-                    st = dent.stat(follow_symlinks=False)
-                except OSError as exc:  # vanished or unreadable: record and go on
-                    self.errors.append((dent.path, exc.strerror or str(exc)))
-                    continue
-                out[name] = self._entry(path + (name,), st, dent.path)
+        try:
+            with os.scandir(fd) as it:
+                for dent in it:
+                    name = os.fsencode(dent.name)
+                    full = where + b"/" + name
+                    try:
+                        st = dent.stat(follow_symlinks=False)
+                    except OSError as exc:  # vanished or unreadable: record and go on
+                        self.errors.append((full, exc.strerror or str(exc)))
+                        continue
+                    out[name] = self._entry(path + (name,), st, full)
+        except OSError as exc:
+            self.errors.append((where, exc.strerror or str(exc)))
+        finally:
+            os.close(fd)
         return out
+
+    def btime_ns(self, entry: Entry) -> int | None:
+        return statx_btime_ns(self.physical(entry.path))
 
     def _entry(self, path: Path, st: os.stat_result, where: bytes) -> Entry:
         kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "unknown")
@@ -173,6 +230,7 @@ class DirLayer:
             layer=self, path=path, kind=kind, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
             size=st.st_size, mtime_ns=st.st_mtime_ns, rdev=st.st_rdev, nlink=st.st_nlink,
             ino=st.st_ino, target=target, blocks=getattr(st, "st_blocks", None),
+            atime_ns=st.st_atime_ns, ctime_ns=st.st_ctime_ns,
         )
 
     def read_xattrs(self, entry: Entry) -> dict[str, bytes]:

@@ -67,6 +67,13 @@ class Change:
     anomaly: str | None = None
     detail: str | None = None
     extra: dict = field(default_factory=dict)
+    # The entries behind the record, for enrichment (hashes, file types, timelines, recovery);
+    # never serialised. ``entry``/``data``: what the merged view shows and where its bytes are
+    # (they differ for a metacopy file); ``shadow``/``shadow_data``: the same for the base view.
+    entry: object = field(default=None, repr=False, compare=False)
+    data: object = field(default=None, repr=False, compare=False)
+    shadow: object = field(default=None, repr=False, compare=False)
+    shadow_data: object = field(default=None, repr=False, compare=False)
 
     # -- rendering helpers shared by all writers ------------------------------------------
     @property
