@@ -29,7 +29,8 @@ def _roots(layers):
 
 def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | Layer] = (), *,
          whiteouts: str = "auto", xattr_ns: str = "auto", only: Iterable[str] | None = None,
-         include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Iterator[Change]:
+         include: Iterable[str] = (), exclude: Iterable[str] = (),
+         hashes: Iterable[str] | str = (), magic: bool = False, run=None) -> Iterator[Change]:
     """Yield a :class:`Change` for every difference between the lowers and upper-over-lowers.
 
     ``upper`` and ``lowers`` are directories or tar archives (or :class:`Layer` objects);
@@ -37,11 +38,17 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
     (``auto``: kernel rules for directories, OCI rules for archives); ``xattr_ns`` which control
     xattr namespace is honoured (``auto``, ``both``, ``trusted``, ``user``). ``only`` keeps some change
     kinds; ``include``/``exclude`` are shell globs matched against the container path.
+    ``hashes`` (e.g. ``("sha256", "md5")``) adds digests of both versions of each changed file
+    (``sha256``, ``lower_sha256``, ...) to ``extra``; ``magic`` adds libmagic's ``magic`` and
+    ``mime`` and ``exec_flags``/``new_executable``. ``run`` (a :class:`~ovforensics.runrecord.RunRecord`)
+    is told the layers read and sees every record.
     Raises :class:`LayerError` when a layer cannot be opened; a damaged entry inside a layer is
     reported as an ``anomaly`` record instead.
     """
     from .diff import Differ
+    from .enrich import Enricher, parse_hashes
 
+    algorithms = parse_hashes(hashes)
     only_set = set(only) if only is not None else None
     if only_set is not None and not only_set <= set(CHANGE_KINDS):
         bad = ", ".join(sorted(only_set - set(CHANGE_KINDS)))
@@ -50,7 +57,15 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
     upper_layer = open_layer(upper, index=-1, rules=whiteouts)
     lower_layers = [open_layer(spec, index=i, rules=whiteouts) for i, spec in enumerate(lowers)]
     ns = Namespaces.parse(xattr_ns, roots=_roots([upper_layer, *lower_layers]))
-    for record in Differ(upper_layer, lower_layers, ns).changes():
+    if run is not None:
+        run.add_layers([upper_layer, *lower_layers])
+    records = _filtered(Differ(upper_layer, lower_layers, ns).changes(), only_set, include, exclude)
+    records = Enricher(algorithms, magic, ns).run(records)
+    return run.watch(records) if run is not None else records
+
+
+def _filtered(records, only_set, include, exclude) -> Iterator[Change]:
+    for record in records:
         if only_set is not None and record.change not in only_set:
             continue
         if include or exclude:

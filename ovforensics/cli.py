@@ -96,19 +96,154 @@ def _container(query: str, root: str, engine: Optional[str], data_root: Optional
         raise fail(str(exc)) from None
 
 
+def _stack_args():
+    """The options every stack-reading command shares, as typer parameters."""
+    return dict(
+        container=typer.Argument(None, metavar="[CONTAINER]",
+                                 help="Container name, id or id prefix (found offline in the engines' "
+                                      "files); or name the layers with --upper."),
+        upper=typer.Option(None, "--upper", metavar="PATH",
+                           help="The upperdir (a directory, or a tar archive of one)."),
+        lowers=typer.Option([], "--lowers", metavar="DIR:DIR...",
+                            help="Lower layers as a colon list, topmost first (as lowerdir= and "
+                                 "docker inspect's LowerDir give it)."),
+        lower=typer.Option([], "--lower", metavar="PATH",
+                           help="One lower layer (directory or tar); repeat, topmost first. Comes "
+                                "after the --lowers entries."),
+    )
+
+
+_S = _stack_args()
+
+
+class Stack:
+    """What a command reads: a container found offline, or layers named on the command line."""
+
+    def __init__(self, container, upper, lowers, lower, root, engine, data_root):
+        self.found = None
+        if container is not None:
+            if upper or lowers or lower:
+                raise fail("name a container or --upper/--lowers, not both")
+            self.found = _container(container, root, engine, data_root)
+            self.evidence = [root] if root != "/" else [self.found.store]
+        else:
+            if upper is None:
+                raise fail("name a container, or give --upper (and --lowers/--lower)")
+            self.layers = [item for value in lowers for item in split_lowerdir(value)] + list(lower)
+            if any(not item for item in self.layers):
+                raise fail("--lowers: empty layer in the list (data-only layers after '::' are "
+                           "not supported)")
+            self.upper = upper
+            self.evidence = [upper, *self.layers]
+
+    def records(self, whiteouts: str = "auto", xattr_ns: str = "auto", run=None, **options):
+        from . import scan_container
+
+        if self.found is not None:
+            if run is not None:
+                run.add_store(self.found)
+            if xattr_ns != "auto":
+                options["xattr_ns"] = xattr_ns
+            return scan_container(self.found, whiteouts=whiteouts, run=run, **options)
+        return scan(self.upper, self.layers, whiteouts=whiteouts, xattr_ns=xattr_ns, run=run,
+                    **options)
+
+
+def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
+          extra_columns: tuple = (), write=None) -> None:
+    """Write a report; with a run record: JSON/JSONL get it first, other formats a side file."""
+    import shutil
+    import tempfile
+
+    from .writers import json_line
+
+    def write_records(stream) -> None:
+        if write is not None:
+            write(fmt, records, stream)
+            return
+        writer = open_writer(fmt, stream, extra_columns)
+        for record in records:
+            writer.write(record)
+        writer.close()
+
+    inline_meta = run is not None and fmt in ("json", "jsonl", "timesketch")
+    if run is not None and not inline_meta and (not output or output == "-"):
+        raise fail(f"--meta with --format {fmt} writes a side file FILE.meta.json: give -o FILE")
+    try:
+        if output and output != "-":
+            refuse_inside(output, evidence)
+        with report_stream(output) as stream:
+            if not inline_meta:
+                write_records(stream)
+            else:  # the run record comes first, but is complete only at the end: spool
+                with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as spool:
+                    write_records(spool)
+                    spool.seek(0)
+                    meta = json_line({"meta": run.to_dict()})
+                    if fmt == "json":
+                        spool.read(1)  # the document's opening brace
+                        stream.write("{" + meta[1:-1] + ", ")
+                    else:
+                        stream.write(meta + "\n")
+                    shutil.copyfileobj(spool, stream)
+        if run is not None and not inline_meta:
+            with report_stream(output + ".meta.json") as side:
+                side.write(json_line(run.to_dict()) + "\n")
+    except (LayerError, OutputError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _meta_opt():
+    return typer.Option(False, "--meta", help="Add the run record (tool, command line, host, times, "
+                                              "layers read, counts, entries not read): first record "
+                                              "in JSON/JSONL, else a side file FILE.meta.json.")
+
+
+def _hash_opt():
+    return typer.Option(None, "--hash", metavar="ALGOS",
+                        help="Hash both versions of each changed file: md5, sha1, sha256, sha512 "
+                             "(comma list).")
+
+
+def _filter_opts():
+    return dict(
+        include=typer.Option([], "--include", metavar="GLOB",
+                             help="Keep only paths matching GLOB (repeatable)."),
+        exclude=typer.Option([], "--exclude", metavar="GLOB",
+                             help="Drop paths matching GLOB (repeatable)."),
+        whiteouts=typer.Option("auto", "--whiteouts", metavar="RULES",
+                               help="Marker rules: auto (kernel for directories, oci for tar, the "
+                                    f"store's own for a container), {', '.join(RULES)}."),
+        xattr_ns=typer.Option("auto", "--xattr-ns", metavar="NS",
+                              help="Control xattr namespace honoured: auto (from the layer roots), "
+                                   "both, trusted (root mounts), user (userxattr mounts)."),
+    )
+
+
+_F = _filter_opts()
+
+
+def _extra_columns(hashes, magic: bool, deleted_only: bool = False) -> tuple:
+    from .enrich import parse_hashes
+
+    try:
+        algorithms = parse_hashes(hashes)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    cols = []
+    for algorithm in algorithms:
+        cols += [f"lower_{algorithm}"] if deleted_only else [algorithm, f"lower_{algorithm}"]
+    if magic:
+        cols += ["magic", "mime", "exec_flags", "new_executable"]
+    return tuple(cols)
+
+
 @app.command("diff")
 def diff_cmd(
-    container: Optional[str] = typer.Argument(None, metavar="[CONTAINER]",
-                                              help="Container name, id or id prefix (found offline "
-                                                   "in the engines' files); or name the layers with --upper."),
-    upper: Optional[str] = typer.Option(None, "--upper", metavar="PATH",
-                                        help="The upperdir (a directory, or a tar archive of one)."),
-    lowers: List[str] = typer.Option([], "--lowers", metavar="DIR:DIR...",
-                                     help="Lower layers as a colon list, topmost first (as lowerdir= "
-                                          "and docker inspect's LowerDir give it)."),
-    lower: List[str] = typer.Option([], "--lower", metavar="PATH",
-                                    help="One lower layer (directory or tar); repeat, topmost first. "
-                                         "Comes after the --lowers entries."),
+    container: Optional[str] = _S["container"],
+    upper: Optional[str] = _S["upper"],
+    lowers: List[str] = _S["lowers"],
+    lower: List[str] = _S["lower"],
     root: str = _root_opt(),
     engine: Optional[str] = _engine_opt(),
     data_root: Optional[str] = _data_root_opt(),
@@ -117,50 +252,75 @@ def diff_cmd(
     only: List[str] = typer.Option([], "--only", metavar="KINDS",
                                    help="Keep only these change kinds: added, modified, deleted, anomaly "
                                         "(comma list or repeated)."),
-    include: List[str] = typer.Option([], "--include", metavar="GLOB",
-                                      help="Keep only paths matching GLOB (repeatable)."),
-    exclude: List[str] = typer.Option([], "--exclude", metavar="GLOB",
-                                      help="Drop paths matching GLOB (repeatable)."),
-    whiteouts: str = typer.Option("auto", "--whiteouts", metavar="RULES",
-                                  help="Marker rules: auto (kernel for directories, oci for tar, the "
-                                       f"store's own for a container), {', '.join(RULES)}."),
-    xattr_ns: str = typer.Option("auto", "--xattr-ns", metavar="NS",
-                                 help="Control xattr namespace honoured: auto (from the layer roots), "
-                                      "both, trusted (root mounts), user (userxattr mounts)."),
+    include: List[str] = _F["include"],
+    exclude: List[str] = _F["exclude"],
+    whiteouts: str = _F["whiteouts"],
+    xattr_ns: str = _F["xattr_ns"],
+    hashes: Optional[str] = _hash_opt(),
+    magic: bool = typer.Option(False, "--magic", help="Add libmagic's file type and MIME type, and "
+                                                      "flag new executables (ELF, scripts with an "
+                                                      "exec bit, setuid/setgid, capabilities)."),
+    meta: bool = _meta_opt(),
 ) -> None:
     """Report every added, modified and deleted path of a container or an overlay stack."""
-    from . import scan_container
+    from .runrecord import RunRecord
 
     fmt = _pick_format(fmt, output)
-    options = dict(xattr_ns=xattr_ns, only=_split_list(only) or None, include=include,
-                   exclude=exclude)
-    if container is not None:
-        if upper or lowers or lower:
-            raise fail("name a container or --upper/--lowers, not both")
-        found = _container(container, root, engine, data_root)
-        evidence = [root] if root != "/" else [found.store]
-        if xattr_ns == "auto":
-            options.pop("xattr_ns")
-        records_of = lambda: scan_container(found, whiteouts=whiteouts, **options)  # noqa: E731
-    else:
-        if upper is None:
-            raise fail("name a container, or give --upper (and --lowers/--lower)")
-        layers = [item for value in lowers for item in split_lowerdir(value)] + list(lower)
-        if any(not item for item in layers):
-            raise fail("--lowers: empty layer in the list (data-only layers after '::' are not supported)")
-        evidence = [upper, *layers]
-        records_of = lambda: scan(upper, layers, whiteouts=whiteouts, **options)  # noqa: E731
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root)
+    run = RunRecord() if meta else None
+    extra = _extra_columns(hashes, magic)
     try:
-        if output and output != "-":
-            refuse_inside(output, evidence)
-        records = records_of()
-        with report_stream(output) as stream:
-            writer = open_writer(fmt, stream)
-            for record in records:
-                writer.write(record)
-            writer.close()
-    except (LayerError, OutputError, ValueError) as exc:
+        records = stack.records(whiteouts, xattr_ns, run=run, only=_split_list(only) or None,
+                                include=include, exclude=exclude, hashes=hashes or (), magic=magic)
+    except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
+    _emit(fmt, records, output, stack.evidence, run=run, extra_columns=extra)
+
+
+@app.command("deleted")
+def deleted_cmd(
+    container: Optional[str] = _S["container"],
+    upper: Optional[str] = _S["upper"],
+    lowers: List[str] = _S["lowers"],
+    lower: List[str] = _S["lower"],
+    root: str = _root_opt(),
+    engine: Optional[str] = _engine_opt(),
+    data_root: Optional[str] = _data_root_opt(),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
+                                      help=f"One of {', '.join(FORMATS)}. Default: csv."),
+    output: Optional[str] = _output_opt(),
+    include: List[str] = _F["include"],
+    exclude: List[str] = _F["exclude"],
+    whiteouts: str = _F["whiteouts"],
+    xattr_ns: str = _F["xattr_ns"],
+    hashes: Optional[str] = _hash_opt(),
+    meta: bool = _meta_opt(),
+) -> None:
+    """Every deleted path, with the lower layer and on-disk path of its recoverable original."""
+    from .runrecord import RunRecord
+
+    fmt = _pick_format(fmt or (None if output and output != "-" else "csv"), output)
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root)
+    run = RunRecord() if meta else None
+    extra = ("atime", "ctime") + _extra_columns(hashes, False, deleted_only=True)
+    try:
+        records = stack.records(whiteouts, xattr_ns, run=run, only=["deleted"], include=include,
+                                exclude=exclude, hashes=hashes or ())
+    except (LayerError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    _emit(fmt, _with_times(records), output, stack.evidence, run=run, extra_columns=extra)
+
+
+def _with_times(records):
+    """Deleted originals: add the lower entry's atime and ctime beside the record's mtime."""
+    from .record import format_ns
+
+    for record in records:
+        shadow = record.shadow
+        if shadow is not None:
+            record.extra["atime"] = format_ns(shadow.atime_ns)
+            record.extra["ctime"] = format_ns(shadow.ctime_ns)
+        yield record
 
 
 @app.command("containers")

@@ -50,7 +50,7 @@ FORMATS = ("table", "csv", "json", "jsonl", "docker")
 
 CSV_COLUMNS = (
     "path", "change", "type", "what", "via", "lower_path", "lower_layer", "lower_layer_dir",
-    "upper_path", "size", "mode", "uid", "gid", "mtime", "target", "renamed_from", "metacopy",
+    "lower_layer_id", "lower_layer_role", "upper_path", "size", "mode", "uid", "gid", "mtime", "target", "renamed_from", "metacopy",
     "anomaly", "detail", "path_b64",
 )
 
@@ -172,10 +172,11 @@ class JsonWriter(Writer):
 class CsvWriter(Writer):
     """Fixed columns, csv-module quoting, formula guard on text cells (see module docstring)."""
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO, extra_columns: tuple[str, ...] = ()):
         super().__init__(stream)
+        self.columns = CSV_COLUMNS + tuple(c for c in extra_columns if c not in CSV_COLUMNS)
         self._csv = csv.writer(stream)  # QUOTE_MINIMAL quotes cells with \r or \n
-        self._csv.writerow(CSV_COLUMNS)
+        self._csv.writerow(self.columns)
 
     def _write(self, record: dict) -> None:
         layer = record.get("lower_layer") or {}
@@ -183,12 +184,14 @@ class CsvWriter(Writer):
         values["what"] = ";".join(record.get("what") or ())
         values["lower_layer"] = layer.get("index")
         values["lower_layer_dir"] = layer.get("dir")
+        values["lower_layer_id"] = layer.get("id")
+        values["lower_layer_role"] = layer.get("role")
         values["metacopy"] = "true" if record.get("metacopy") else "false"
-        row = [self._cell(values.get(col)) for col in CSV_COLUMNS]
-        path_col = CSV_COLUMNS.index("path")
-        if not row[-1] and record.get("path") is not None and row[path_col] != record["path"]:
+        row = [self._cell(values.get(col)) for col in self.columns]
+        path_col, b64_col = self.columns.index("path"), self.columns.index("path_b64")
+        if not row[b64_col] and record.get("path") is not None and row[path_col] != record["path"]:
             # The guard changed a UTF-8 path; keep its exact bytes recoverable.
-            row[-1] = base64.b64encode(record["path"].encode("utf-8")).decode("ascii")
+            row[b64_col] = base64.b64encode(record["path"].encode("utf-8")).decode("ascii")
         self._csv.writerow(row)
 
     @staticmethod
@@ -201,6 +204,8 @@ class CsvWriter(Writer):
             return "true" if value else "false"
         if isinstance(value, int):
             return value
+        if isinstance(value, (list, tuple)):
+            return guard_formula(";".join(str(v) for v in value))
         return guard_formula(str(value))
 
 
@@ -265,14 +270,18 @@ _WRITERS = {
 assert tuple(_WRITERS) == FORMATS
 
 
-def open_writer(fmt: str, stream: TextIO) -> Writer:
-    """Return the writer for ``fmt``; unknown formats raise ``ValueError`` listing valid ones."""
+def open_writer(fmt: str, stream: TextIO, extra_columns: tuple[str, ...] = ()) -> Writer:
+    """Return the writer for ``fmt``; unknown formats raise ``ValueError`` listing valid ones.
+
+    ``extra_columns`` names ``extra`` fields (hashes, file types) that CSV adds as columns;
+    JSON/JSONL always carry every field.
+    """
     try:
         cls = _WRITERS[fmt]
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown output format {fmt!r}; valid formats: {', '.join(FORMATS)}") from None
-    return cls(stream)
+    return cls(stream, extra_columns) if cls is CsvWriter else cls(stream)
 
 
 def write_all(fmt: str, changes: Iterable[Change], stream: TextIO) -> dict:
