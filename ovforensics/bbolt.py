@@ -39,6 +39,7 @@ import struct
 from dataclasses import dataclass, replace
 from typing import Iterator, NamedTuple
 
+from . import safeio
 from .engines.base import StoreError
 
 MAGIC = 0xED0CDAED
@@ -145,7 +146,7 @@ class DB:
         self._cache: dict[int, Page] = {}
         self._parsed: dict[int, list] = {}  # pgid -> the page's checked elements
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+            self._fd = safeio.open_file(path)
         except OSError as exc:
             if exc.errno == errno.ELOOP and os.path.islink(path):
                 raise BoltError(self.name, "is a symbolic link, not followed (resolve it inside the "

@@ -5,6 +5,7 @@ import os
 import stat
 
 from .engines.base import Container, LayerInfo
+from .safeio import open_dir
 
 CONTAINER_COLUMNS = ("engine", "id", "names", "image", "state", "created", "upperdir", "layers",
                      "upper_entries", "upper_bytes", "namespace")
@@ -19,20 +20,25 @@ def tree_stats(top: str) -> tuple[int, int]:
     while stack:
         where = stack.pop()
         try:
-            it = os.scandir(where)
+            fd = open_dir(where)
         except OSError:
             continue
-        with it:
-            for dent in it:
-                entries += 1
-                try:
-                    st = dent.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(dent.path)
-                elif stat.S_ISREG(st.st_mode):
-                    size += st.st_size
+        try:
+            with os.scandir(fd) as it:
+                for dent in it:
+                    entries += 1
+                    try:
+                        st = dent.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(where + b"/" + os.fsencode(dent.name))
+                    elif stat.S_ISREG(st.st_mode):
+                        size += st.st_size
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     return entries, size
 
 

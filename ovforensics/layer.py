@@ -15,6 +15,8 @@ from typing import BinaryIO, Iterator, Protocol
 
 import xattr as _xattr
 
+from .safeio import open_dir, open_file
+
 Path = tuple[bytes, ...]  # components of a path inside a layer; () is the layer root
 
 KIND_BY_FMT = {
@@ -106,21 +108,6 @@ class Layer(Protocol):
 
 def join(path: Path) -> bytes:
     return b"/".join(path)
-
-
-_NOATIME = getattr(os, "O_NOATIME", 0)
-
-
-def open_dir(where: bytes | str) -> int:
-    """Open a directory to list it: read-only, no link following, and no atime update where
-    the kernel allows it (O_NOATIME needs ownership or CAP_FOWNER; retried without)."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        return os.open(where, flags | _NOATIME)
-    except PermissionError:
-        if not _NOATIME:
-            raise
-        return os.open(where, flags)
 
 
 def statx_btime_ns(where: bytes) -> int | None:
@@ -249,15 +236,10 @@ class DirLayer:
         if entry.kind != "file":
             raise EntryError(f"{os.fsdecode(entry.physical)}: not a regular file")
         where = self.physical(entry.path)
-        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK
-        noatime = getattr(os, "O_NOATIME", 0)
         try:
-            try:
-                fd = os.open(where, flags | noatime)
-            except PermissionError:
-                fd = os.open(where, flags)  # O_NOATIME needs file ownership or CAP_FOWNER
+            fd = open_file(where)
         except OSError as exc:
-            raise EntryError(f"{os.fsdecode(where)}: {exc.strerror}") from None
+            raise EntryError(f"{os.fsdecode(where)}: {exc.strerror or exc}") from None
         return os.fdopen(fd, "rb")
 
     def walk_dirs(self, path: Path = ()) -> Iterator[Path]:  # pragma: no cover - helper

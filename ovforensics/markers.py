@@ -10,7 +10,9 @@ Three rule sets, per layer (``Layer.rules``):
   lists a broken entry elsewhere). A file named ``.wh.NAME`` is an ordinary file.
 - ``oci``: the kernel forms plus OCI/AUFS marker files: ``.wh.NAME`` deletes ``NAME`` and
   ``.wh..wh..opq`` makes its directory opaque (tar layers, ``docker save``).
-- ``fuse``: ``oci`` plus fuse-overlayfs' ``user.fuseoverlayfs.opaque``.
+- ``fuse``: ``oci`` plus fuse-overlayfs' ``user.fuseoverlayfs.opaque`` and its ``.wh..opq``
+  marker (fuse-overlayfs marks an opaque dir three ways: ``trusted.overlay.opaque=y``, an empty
+  ``.wh..wh..opq`` and a 0/0 device ``.wh..opq``).
 
 ``<ns>`` is ``trusted.overlay.`` (root mounts) or ``user.overlay.`` (``userxattr`` mounts). A
 mount honours only its own prefix; ``auto`` finds it from the layers' root directories (the
@@ -26,6 +28,7 @@ from .layer import Entry
 
 WH_PREFIX = b".wh."
 WH_OPAQUE = b".wh..wh..opq"
+FUSE_OPAQUE = b".wh..opq"  # fuse-overlayfs' own opaque mark (a 0/0 device), beside the others
 AUFS_META_PREFIX = b".wh..wh."  # .wh..wh.plnk, .wh..wh.aufs, .wh..wh.orph: AUFS bookkeeping
 
 TRUSTED = "trusted.overlay."
@@ -160,7 +163,7 @@ def interpret(dir_entry: Entry, listing: dict[bytes, Entry], ns: Namespaces) -> 
         view.opaque = "opaque"
     for name, entry in listing.items():
         if wh_files and name.startswith(WH_PREFIX):
-            if name == WH_OPAQUE:
+            if name == WH_OPAQUE or (name == FUSE_OPAQUE and layer.rules == "fuse"):
                 view.opaque = view.opaque or "opaque"
             elif name.startswith(AUFS_META_PREFIX):
                 pass  # AUFS bookkeeping, never content

@@ -4,8 +4,10 @@ Nothing here touches a system store: every call passes ``--root``/``--runroot``,
 ``CONTAINERS_CONF``/``CONTAINERS_STORAGE_CONF``/``CONTAINERS_REGISTRIES_CONF`` point at files
 written here (``default_ulimits = []`` because the kernel refuses podman's setrlimit(NOFILE);
 ``lock_type = "file"`` so no lock segment in /dev/shm is shared with other podman users; runc
-because crun refuses hybrid cgroups here). Podman 4.3 still writes its blob-info cache to
-``/var/lib/containers/cache`` (no setting for it): that file never holds containers or layers.
+because crun refuses hybrid cgroups here). Podman 4.3 still writes two things on the host, with
+no setting to move them: its blob-info cache ``/var/lib/containers/cache/blob-info-cache-v1.boltdb``
+and an empty ``/run/containers/networks``; :func:`host_traces` removes them again when they were
+not there before (neither ever holds containers or layers).
 
 :class:`Podman` runs rootful podman, or rootless podman as another user (``setpriv``, a single
 uid mapping: no /etc/subuid needed), optionally with fuse-overlayfs as the mount program.
@@ -102,12 +104,16 @@ class Podman:
         else:
             self.home = self.base / "home"
             self.storage = self.home / ".local/share/containers/storage"
-            self.runroot = self.home / "run"
+            # short: under a longer XDG_RUNTIME_DIR (here 51 characters did it) conmon's exit
+            # command (`podman container cleanup`) fails silently, `podman run` waits 20 s for it
+            # and the container stays "stopped" instead of "exited"
+            self.runroot = self.base / "r"
             cfg = self.home / ".config/containers"
             cfg.mkdir(parents=True)
             (cfg / "storage.conf").write_text(storage_conf)
             self.runroot.mkdir()
-            subprocess.run(["chown", "-R", f"{self.user[0]}:{self.user[1]}", str(self.home)], check=True)
+            owner = f"{self.user[0]}:{self.user[1]}"
+            subprocess.run(["chown", "-R", owner, str(self.home), str(self.runroot)], check=True)
             for path in (self.base, conf, self.base / "registries.conf"):
                 path.chmod(0o755 if path.is_dir() else 0o644)
 
@@ -142,7 +148,8 @@ class Podman:
         return proc
 
     def run(self, name: str, image: str, script: str, detach: bool = False) -> None:
-        self("run", *(["-d"] if detach else []), "--name", name, "--network", "none", image, "sh", "-c", script)
+        self("run", *(["-d"] if detach else []), "--name", name, "--network", "none", image,
+             "sh", "-c", script)
         self.started.append(name)
         if not detach:  # conmon's cleanup moves the state from "stopped" to "exited" after run returns
             self.wait_state(name, "exited")
@@ -183,12 +190,61 @@ class Podman:
         """Remove our containers, unmount what podman left under base, end a rootless pause process."""
         if self.started:
             self("rm", "-f", "-t", "0", *self.started, check=False)
+        # conmon's exit command (`podman container cleanup`) may still be on its way, and would
+        # mount the store again after us: wait until no process names our dir
+        end = time.monotonic() + 20
+        while _processes_naming(self.base, skip_pause=True) and time.monotonic() < end:
+            time.sleep(0.1)
         for pidfile in self.base.glob("**/libpod/tmp/pause.pid"):
             try:
                 os.kill(int(pidfile.read_text().strip()), 9)
             except (ValueError, OSError):
                 pass
         unmount_under(self.base)
+
+
+def _processes_naming(base: Path, skip_pause: bool = False) -> list[int]:
+    """Pids of processes whose command line names ``base`` (podman, conmon: ours)."""
+    needle = str(base).encode()
+    pause = set()
+    if skip_pause:
+        for pidfile in base.glob("**/libpod/tmp/pause.pid"):
+            try:
+                pause.add(int(pidfile.read_text().strip()))
+            except (ValueError, OSError):
+                pass
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in pause or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if needle in fh.read():
+                    out.append(int(entry))
+        except OSError:
+            continue
+    return out
+
+
+#: what rootful podman 4.3 leaves on the host whatever its --root: {dir: the files it may hold}
+HOST_TRACES = {"/var/lib/containers": {"cache", "cache/blob-info-cache-v1.boltdb"},
+               "/run/containers": {"networks"}}
+
+
+def host_traces() -> list[str]:
+    """The HOST_TRACES dirs that do not exist yet: give the list to :func:`remove_traces` after."""
+    return [d for d in HOST_TRACES if not os.path.lexists(d)]
+
+
+def remove_traces(new: list[str]) -> None:
+    """Remove the trace dirs our podman made, only if they hold nothing but podman's traces."""
+    for top in new:
+        if not os.path.isdir(top) or os.path.islink(top):
+            continue
+        found = {os.path.relpath(os.path.join(d, n), top)
+                 for d, dirs, files in os.walk(top) for n in dirs + files}
+        if found <= HOST_TRACES[top]:
+            shutil.rmtree(top, ignore_errors=True)
 
 
 def unmount_under(base: Path) -> None:

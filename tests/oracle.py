@@ -1,22 +1,26 @@
 """Kernel oracle for the scanner: build overlay stacks through real mounts and ask the kernel what changed.
 
-A :class:`Case` describes a whole stack:
+A :class:`Case` describes a whole stack, bottom up:
 
-* ``l2``: operations applied to a plain directory (the bottom lower layer, parents made on demand);
-* ``l1``: operations applied through a read-write overlay mount ``upper=L1, lower=L2`` (``None``: the
-  stack has a single lower layer), so L1 holds real kernel whiteouts, opaque dirs, redirects, metacopy;
-* ``upper``: operations applied through a read-write overlay mount ``upper=UPPER, lower=L1:L2``.
+* ``l2``: operations applied to a plain directory, the bottom lower layer (parents made on demand);
+* ``l1``: operations applied through a read-write overlay mount ``upper=L1, lower=L2`` (``None``: no
+  such layer), so L1 holds real kernel whiteouts, opaque dirs, redirects, metacopy files;
+* ``l0``: the same one level up (``upper=L0, lower=L1:L2``; only with ``l1``);
+* ``upper``: operations applied through a read-write overlay mount ``upper=UPPER, lower=L0:L1:L2``.
 
-Then two read-only views are mounted: *base* (``lowerdir=L1:L2``, or ``L2:EMPTY`` with one lower)
-and *merged* (``lowerdir=UPPER:L1:L2``). Both are walked (lstat, readlink, xattrs, bytes) and
-:func:`expected_changes` turns the two trees into the records the scanner must report.
+Then two read-only views are mounted: *base* (``lowerdir=L0:L1:L2``, or ``L2:EMPTY`` with one lower)
+and *merged* (``lowerdir=UPPER:L0:L1:L2``), with the flavour's options (``metacopy=on`` to follow
+metacopy files, ``userxattr`` for user.overlay.* markers; redirects are followed by default).
+Both are walked (lstat, readlink, xattrs, bytes) and :func:`expected_changes` turns the two trees
+into the records the scanner must report.
 
-Operations are plain tuples such as ``("write", "a/b", b"x")`` so that a failing hypothesis case
-prints as a pasteable reproducer; :func:`format_case` renders one readably, with the outcome
-(``ok`` or the errno) of each operation.
+Operations are plain tuples such as ``("write", "a/b", b"x")``; a :class:`Pick` argument stands for
+an existing entry and is made concrete when the operation runs. :func:`format_case` renders a case
+with the outcome (``ok`` or the errno) of each operation and a pasteable ``Case(...)`` line.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import errno
@@ -33,8 +37,9 @@ DATA = (b"", b"1", b"22", b"hello\n")
 MODES = (0o644, 0o755, 0o600, 0o4755, 0o1777)
 OWNERS = ((0, 0), (1000, 1000), (0, 1000))
 TIMES = (1_000_000_000_123_456_789, 1_500_000_000_000_000_000)  # ns
-#: trusted.overlay.x is escaped by the kernel (stored as trusted.overlay.overlay.x); user.overlay.opaque
-#: is plain user data on a root (trusted.*) mount, never a marker
+#: an xattr in the mount's own marker namespace is escaped on disk (trusted.overlay.x is stored as
+#: trusted.overlay.overlay.x); one in the other namespace (user.overlay.opaque on a trusted mount,
+#: trusted.overlay.x on a userxattr mount) is stored as is and is plain user data, never a marker
 XATTR_NAMES = ("user.a", "user.b", "trusted.overlay.x", "user.overlay.opaque", "trusted.a")
 XATTR_VALUES = (b"1", b"y")
 #: odd names a container can create: OCI whiteout lookalikes (ordinary files for the kernel),
@@ -42,7 +47,7 @@ XATTR_VALUES = (b"1", b"y")
 ODD_NAMES = (".wh.a", ".wh..wh..opq", "n\udcff\n")
 TARGETS = ("a", "b/c", "../a", "/abs/x", ".")
 DEVICES = ((1, 3), (1, 5), (0, 0))  # 0/0 is a whiteout: the kernel refuses it through a mount
-L2_MTIME = TIMES[0]
+L2_MTIME = TIMES[0]  # every non-directory in the bottom layer gets this mtime
 
 
 def _acl(*entries) -> bytes:
@@ -56,7 +61,7 @@ def _acl(*entries) -> bytes:
 ACL_USER_1000 = _acl((0x01, 6, 0xFFFFFFFF), (0x02, 4, 1000), (0x04, 4, 0xFFFFFFFF),
                      (0x10, 4, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF))
 #: file capabilities (cap_net_bind_service+ep), as setcap writes them: VFS_CAP_REVISION_2
-CAP_NET_BIND = (0x02000000 | 1).to_bytes(4, "little") + (1 << 10).to_bytes(4, "little") + bytes(12)  # every non-directory in the bottom layer gets this mtime
+CAP_NET_BIND = (0x02000000 | 1).to_bytes(4, "little") + (1 << 10).to_bytes(4, "little") + bytes(12)
 
 FLAVOURS = {
     # name: (options of the read-write mounts, options of the read-only views)
@@ -70,7 +75,8 @@ WHAT_ORDER = ("type", "content", "target", "mode", "owner", "mtime", "xattrs")
 
 # -- mounting ------------------------------------------------------------------------------------
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 MS_RDONLY = 1
 MNT_DETACH = 2
@@ -118,11 +124,14 @@ def umount_all() -> None:
         umount(t, detach=True)
 
 
+atexit.register(umount_all)
+
+
 @contextlib.contextmanager
 def mounted(target, lowers, upper=None, work=None, options=(), ro=False):
-    os.makedirs(target, exist_ok=True)
-    if work is not None:
-        os.makedirs(work, exist_ok=True)
+    for d in (target, upper, work):
+        if d is not None:
+            os.makedirs(d, exist_ok=True)
     mount_overlay(target, lowers, upper, work, options, ro)
     try:
         yield _b(target)
@@ -141,8 +150,8 @@ def _dmesg_tail() -> str:
     return " | ".join(out.strip().splitlines()[-2:])
 
 
-def probe() -> tuple[bool, str]:
-    """Can we mount overlays here, with user.* and trusted.* xattrs on the backing fs?"""
+def probe(where=None) -> tuple[bool, str]:
+    """Can we mount overlays of every flavour in ``where``, with user.* and trusted.* xattrs?"""
     if os.geteuid() != 0:
         return False, "needs root to mount overlayfs"
     try:
@@ -151,7 +160,7 @@ def probe() -> tuple[bool, str]:
                 return False, "kernel has no overlayfs"
     except OSError:
         return False, "cannot read /proc/filesystems"
-    d = tempfile.mkdtemp(prefix="ovf-probe-")
+    d = tempfile.mkdtemp(prefix="ovf-probe-", dir=where)
     try:
         f = os.path.join(d, "f")
         open(f, "w").close()
@@ -160,15 +169,18 @@ def probe() -> tuple[bool, str]:
                 os.setxattr(f, name, b"1")
             except OSError as exc:
                 return False, f"{d}: filesystem has no {name.split('.')[0]}.* xattrs ({exc})"
-        for sub in ("l1", "l2", "u", "w", "m"):
-            os.mkdir(os.path.join(d, sub))
-        for flavour in FLAVOURS.values():
+        for flavour, (rw_opts, view_opts) in FLAVOURS.items():
+            sub = os.path.join(d, flavour)
+            low = os.path.join(sub, "l")
+            os.makedirs(low)
             try:
-                with mounted(os.path.join(d, "m"), [os.path.join(d, "l1"), os.path.join(d, "l2")],
-                             os.path.join(d, "u"), os.path.join(d, "w"), flavour[0]):
+                with mounted(os.path.join(sub, "m"), [low], os.path.join(sub, "u"), os.path.join(sub, "w"),
+                             rw_opts):
                     pass
-            except OracleError as exc:
-                return False, f"cannot mount overlay: {exc}"
+                with mounted(os.path.join(sub, "v"), [os.path.join(sub, "u"), low], options=view_opts, ro=True):
+                    pass
+            except (OracleError, OSError) as exc:
+                return False, f"cannot mount a {flavour} overlay: {exc}"
         return True, ""
     finally:
         umount_all()
@@ -268,8 +280,8 @@ def apply_op(root: bytes, op: tuple, mkparents: bool = False) -> None:
         p = P(args[0])
         if _lkind(p) in (None, stat.S_IFLNK):
             raise OSError(errno.EINVAL, "missing or a symlink (skipped)")
-        os.setxattr(p, "system.posix_acl_default" if tuple(args[1:]) == ("default",) else "system.posix_acl_access",
-                    ACL_USER_1000)
+        which = "default" if tuple(args[1:]) == ("default",) else "access"
+        os.setxattr(p, f"system.posix_acl_{which}", ACL_USER_1000)
     elif kind == "setcap":
         p = P(args[0])
         if _lkind(p) != stat.S_IFREG:
@@ -428,29 +440,28 @@ def walk_view(root) -> dict[bytes, Node]:
 def dump_raw(root) -> list[str]:
     """The raw on-disk listing of a layer directory, with every xattr (for failure messages)."""
     root = _b(root)
-    lines = []
+    found = [(b"/", root)]
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in [b""] + sorted(dirnames) + sorted(filenames):
-            if name == b"" and dirpath != root:
-                continue
-            p = os.path.join(dirpath, name) if name else dirpath
-            rel = b"/" + os.path.relpath(p, root) if p != root else b"/"
-            try:
-                st = os.lstat(p)
-                kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "?")
-                desc = f"{kind} {stat.S_IMODE(st.st_mode):04o} {st.st_uid}:{st.st_gid} size={st.st_size}"
-                if kind in ("char", "block"):
-                    desc += f" dev={os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
-                if kind == "symlink":
-                    desc += f" -> {os.readlink(p)!r}"
-                xs = {n: os.getxattr(p, n, follow_symlinks=False) for n in os.listxattr(p, follow_symlinks=False)}
-                if xs:
-                    desc += " " + " ".join(f"{k}=<{len(v)} bytes>" if k.endswith(".origin") else f"{k}={v!r}"
-                                           for k, v in sorted(xs.items()))
-            except OSError as exc:
-                desc = f"<{exc}>"
-            lines.append(f"{rel.decode(errors='backslashreplace')}: {desc}")
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            found.append((b"/" + os.path.relpath(p, root), p))
+    lines = []
+    for rel, p in sorted(found):
+        try:
+            st = os.lstat(p)
+            kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "?")
+            desc = f"{kind} {stat.S_IMODE(st.st_mode):04o} {st.st_uid}:{st.st_gid} size={st.st_size}"
+            if kind in ("char", "block"):
+                desc += f" dev={os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
+            if kind == "symlink":
+                desc += f" -> {os.readlink(p)!r}"
+            xs = {n: os.getxattr(p, n, follow_symlinks=False) for n in os.listxattr(p, follow_symlinks=False)}
+            if xs:
+                desc += " " + " ".join(f"{k}=<{len(v)} bytes>" if k.endswith(".origin") else f"{k}={v!r}"
+                                       for k, v in sorted(xs.items()))
+        except OSError as exc:
+            desc = f"<{exc}>"
+        lines.append(f"{rel.decode(errors='backslashreplace')}: {desc}")
     return lines
 
 
@@ -557,7 +568,8 @@ def build(case: Case, flavour: str, workdir) -> Built:
     built = build_upper(lowers, case.upper, flavour, workdir, case=case, outcomes=outcomes, resolved=resolved)
     if rw_base is not None and _strip_dir_mtime(rw_base) != _strip_dir_mtime(built.base):
         raise OracleError("ORACLE SELF-CHECK FAILED\nbase view differs from the read-write mount that made "
-                          "the top lower layer:\n" + _tree_diff(rw_base, built.base) + "\n" + format_case(built))
+                          "the top lower layer:\n" + _tree_diff(rw_base, built.base) + "\n"
+                          + format_case(built))
     return built
 
 
@@ -614,7 +626,8 @@ def _tree_diff(a, b) -> str:
 
 def _fmt_ops(ops, outcomes) -> list[str]:
     outcomes = outcomes or ["not run"] * len(ops)
-    return [f"    {op!r:64} -> {res}" for op, res in zip(ops, outcomes) if op != ("nop",)] or ["    (nothing)"]
+    lines = [f"    {op!r:64} -> {res}" for op, res in zip(ops, outcomes) if op != ("nop",)]
+    return lines or ["    (nothing)"]
 
 
 def _real(ops):

@@ -23,7 +23,7 @@ from ovforensics.engines.base import Broken, Container
 from ovforensics.rootfs import Root
 
 from conftest import _overlay_works, need
-from engine_podman import Podman, account, copy_tree, make_rootfs, missing
+from engine_podman import Podman, account, copy_tree, host_traces, make_rootfs, missing, remove_traces
 
 FILES = {
     "/etc/hostname0": b"hello\n",
@@ -67,7 +67,8 @@ EXPECTED = {
         "below-deleted": {"/data/deep/x", "/data/deep/x/y", "/data/mvdir/inner"},
     },
     "c2": {
-        "init-inode": STUBS - {"/dev", "/etc/hostname", "/proc", "/run", "/sys"},  # in the built layers already
+        # /dev, /etc/hostname, /proc, /run, /sys: buildah left them in the built layers already
+        "init-inode": STUBS - {"/dev", "/etc/hostname", "/proc", "/run", "/sys"},
         "C-parent": {"/bin", "/data", "/data/sub", "/etc", "/opt/app"},
         "D-opaque": {"/opt/app/sub"},
         "opaque-hidden": {"/opt/app/sub/s"},
@@ -87,10 +88,12 @@ def _require_podman():
 @pytest.fixture(scope="session")
 def top():
     """A scratch dir every user can traverse (the rootless podman runs as nobody)."""
-    path = Path(tempfile.mkdtemp(prefix="ovf-podman-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="ovf-pm-", dir="/tmp"))
     path.chmod(0o755)
+    traces = host_traces()
     yield path
     shutil.rmtree(path, ignore_errors=True)
+    remove_traces(traces)
 
 
 @pytest.fixture(scope="session")
@@ -190,7 +193,8 @@ def test_find_matches_podman_inspect(world):
     assert broken == []
     assert sorted(containers) == ["c1", "c2", "c3", "c4"]
     layers = _layers_json(world.storage)
-    stored = {e["id"]: e for e in json.loads((world.storage / "overlay-containers/containers.json").read_text())}
+    stored = {e["id"]: e for e in
+              json.loads((world.storage / "overlay-containers/containers.json").read_text())}
     for name, c in containers.items():
         info = world.info[name]
         upper, lowers = _stack(info)
@@ -208,7 +212,7 @@ def test_find_matches_podman_inspect(world):
             assert layer.diff_id == layers[layer.id].get("diff-digest")
         assert [l.role for l in c.lowers] == ["image"] * len(c.lowers)
         assert [l.image_index for l in c.lowers] == list(range(len(c.lowers) - 1, -1, -1))
-        # the stack really is the parent chain, and what overlay/<id>/lower hands the kernel
+        # the stack is layers.json's parent chain (inspect's LowerDir is overlay/<id>/lower's reading)
         assert [l.id for l in c.lowers][:1] == [layers[c.upper.id]["parent"]]
     assert [c.state for c in (containers["c1"], containers["c3"], containers["c4"])] == \
         ["exited", "created", "running"]
@@ -320,7 +324,8 @@ def test_live_root_link_onto_host_etc_is_refused(world, tmp_path):
     assert sorted(containers) == ["c1", "c3", "c4"]
     assert [b.where for b in broken] == [str(link)]
     assert "leads to /etc," in broken[0].why
-    assert all(not d.startswith("/etc") for c in containers.values() for d in [c.upper.dir, *(l.dir for l in c.lowers)])
+    assert all(not d.startswith("/etc")
+               for c in containers.values() for d in [c.upper.dir, *(l.dir for l in c.lowers)])
 
 
 def test_crafted_lower_file_is_refused(world, tmp_path):
@@ -376,7 +381,8 @@ def test_bad_container_entries_are_broken_others_listed(world, tmp_path):
     containers, broken = _split(list(reader.find(Root(str(ev)))))
     assert sorted(containers) == ["c1\nwith newline", "c2", "c4"]
     assert containers["c1\nwith newline"].id == ids["c1"]
-    assert len(broken) == 4 and {b.where for b in broken} <= {str(path), str(store / "overlay" / ("0" * 64) / "diff")}
+    assert len(broken) == 4
+    assert {b.where for b in broken} == {str(path), str(store / "overlay" / ("0" * 64) / "diff")}
     whys = " | ".join(b.why for b in broken)
     assert ids["c3"][:12] in whys and "ghost" in whys and "entry" in whys and "no id" in whys
 
@@ -393,7 +399,8 @@ def test_damaged_layers_json_falls_back_to_lower_files(world, tmp_path):
     for name, c in containers.items():
         upper, lowers = _stack(world.info[name])
         assert os.path.relpath(c.upper.dir, store) == os.path.relpath(upper, world.storage)
-        assert [os.path.relpath(l.dir, store) for l in c.lowers] == [os.path.relpath(l, world.storage) for l in lowers]
+        assert [os.path.relpath(l.dir, store) for l in c.lowers] == \
+            [os.path.relpath(l, world.storage) for l in lowers]
         assert [l.id for l in c.lowers] == [Path(l).parent.name for l in lowers]
         assert all(l.diff_id is None for l in c.lowers)
 
@@ -441,7 +448,8 @@ def test_sqlite_state_db(world, tmp_path):
     containers, broken = _split(list(reader.find(Root(str(ev)))))
     assert broken == []
     assert [containers[n].state for n in ("c1", "c3", "c4")] == ["paused", "created", "running"]
-    assert db.read_bytes() == before and sorted(p.name for p in db.parent.iterdir()) == ["bolt_state.db", "db.sql"]
+    assert db.read_bytes() == before  # and no -wal, -shm or journal appeared beside it
+    assert sorted(p.name for p in db.parent.iterdir()) == ["bolt_state.db", "db.sql"]
 
 
 def test_no_store_is_silent(tmp_path):
@@ -463,6 +471,8 @@ def test_rootless_store(rootless, tmp_path):
     changes = _scan(c, xattr_ns=c.xattr_ns)
     assert account(rootless.diffs["r1"], changes, c.upper.dir) == EXPECTED["c1"]
     assert os.getxattr(os.path.join(c.upper.dir, "data/sub"), "user.overlay.opaque") == b"y"
+    # read as a rootful store's, the opaque dir would go unseen: why xattr_ns matters
+    assert b"/data/sub/f1" not in {ch.path for ch in _scan(c, xattr_ns="trusted")}
     # as evidence: the user's home from /etc/passwd, the user's own storage.conf
     ev = tmp_path / "ev"
     copy_tree(rootless.home, ev / "home/alice")
@@ -497,3 +507,34 @@ def test_mount_program_in_storage_conf_means_fuse(world, tmp_path):
                     'mount_program = "/usr/bin/fuse-overlayfs"\n')
     containers, _ = _split(list(reader.find(Root(str(ev)))))
     assert {c.whiteouts for c in containers.values()} == {"fuse"}
+
+
+def test_store_file_link_leaving_the_root_is_refused(world, tmp_path):
+    ev, store = _copy(world, tmp_path)
+    path = store / "overlay-containers/containers.json"
+    path.unlink()
+    os.symlink("../../../../../../../../../../etc/passwd", path)
+    results = list(reader.find(Root(str(ev))))
+    assert len(results) == 1 and isinstance(results[0], Broken)
+    assert results[0].where == str(path) and "refused" in results[0].why
+
+
+def test_rootless_storage_path_and_volatile_containers(world, tmp_path):
+    """A user's store where the system storage.conf's rootless_storage_path puts it, with one
+    container kept in volatile-containers.json (podman's --rm / transient containers)."""
+    ev = tmp_path / "ev"
+    store = ev / "home/bob/pods"
+    copy_tree(world.storage, store)
+    (ev / "etc/containers").mkdir(parents=True)
+    (ev / "etc/containers/storage.conf").write_text(
+        '[storage]\ndriver = "overlay"\nrootless_storage_path = "$HOME/pods"\n')
+    (ev / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n")
+    path = store / "overlay-containers/containers.json"
+    entries = json.loads(path.read_text())
+    volatile = [e for e in entries if e["names"] == ["c3"]]
+    path.write_text(json.dumps([e for e in entries if e["names"] != ["c3"]]))
+    (store / "overlay-containers/volatile-containers.json").write_text(json.dumps(volatile))
+    containers, broken = _split(list(reader.find(Root(str(ev)))))
+    assert broken == [] and sorted(containers) == ["c1", "c2", "c3", "c4"]
+    assert {c.store for c in containers.values()} == {str(store)}
+    assert {c.xattr_ns for c in containers.values()} == {"user"}  # bob's store: rootless

@@ -1,16 +1,29 @@
 """The kernel is the oracle: random overlay stacks built through real mounts, checked against the scanner.
 
-Each generated case builds a bottom layer L2 (plain directory), a layer L1 (the upper of an overlay
-mounted over L2, after random operations through the mount) and the container's UPPER (the upper of
-an overlay over L1:L2, after more random operations). The kernel then mounts two read-only views,
-*base* (the lowers alone) and *merged* (UPPER on top), and the expected report is the difference of
-the two trees (see :func:`oracle.expected_changes`). ``ovforensics.scan`` reads only the raw
-directories and must report exactly those changes.
+Each generated case builds a stack with real kernel markers in every layer but the bottom one:
 
-Two mount flavours run: the kernel defaults, and ``redirect_dir=on,metacopy=on`` (real redirects,
-metacopy files). A failing case shrinks to a short list of operations; the failure message shows
-each operation with its outcome, the expected and reported records and the raw layers.
+* L2, the bottom lower: a plain directory with a random small tree;
+* L1 (and sometimes L0 above it): the upper of an overlay mounted over the layers below, after
+  random operations through the mount, so the lowers hold kernel whiteouts, opaque dirs,
+  redirects, metacopy files, escaped xattrs;
+* UPPER: the container's upper, over L0:L1:L2, after more random operations through the mount.
 
+Then the kernel mounts two read-only views, *base* (the lowers alone) and *merged* (UPPER on top),
+both are walked, and the expected report is their difference (:func:`oracle.expected_changes`:
+every added, deleted and modified path, with ``what``). ``ovforensics.scan`` reads only the raw
+directories and must report exactly that: no missing, extra or different record, and no anomaly
+at a path the kernel shows unchanged. (The oracle checks itself too: each read-only view must
+equal what the read-write mount showed.)
+
+Three mount flavours run: kernel defaults; ``redirect_dir=on,metacopy=on`` (real redirects and
+metacopy files); ``userxattr`` (``user.overlay.*`` markers, as rootless engines write them).
+Operations are tuples such as ``("rename", "a", "b/c")``; ``Pick(n)`` means "the n-th existing
+entry". A failing case shrinks to a few operations (``("nop",)`` marks a dropped one); the
+failure message lists each operation with its outcome (``ok`` or the errno), a ``reproduce:``
+line, the expected and reported records with both kernel views of each path, and the raw layers.
+Replay a reported case with ``oracle.build(Case(...), flavour, workdir)``.
+
+``OVF_ORACLE_EXAMPLES`` sets the number of generated cases per flavour (default 400).
 Needs root and overlayfs (skips on a laptop, fails under ``OVF_REQUIRE_REAL=1``).
 """
 from __future__ import annotations
@@ -21,15 +34,14 @@ import sys
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, note, settings, target
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(__file__))
 import oracle  # noqa: E402
 from conftest import need  # noqa: E402
-from oracle import (DATA, DEVICES, FLAVOURS, MODES, NAMES, OWNERS, TARGETS, TIMES,  # noqa: E402
-                    XATTR_NAMES, XATTR_VALUES, ODD_NAMES, Case, Pick)
+from oracle import (DATA, DEVICES, FLAVOURS, MODES, NAMES, ODD_NAMES, OWNERS, TARGETS,  # noqa: E402
+                    TIMES, XATTR_NAMES, XATTR_VALUES, Case, Pick)
 
 EXAMPLES_PER_FLAVOUR = int(os.environ.get("OVF_ORACLE_EXAMPLES", "400"))
 
@@ -38,9 +50,9 @@ EXAMPLES_PER_FLAVOUR = int(os.environ.get("OVF_ORACLE_EXAMPLES", "400"))
 @pytest.fixture(scope="module")
 def oracle_dir(tmp_path_factory):
     """A scratch directory on a filesystem with user.* and trusted.* xattrs, overlay mounts work."""
-    ok, why = oracle.probe()
-    need(ok, why)
     base = tmp_path_factory.mktemp("oracle")
+    ok, why = oracle.probe(base)
+    need(ok, why)
     yield base
     oracle.umount_all()
 
@@ -100,7 +112,8 @@ symlink = st.tuples(st.just("symlink"), st.sampled_from(TARGETS), rel)
 mkfifo = st.tuples(st.just("mkfifo"), rel)
 chmod = st.tuples(st.just("chmod"), some_or_root, st.sampled_from(MODES))
 chown = st.builds(lambda p, o: ("chown", p, *o), some_or_root, st.sampled_from(OWNERS))
-setxattr = st.tuples(st.just("setxattr"), some_or_root, st.sampled_from(XATTR_NAMES), st.sampled_from(XATTR_VALUES))
+setxattr = st.tuples(st.just("setxattr"), some_or_root, st.sampled_from(XATTR_NAMES),
+                     st.sampled_from(XATTR_VALUES))
 link = st.tuples(st.just("link"), some, rel)
 
 #: does nothing: the shrinker turns operations a failure does not need into this (lists have a
@@ -110,7 +123,8 @@ NOP = st.just(("nop",))
 #: the bottom layer: a plain directory, mostly creations (parents are made on demand)
 l2_write = st.tuples(st.just("write"), rel, st.sampled_from(DATA[1:]))
 l2_ops = st.one_of(
-    NOP, l2_write, l2_write, l2_write, l2_write, l2_write, mkdir, mkdir, symlink, mkfifo, chmod, chown, setxattr, setxattr, link,
+    NOP, l2_write, l2_write, l2_write, l2_write, l2_write, mkdir, mkdir,
+    symlink, mkfifo, chmod, chown, setxattr, setxattr, link,
     st.tuples(st.just("setacl"), some), st.tuples(st.just("setacl"), some, st.just("default")),
     st.tuples(st.just("setcap"), some), st.tuples(st.just("socket"), rel),
     st.tuples(st.just("mknod"), rel, st.sampled_from("cb"), st.sampled_from(DEVICES[:2])),
@@ -131,7 +145,8 @@ mount_ops = st.one_of(
     st.tuples(st.just("replace_dir"), some),  # rm -rf d; mkdir d
     symlink, link, mkfifo,
     st.tuples(st.just("mknod"), rel, st.sampled_from("cb"), st.sampled_from(DEVICES)),
-    st.tuples(st.just("setacl"), some_or_root), st.tuples(st.just("setacl"), some_or_root, st.just("default")),
+    st.tuples(st.just("setacl"), some_or_root),
+    st.tuples(st.just("setacl"), some_or_root, st.just("default")),
     st.tuples(st.just("setcap"), some),
     st.tuples(st.just("socket"), rel),
 )
@@ -155,11 +170,11 @@ def test_scanner_matches_kernel(flavour, case, oracle_dir):
     d = tempfile.mkdtemp(dir=oracle_dir)
     try:
         built = oracle.build(case, flavour, d)
-        note(oracle.format_case(built))
         target(float(len(built.expected)), label="expected changes")
         records = scan(built)
         report = oracle.compare(built, records)
-        assert report is None, report
+        if report:
+            raise AssertionError(report)
     finally:
         oracle.umount_all()
         shutil.rmtree(d, ignore_errors=True)

@@ -42,6 +42,7 @@ from typing import Iterator
 
 from .. import bbolt
 from ..bbolt import BoltError
+from .. import safeio
 from ..rootfs import Root, RootEscape
 from .base import Broken, Container, LayerInfo
 
@@ -117,8 +118,7 @@ def _config(root: Root, broken: list[Broken]) -> dict:
     if not os.path.isfile(host):
         return {}
     try:
-        with open(host, "rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(safeio.read_file(host, limit=MAX_JSON).decode("utf-8"))
     except OSError as exc:
         broken.append(Broken(ENGINE, host, f"cannot read ({exc.strerror or exc}); using {DEFAULT_ROOT}"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -257,11 +257,7 @@ class _Store:
             return None
         try:
             host = self.root.resolve(_join(self.data_root, f"{CONTENT}/blobs/{m[1]}/{m[2]}"))
-            with open(host, "rb") as fh:
-                data = fh.read(MAX_JSON + 1)
-            if len(data) > MAX_JSON:
-                return None
-            return json.loads(data)
+            return json.loads(safeio.read_file(host, limit=MAX_JSON))
         except (OSError, RootEscape, ValueError):
             return None
 
@@ -294,7 +290,7 @@ def find(root: Root, data_root: str | None = None) -> Iterator[Container | Broke
         return
     if not os.path.lexists(store.meta_host):
         try:
-            empty = not os.listdir(store.host)
+            empty = not safeio.list_dir(store.host)
         except OSError:
             empty = True
         if not empty:

@@ -31,6 +31,7 @@ import re
 import stat
 from typing import Iterator
 
+from .. import safeio
 from ..rootfs import Root, RootEscape
 from .base import Broken, Container, LayerInfo, StoreError
 
@@ -81,7 +82,7 @@ def find(root: Root, data_root: str | None = None) -> Iterator[Container | Broke
     if not os.path.isdir(containers):
         raise StoreError(f"{containers}: not a directory: expected one directory per container")
     try:
-        entries = sorted(os.listdir(containers))
+        entries = sorted(safeio.list_dir(containers))
     except OSError as exc:
         raise StoreError(f"{containers}: cannot list it: {exc.strerror or exc}") from None
     names, warning = store.image_names()
@@ -134,10 +135,13 @@ def _pick_data_root(root: Root, data_root: str | None, warnings: list[Broken]) -
 
 def _read_bytes(host: str) -> bytes:
     """A regular file's bytes (never a device or fifo, never more than MAX_FILE)."""
-    fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _Bad(host, "not a regular file")
+        fd = safeio.open_file(host)
+    except OSError as exc:
+        if exc.errno is None:  # refused: not a regular file
+            raise _Bad(host, "not a regular file") from None
+        raise
+    try:
         chunks, size = [], 0
         while True:
             chunk = os.read(fd, 1 << 20)
