@@ -94,6 +94,24 @@ class Entry:
         return self.layer.physical(self.path)
 
 
+def _get_target(self: Entry) -> bytes | None:
+    """A symlink's target, read only when asked: readlink(2) updates the link's atime on a
+    relatime mount (O_NOATIME has no readlink twin), so untouched links are never read."""
+    value = self.__dict__.get("_target")
+    if value is None and self.kind == "symlink":
+        reader = getattr(self.layer, "read_target", None)
+        if reader is not None:
+            value = self.__dict__["_target"] = reader(self)
+    return value
+
+
+def _set_target(self: Entry, value: bytes | None) -> None:
+    self.__dict__["_target"] = value
+
+
+Entry.target = property(_get_target, _set_target)  # the dataclass __init__ assigns through it
+
+
 class Layer(Protocol):
     index: int
     label: str  # the layer's directory or archive, as the user named it
@@ -206,19 +224,20 @@ class DirLayer:
 
     def _entry(self, path: Path, st: os.stat_result, where: bytes) -> Entry:
         kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "unknown")
-        target = None
-        if kind == "symlink":
-            try:
-                target = os.readlink(where)
-            except OSError as exc:
-                self.errors.append((where, exc.strerror or str(exc)))
-                target = b""
         return Entry(
             layer=self, path=path, kind=kind, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
             size=st.st_size, mtime_ns=st.st_mtime_ns, rdev=st.st_rdev, nlink=st.st_nlink,
-            ino=st.st_ino, target=target, blocks=getattr(st, "st_blocks", None),
+            ino=st.st_ino, blocks=getattr(st, "st_blocks", None),
             atime_ns=st.st_atime_ns, ctime_ns=st.st_ctime_ns,
         )
+
+    def read_target(self, entry: Entry) -> bytes:
+        where = self.physical(entry.path)
+        try:
+            return os.readlink(where)
+        except OSError as exc:
+            self.errors.append((where, exc.strerror or str(exc)))
+            return b""
 
     def read_xattrs(self, entry: Entry) -> dict[str, bytes]:
         where = self.physical(entry.path)
