@@ -34,6 +34,10 @@ Rules:
   (never replacing a file) when the run is complete; a run into a ``TO`` that already holds a
   manifest is refused. A top-level container entry with a manifest's name is ``skipped``.
 
+Rows come in this order: the named paths, in the order given (each subtree depth first, names
+sorted by bytes), then the ``all_deleted``/``all_modified`` records in path order; a path met
+twice has one row.
+
 Manifest statuses: ``recovered``, ``skipped`` (exists in ``TO``, not a regular file, ...),
 ``not-found`` (the path is not in the lower layers), ``error`` (could not be read or written;
 a partly written file is removed).
@@ -275,12 +279,19 @@ class _Dest:
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
                     where = escape_bytes(b"/".join(parts[:depth + 1]))
-                    what = "is a symbolic link" if exc.errno == errno.ELOOP else \
-                        "is missing" if exc.errno == errno.ENOENT else "is not a directory"
-                    raise _Blocked(f"{where} in the destination {what}; not followed") from None
+                    raise _Blocked(f"{where} in the destination {_what_is(name, parent)}; "
+                                   "not followed") from None
                 raise
             self.chain.append((name, fd))
         return self.chain[-1][1] if self.chain else self.to_fd
+
+
+def _what_is(name: bytes, dir_fd: int) -> str:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return "is missing"
+    return "is a symbolic link" if stat.S_ISLNK(st.st_mode) else "is not a directory"
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
@@ -307,9 +318,11 @@ def _ancestry(where: str | bytes | int) -> list[tuple[int, int]]:
         os.close(fd)
 
 
-def _check_destination(to: str, to_fd: int, evidence: list[str]) -> None:
-    """Refuse a destination inside the evidence, or one that holds the evidence."""
-    mine = _ancestry(to_fd)
+def _check_destination(to: str, where: str | int, evidence: list[str], itself: bool = True) -> None:
+    """Refuse a destination inside the evidence, or one that holds the evidence. ``where`` is
+    the destination's fd, or, before it exists (``itself`` false), the nearest directory above
+    it that does (then only "inside" is checked: a new directory holds nothing)."""
+    mine = _ancestry(where)
     for item in evidence:
         try:
             if not os.path.isdir(item):
@@ -319,7 +332,7 @@ def _check_destination(to: str, to_fd: int, evidence: list[str]) -> None:
             continue
         if theirs[0] in mine:
             raise RecoverError(f"{to}: refusing to write inside the evidence ({item})")
-        if mine[0] in theirs:
+        if itself and mine[0] in theirs:
             raise RecoverError(f"{to}: refusing to write into a directory that holds the "
                                f"evidence ({item})")
 
@@ -382,9 +395,21 @@ class Recoverer:
             os.close(to_fd)
 
     def _open_destination(self) -> int:
-        refuse_inside(self.to, self.evidence)
+        try:
+            refuse_inside(self.to, self.evidence)
+        except OutputError as exc:
+            raise RecoverError(str(exc)) from None
         made = False
         if not os.path.lexists(self.to):
+            # before making anything: the nearest existing directory above must be clean too
+            # (a bind mount of the evidence hides from path checks, not from inode checks)
+            above = os.path.abspath(self.to)
+            while not os.path.lexists(above):
+                above = os.path.dirname(above)
+            try:
+                _check_destination(self.to, above, self.evidence, itself=False)
+            except OSError as exc:
+                raise RecoverError(f"{self.to}: {exc.strerror or exc}") from None
             parent = os.path.dirname(os.path.abspath(self.to))
             try:
                 os.makedirs(parent, exist_ok=True)
@@ -397,7 +422,10 @@ class Recoverer:
         except OSError as exc:
             raise RecoverError(f"{self.to}: {exc.strerror or exc}") from None
         try:
-            _check_destination(self.to, to_fd, self.evidence)
+            try:
+                _check_destination(self.to, to_fd, self.evidence)
+            except OSError as exc:
+                raise RecoverError(f"{self.to}: {exc.strerror or exc}") from None
             for name in (MANIFEST_CSV, MANIFEST_JSONL):
                 if _lexists(name, to_fd):
                     raise RecoverError(f"{self.to}: already holds {name} (a finished recovery?); "
@@ -723,13 +751,27 @@ def recover(upper, lowers=(), *, to: str, paths: Iterable[str | bytes] = (),
     from . import _roots, open_layer
     from .diff import Differ
 
-    upper_layer = open_layer(upper, index=-1, rules=whiteouts)
-    lower_layers = [open_layer(spec, index=i, rules=whiteouts) for i, spec in enumerate(lowers)]
-    ns = Namespaces.parse(xattr_ns, roots=_roots([upper_layer, *lower_layers]))
-    differ = Differ(upper_layer, lower_layers, ns)
-    recoverer = Recoverer(differ, to, evidence=evidence, include=include, exclude=exclude,
-                          on_row=on_row)
-    return recoverer.run(paths, all_deleted=all_deleted, all_modified=all_modified)
+    opened: list = []  # archives this call opened (closed at the end); given layers stay open
+
+    def layer(spec, index):
+        found = open_layer(spec, index=index, rules=whiteouts)
+        if found is not spec:
+            opened.append(found)
+        return found
+
+    try:
+        upper_layer = layer(upper, -1)
+        lower_layers = [layer(spec, i) for i, spec in enumerate(lowers)]
+        ns = Namespaces.parse(xattr_ns, roots=_roots([upper_layer, *lower_layers]))
+        differ = Differ(upper_layer, lower_layers, ns)
+        recoverer = Recoverer(differ, to, evidence=evidence, include=include, exclude=exclude,
+                              on_row=on_row)
+        return recoverer.run(paths, all_deleted=all_deleted, all_modified=all_modified)
+    finally:
+        for item in opened:
+            close = getattr(item, "close", None)
+            if close is not None:
+                close()
 
 
 def recover_container(container, *, to: str, evidence: Iterable[str] | None = None,

@@ -23,20 +23,21 @@ Anomaly records are skipped. For every other record, one *subject* per entry beh
 A record built without entries (``entry``/``shadow`` None) falls back to its own fields (mode,
 owner, size, mtime), as the merged entry for added/modified and as the original for deleted.
 
-Naming (bodyfile name, Timesketch ``message``, ``side``/``view`` fields):
+Naming. Each subject is labelled in the bodyfile name (``PATH (CHANGE; LABEL)``), at the end of
+the Timesketch ``message`` (``... - LABEL``) and in the ``side``/``view`` fields:
 
-======================================  ======================================  ==========================  =====  ========
-subject                                 bodyfile name                           message ends with           side   view
-======================================  ======================================  ==========================  =====  ========
-merged entry stored in the upperdir     ``/etc/passwd (modified; upper)``       ``- upper copy``            upper  merged
-merged entry stored in lower layer N    ``/d/f (added; in lower layer N)``      ``- in lower layer N``      lower  merged
-original in lower layer N               ``/etc/passwd (modified; original in    ``- original in lower       lower  original
-                                        lower layer N)``                        layer N``
-======================================  ======================================  ==========================  =====  ========
+* merged entry stored in the upperdir: ``/etc/passwd (modified; upper)``; message
+  ``... - upper copy``; ``side=upper``, ``view=merged``;
+* merged entry stored in lower layer N (seen through a renamed directory):
+  ``/d/f (added; in lower layer N)``; ``... - in lower layer N``; ``side=lower``,
+  ``view=merged``;
+* shadowed original in lower layer N: ``/etc/passwd (modified; original in lower layer N)``;
+  ``... - original in lower layer N``; ``side=lower``, ``view=original``.
 
-so ``/x (deleted; original in lower layer 0)`` is the file a whiteout hid. A symlink's target
+N is the lower layer's index (0 = topmost lower, as in ``lower_layer``), so
+``/x (deleted; original in lower layer 0)`` is the file a whiteout hid. A symlink's target
 follows the label, as ``fls -m`` appends it: ``/l (added; upper) -> /target`` (Plaso splits the
-target off at the last `` -> ``; the label stays with the name). Messages read e.g.
+target off at the last `` -> ``, so the label stays with the name). Messages read e.g.
 ``modified /etc/passwd (content, mtime) - upper copy``,
 ``deleted /x via wh-file - original in lower layer 0``.
 
@@ -52,7 +53,8 @@ entry, ``extra["lower_md5"]`` for the original (``scan(..., hashes="md5")`` fill
 ``s``/``S`` for setuid/setgid and ``t``/``T`` for sticky (TSK's ``tsk_fs_meta_make_ls``).
 Times are epoch seconds with nine fraction digits (``1700000000.123456789``, exact to the
 nanosecond); an unknown time (atime/ctime of a tar member, a birth time the filesystem does not
-record) is ``0``, as fls writes it. A *known* time of exactly the epoch is ``0.000000000``.
+record) is ``0``, as fls writes it. A *known* time of exactly the epoch is ``0.000000000``
+(mactime and Plaso still read it as 0: unset for Plaso, ``Xxx Xxx 00 0000`` for mactime).
 
 Name escaping. What the consumers actually do (read in their sources, checked with Debian's
 mactime 4.11.1):
@@ -89,7 +91,8 @@ strict TSK-3 reader): unescaping gives back the exact bytes of the path. The sam
 a symlink target. No field then holds a ``|``, a newline or a byte that is not UTF-8, so every
 line has exactly eleven fields for mactime, Plaso and ``cut -d'|'`` alike. Known Plaso
 inexactness: a name holding a literal backslash followed by ``x`` and a control code (``\x0a``
-as text) is shown by Plaso with a newline instead; ``\x7c``/``\x25`` stay literal in Plaso.
+as text) is shown by Plaso with a newline instead; ``\x7c``/``\x25`` stay literal in Plaso, and
+a C1 control (two UTF-8 bytes, ``\xc2\x85``) comes out of Plaso as ``\xc2`` + U+0085.
 
 ``timesketch`` (JSONL) and ``timesketch-csv``
 =============================================

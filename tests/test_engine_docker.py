@@ -492,3 +492,67 @@ def test_cli_unknown_container_is_one_line(dockerd):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "ovforensics: error: no-such-container: no such container (looked in: docker)"]
+
+
+# -- 6. the evidence stays untouched ------------------------------------------------------------
+def _every_command(store: str, scratch) -> list[list[str]]:
+    """Every command with every option, over every container of the store."""
+    sel = ["--engine", "docker", "--data-root", store]
+    out = [["containers", *sel, "-f", f] for f in ("table", "csv", "json", "jsonl", "docker")]
+    for name in NAMES:
+        out.append(["layers", name, *sel, "-f", "json"])
+        for fmt in ("table", "csv", "json", "jsonl", "docker"):
+            out.append(["diff", name, *sel, "-f", fmt])
+        out.append(["diff", name, *sel, "-f", "jsonl", "--hash", "md5,sha1,sha256,sha512",
+                    "--magic", "--meta", "--only", "added,modified,deleted,anomaly",
+                    "--include", "/*", "--exclude", "/proc*", "--whiteouts", "kernel",
+                    "--xattr-ns", "trusted"])
+        out.append(["diff", name, *sel, "-f", "csv", "--hash", "sha256", "--magic", "--meta",
+                    "-o", str(scratch / f"{name}.csv")])
+        out.append(["deleted", name, *sel, "--hash", "sha256,md5", "--meta", "-f", "jsonl"])
+        out.append(["deleted", name, *sel, "-o", str(scratch / f"{name}-deleted.csv")])
+        out += [cmd(name, sel, scratch) for cmd in EXTRA_COMMANDS]
+    return out
+
+
+#: further commands run over each container by the untouched-evidence tests
+EXTRA_COMMANDS: list = []
+
+
+def _run_all(store: str, scratch) -> None:
+    for args in _every_command(store, scratch):
+        proc = _cli(*args)
+        assert proc.returncode == 0, (args, proc.stderr)
+
+
+def test_live_store_is_untouched(dockerd, live, tmp_path):
+    """On the live (rw, relatime) store: no inode's mtime or ctime moves (no write, no xattr
+    change), and no file's or directory's atime. Only a symlink's atime can move: readlink(2)
+    updates it on a relatime mount and has no O_NOATIME (docs/evidence.md)."""
+    from evidence import changed, snapshot
+
+    store = str(dockerd.data)
+    before = snapshot(store)
+    _run_all(store, tmp_path)
+    moved = changed(before, snapshot(store))
+    assert moved["mtime"] == [] and moved["ctime"] == []
+    assert moved["added"] == [] and moved["gone"] == []
+    assert [path for path, is_link in moved["atime"] if not is_link] == []
+
+
+def test_noatime_evidence_mount_is_untouched_entirely(dockerd, live, tmp_path):
+    """Evidence mounted the way docs/evidence.md says (read-only, noatime): every inode's
+    atime, mtime and ctime stay exactly as they were, symlinks included."""
+    from evidence import changed, snapshot
+
+    view = tmp_path / "evidence"
+    view.mkdir()
+    subprocess.run(["mount", "--bind", str(dockerd.data), str(view)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro,noatime", str(view)], check=True)
+        before = snapshot(str(dockerd.data))
+        _run_all(str(view), tmp_path)
+        assert changed(before, snapshot(str(dockerd.data))) == \
+            {"atime": [], "mtime": [], "ctime": [], "added": [], "gone": []}
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)

@@ -173,6 +173,7 @@ def stack(tmp_path):
         "var/.wh.formula": b"",
     })
     os.chmod(upper / "bin/su", 0o755)  # the setuid bit removed: a mode change
+    os.utime(upper / "bin/su", ns=(T_ATIME, os.stat(l2 / "bin/su").st_mtime_ns))
     return {"upper": upper, "l1": l1, "l2": l2, "layers": tmp_path / "layers"}
 
 
@@ -184,7 +185,13 @@ def run(stack, to, **kw):
 def test_all_deleted_round_trip(stack, tmp_path):
     to = tmp_path / "recovered"
     before = snapshot(stack["layers"])
+    os.utime(stack["l1"] / "etc/passwd", ns=(T_ATIME, T_PASSWD))  # older than mtime: a read moves it
+    src_atime = os.stat(stack["l1"] / "etc/passwd").st_atime_ns
+    assert src_atime == T_ATIME
     result = run(stack, to, all_deleted=True)
+    # atime kept (checked before anything reads the copy); the original's not moved (O_NOATIME)
+    assert os.stat(to / "etc/passwd").st_atime_ns == src_atime
+    assert os.stat(stack["l1"] / "etc/passwd").st_atime_ns == src_atime
     rows = by_path(manifest(to))
     assert set(rows) == {b"/etc/passwd", b"/var/log/nginx/access.log",
                          b"/var/log/nginx/error.log", b"/var/new\nline", b"/var/\xff\xfebad",
@@ -197,7 +204,6 @@ def test_all_deleted_round_trip(stack, tmp_path):
     assert passwd["source_layer"] == {"index": 0, "dir": str(stack["l1"])}
     assert passwd["source_path"] == str(stack["l1"] / "etc/passwd")
     assert passwd["mtime"] == "2020-09-13T12:26:40.123456789Z"
-    assert os.stat(to / "etc/passwd").st_atime_ns == T_ATIME
     check_copy(to, rows[b"/var/log/nginx/access.log"], stack["l2"] / "var/log/nginx/access.log")
     check_copy(to, rows[b"/var/log/nginx/error.log"], stack["l2"] / "var/log/nginx/error.log")
     assert rows[b"/var/log/nginx/error.log"]["sha256"] == sha(b"")
@@ -241,7 +247,7 @@ def test_all_modified_keeps_original_mode_and_drops_setuid(stack, tmp_path):
     assert su["mode"] == "4755" and stat.S_IMODE(os.stat(to / "bin/su").st_mode) == 0o755
     assert "setuid/setgid dropped" in su["detail"]
     shadow = rows[b"/etc/shadow"]
-    assert shadow["what"] == ["content", "mtime"]
+    assert shadow["what"] == ["content", "mode", "mtime"]
     check_copy(to, shadow, stack["l2"] / "etc/shadow")
     assert (to / "etc/shadow").read_bytes() == b"root:$6$hash:19000::::::\n"  # not the EVIL one
 
@@ -367,9 +373,10 @@ def test_destination_in_a_bind_mount_of_the_evidence_is_refused(stack, tmp_path)
     view.mkdir()
     subprocess.run(["mount", "--bind", str(stack["l2"]), str(view)], check=True)
     try:
-        with pytest.raises(RecoverError, match="evidence"):
-            run(stack, view / "out", all_deleted=True)
-        assert not (stack["l2"] / "out").exists()
+        for to in (view / "out", view / "new" / "deeper" / "out"):
+            with pytest.raises(RecoverError, match="evidence"):
+                run(stack, to, all_deleted=True)
+        assert not (stack["l2"] / "out").exists() and not (stack["l2"] / "new").exists()
     finally:
         subprocess.run(["umount", str(view)], check=True)
 
@@ -397,6 +404,60 @@ def test_bad_paths_are_refused_before_writing(stack, tmp_path):
     with pytest.raises(RecoverError, match="nothing to recover"):
         run(stack, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_include_exclude_and_row_callback(stack, tmp_path):
+    seen = []
+    to = tmp_path / "out"
+    result = run(stack, to, all_deleted=True, include=["/var/*"], exclude=["*/error.log"],
+                 on_row=seen.append)
+    paths = [row.path for row in seen]
+    assert paths == [raw_path(r) for r in manifest(to)]
+    assert sorted(paths) == [b"/var/formula", b"/var/log/nginx/access.log", b"/var/new\nline",
+                             b"/var/\xff\xfebad"]
+    assert result.total == 4
+
+
+def test_unreadable_originals_are_errors_and_partial_copies_are_removed(stack, tmp_path, monkeypatch):
+    from ovforensics.layer import DirLayer, EntryError
+
+    real_open = DirLayer.open
+
+    class Failing(io.RawIOBase):
+        """Gives one chunk, then fails as a dying disk would."""
+
+        def __init__(self):
+            self.calls = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, buf):
+            self.calls += 1
+            if self.calls > 1:
+                raise OSError(5, "Input/output error")
+            buf[:4] = b"part"
+            return 4
+
+    def fake_open(layer, entry):
+        if entry.name == b"access.log":
+            raise EntryError(f"{os.fsdecode(entry.physical)}: Permission denied")
+        if entry.name == b"error.log":
+            return io.BufferedReader(Failing())
+        return real_open(layer, entry)
+
+    monkeypatch.setattr(DirLayer, "open", fake_open)
+    to = tmp_path / "out"
+    result = run(stack, to, all_deleted=True)
+    rows = by_path(manifest(to))
+    assert rows[b"/var/log/nginx/access.log"]["status"] == "error"
+    assert "cannot read the original" in rows[b"/var/log/nginx/access.log"]["detail"]
+    assert rows[b"/var/log/nginx/error.log"]["status"] == "error"
+    assert rows[b"/var/log/nginx/error.log"]["detail"] == \
+        "copy failed, partial file removed: Input/output error"
+    assert os.listdir(to / "var/log/nginx") == []
+    assert result.counts == {"recovered": 4, "skipped": 0, "not-found": 0, "error": 2}
+    check_copy(to, rows[b"/etc/passwd"], stack["l1"] / "etc/passwd")
 
 
 def test_directory_modes_and_times_are_set_after_their_contents(tmp_path):
@@ -507,11 +568,9 @@ def test_rich_sample_archives(tmp_path):
         assert archive == row["source_layer"]["dir"]
         copy = dest(to, raw_path(row))
         if row["type"] == "file":
-            original = member_bytes(archive, member.encode())
+            info, original = member(archive, name.encode())
             assert row["sha256"] == sha(original) == file_sha(copy) == sha256sum(copy)
             assert row["size"] == len(original)
-            with tarfile.open(archive) as tf:
-                info = tf.getmember(member)
             st = os.lstat(copy)
             assert stat.S_IMODE(st.st_mode) == info.mode & 0o1777
             assert st.st_mtime_ns == int(info.mtime * 1_000_000_000)

@@ -41,6 +41,10 @@ WEIRD = b"mod|pipe\\back"
 NEWLINE = b"new\nline %41 \xff\xfe"
 RTL = "rtl\u202etxt.exe".encode()
 LINK_TARGET = b"=HYPERLINK(\"http://x\")|t"
+PASSWD_LOWER_ATIME = 1_600_000_000 * S + 111_111_111
+PASSWD_LOWER_MTIME = 1_500_000_000 * S + 222_222_222
+PASSWD_UPPER_ATIME = 1_700_000_001 * S + 333_333_333
+PASSWD_UPPER_MTIME = 1_700_000_000 * S + 444_444_444
 
 
 def _file(root: bytes, rel: bytes, data: bytes, times, mode=0o644):
@@ -60,8 +64,9 @@ def stack(tmp_path):
     for root in (lower, upper):
         os.makedirs(root + b"/etc")
         os.chmod(root + b"/etc", 0o755)
-    _file(lower, b"etc/passwd", b"root:x:0:0\n", (1_600_000_000 * S + 111_111_111, 1_500_000_000 * S + 222_222_222))
-    _file(upper, b"etc/passwd", b"root:x:0:0\nevil:x:0:0\n", (1_700_000_001 * S + 333_333_333, 1_700_000_000 * S + 444_444_444))
+    _file(lower, b"etc/passwd", b"root:x:0:0\n", (PASSWD_LOWER_ATIME, PASSWD_LOWER_MTIME))
+    _file(upper, b"etc/passwd", b"root:x:0:0\nevil:x:0:0\n",
+          (PASSWD_UPPER_ATIME, PASSWD_UPPER_MTIME))
     _file(lower, b"gone.txt", b"bye", (1_500_000_100 * S + 1, 1_500_000_100 * S + 2))
     _file(upper, b".wh.gone.txt", b"", (1_700_000_002 * S, 1_700_000_002 * S))
     _file(lower, b"olddir/inner", b"in", (1_500_000_150 * S, 1_500_000_150 * S + 5))
@@ -78,7 +83,22 @@ def stack(tmp_path):
     os.mkdir(upper + b"/sticky")
     os.chmod(upper + b"/sticky", 0o1777)
     os.utime(upper + b"/sticky", ns=(1_700_000_600 * S, 1_700_000_600 * S + 600))
+    # The oracle: every entry's stat before any scan. Listed first (listing a directory may
+    # update its atime), then lstat'ed (which changes nothing).
+    paths = [os.path.join(where, name) for root in (upper, lower)
+             for where, dirs, files in os.walk(root) for name in dirs + files]
+    BEFORE.clear()
+    for path in paths:
+        st_ = os.lstat(path)
+        BEFORE[path] = (st_, {"atime": st_.st_atime_ns, "mtime": st_.st_mtime_ns,
+                              "ctime": st_.st_ctime_ns, "btime": statx_btime_ns(path)})
     return upper, lower
+
+
+# physical path -> (lstat, times) taken when the stack was made. Taken before scanning because
+# reading a symlink (readlink(2)) updates its atime where the mount allows it: the timeline
+# must show the times the scan found, which are the ones from before.
+BEFORE: dict = {}
 
 
 def scan(stack, **kw):
@@ -99,9 +119,7 @@ def expected_subjects(changes):
 
 
 def stat_times(physical: bytes) -> dict:
-    st_ = os.lstat(physical)
-    return {"atime": st_.st_atime_ns, "mtime": st_.st_mtime_ns, "ctime": st_.st_ctime_ns,
-            "btime": statx_btime_ns(physical)}
+    return BEFORE[physical][1]
 
 
 # -- a bodyfile reader written against the TSK 3 spec ------------------------------------------
@@ -246,7 +264,8 @@ def test_escape_name_examples(raw, text):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=40) | st.text(max_size=20).map(lambda s: s.encode("utf-8", "surrogatepass")))
+@given(st.binary(max_size=40)
+       | st.text(max_size=20).map(lambda s: s.encode("utf-8", "surrogatepass")))
 def test_escape_name_round_trips_and_is_safe(raw):
     text = escape_name(raw)
     assert "|" not in text and "\n" not in text and "\r" not in text
@@ -273,7 +292,7 @@ def test_bodyfile_fields_exact(stack):
         if entry.kind == "symlink":
             name += b" -> " + os.readlink(entry.physical)
         assert row["name"] == name
-        st_ = os.lstat(entry.physical)
+        st_ = BEFORE[entry.physical][0]
         assert row["inode"] == st_.st_ino
         assert row["mode"] == tsk_mode(st_.st_mode)
         assert (row["uid"], row["gid"], row["size"]) == (st_.st_uid, st_.st_gid, st_.st_size)
@@ -287,8 +306,9 @@ def test_bodyfile_fields_exact(stack):
     assert b"/etc/passwd (modified; original in lower layer 0)" in by_name
     assert b"/gone.txt (deleted; original in lower layer 0)" in by_name
     assert b"/olddir/inner (deleted; original in lower layer 0)" in by_name
-    assert by_name[b"/etc/passwd (modified; original in lower layer 0)"]["mtime"] == 1_500_000_000 * S + 222_222_222
-    assert by_name[b"/etc/passwd (modified; upper)"]["atime"] == 1_700_000_001 * S + 333_333_333
+    original = by_name[b"/etc/passwd (modified; original in lower layer 0)"]
+    assert original["mtime"] == PASSWD_LOWER_MTIME and original["atime"] == PASSWD_LOWER_ATIME
+    assert by_name[b"/etc/passwd (modified; upper)"]["atime"] == PASSWD_UPPER_ATIME
     assert by_name[b"/" + WEIRD + b" (modified; upper)"]["mode"] == "r/rrwsr-xr-x"
     assert by_name[b"/" + RTL + b" (added; upper)"]["mode"] == "r/rrw-r-Sr--"
     assert by_name[b"/fifo (added; upper)"]["mode"] == "p/prw-r-----"
@@ -306,8 +326,10 @@ def test_bodyfile_md5_from_extra_and_computed(stack):
     # from scan's own enrichment (md5 / lower_md5 in extra)
     rows = {r["name"]: r for r in read_bodyfile(render("bodyfile", scan(stack, hashes="md5"))[0])}
     assert rows[b"/etc/passwd (modified; upper)"]["md5"] == digest(upper + b"/etc/passwd")
-    assert rows[b"/etc/passwd (modified; original in lower layer 0)"]["md5"] == digest(lower + b"/etc/passwd")
-    assert rows[b"/gone.txt (deleted; original in lower layer 0)"]["md5"] == digest(lower + b"/gone.txt")
+    original = rows[b"/etc/passwd (modified; original in lower layer 0)"]
+    assert original["md5"] == digest(lower + b"/etc/passwd")
+    gone = rows[b"/gone.txt (deleted; original in lower layer 0)"]
+    assert gone["md5"] == digest(lower + b"/gone.txt")
     assert rows[b"/fifo (added; upper)"]["md5"] == "0"
     assert rows[b"/sticky (added; upper)"]["md5"] == "0"
     # computed by the writer (hashes=True), same answers
@@ -348,7 +370,6 @@ def test_bodyfile_through_real_mactime(stack, tmp_path):
             secs = int(raw.split(".")[0])
             key = (date(secs), str(r["inode"]), r["name_text"])
             want.setdefault(key, set()).add(letter)
-            # size/mode/uid/gid as mactime reports them for that name
     got: dict = {}
     others = {}
     for day, size, macb, mode, uid, gid, inode, name in out[1:]:
@@ -358,8 +379,10 @@ def test_bodyfile_through_real_mactime(stack, tmp_path):
     for r in rows:  # every line made it through (mactime drops lines it cannot split)
         assert others[r["name_text"]] == (r["size"], r["mode"], r["uid"], r["gid"])
     # literally: the shadowed original's mtime, the upper copy's atime, escapes left as written
-    assert got[("Fri Jul 14 2017 02:40:00", str(rows[1]["inode"]),
-                "/etc/passwd (modified; original in lower layer 0)")] == {"m"}
+    original = "/etc/passwd (modified; original in lower layer 0)"
+    inode = next(str(r["inode"]) for r in rows if r["name_text"] == original)
+    assert got[("Fri Jul 14 2017 02:40:00", inode, original)] == {"m"}  # PASSWD_LOWER_MTIME
+    assert got[("Sun Sep 13 2020 12:26:40", inode, original)] == {"a"}  # PASSWD_LOWER_ATIME
     names = {name for *_, name in out[1:]}
     assert "/new\\x0aline \\x2541 \\xff\\xfe (added; upper)" in names  # %41 not decoded to A
     assert "/mod\\x7cpipe\\\\back (modified; upper)" in names
@@ -375,8 +398,10 @@ def test_bodyfile_tar_layers_unknown_times_are_zero(tmp_path):
                 tf.addfile(info, io.BytesIO(data))
         return str(path)
 
-    lower = tar(tmp_path / "lower.tar", [("etc/passwd", b"a", 1_500_000_000), ("gone", b"g", 1_500_000_001)])
-    upper = tar(tmp_path / "upper.tar", [("etc/passwd", b"bb", 1_700_000_000), (".wh.gone", b"", 1_700_000_001)])
+    lower = tar(tmp_path / "lower.tar", [("etc/passwd", b"a", 1_500_000_000),
+                                         ("gone", b"g", 1_500_000_001)])
+    upper = tar(tmp_path / "upper.tar", [("etc/passwd", b"bb", 1_700_000_000),
+                                         (".wh.gone", b"", 1_700_000_001)])
     changes = list(ovforensics.scan(upper, [lower]))
     rows = read_bodyfile(render("bodyfile", changes)[0])
     assert [r["name"] for r in rows] == [b"/etc/passwd (modified; upper)",
@@ -400,7 +425,8 @@ def test_records_without_entries_and_lower_side_labels(tmp_path):
                lower_layer=layer, lower_path=b"/l2/old", mtime_ns=4 * S),
     ]
     rows = read_bodyfile(render("bodyfile", bare)[0])
-    assert [(r["name"], r["mode"], r["uid"], r["gid"], r["size"], r["mtime"], r["atime"]) for r in rows] == [
+    fields = ("name", "mode", "uid", "gid", "size", "mtime", "atime")
+    assert [tuple(r[f] for f in fields) for r in rows] == [
         (b"/new (added; upper)", "r/rrwxr-xr-x", 1, 2, 3, 5 * S + 7, None),
         (b"/old (deleted; original in lower layer 2)", "d/drwx------", 0, 0, 0, 4 * S, None)]
     events = [json.loads(x) for x in render("timesketch", bare)[0].splitlines()]
@@ -456,7 +482,8 @@ def test_timesketch_jsonl(stack):
 
     passwd = [e for e in events if e["path"] == "/etc/passwd"]
     assert {(e["side"], e["view"]) for e in passwd} == {("upper", "merged"), ("lower", "original")}
-    upper_m = next(e for e in passwd if e["side"] == "upper" and e["timestamp_desc"] == "Content Modification Time")
+    upper_m = next(e for e in passwd
+                   if e["side"] == "upper" and e["timestamp_desc"] == "Content Modification Time")
     assert upper_m["datetime"] == "2023-11-14T22:13:20.444444+00:00"
     assert upper_m["timestamp"] == 1_700_000_000_444_444
     assert upper_m["message"] == "modified /etc/passwd (content, mtime) - upper copy"
@@ -489,8 +516,13 @@ def test_timesketch_csv(stack):
         check_event(row)
         for col in CSV_COLUMNS:
             assert not row[col].startswith(("=", "+", "-", "@", "\t", "\r")), (col, row[col])
-    got = {(r["path"] if not r["path_b64"] else base64.b64decode(r["path_b64"]).decode("utf-8", "backslashreplace"),
-            r["view"], r["side"], r["timestamp_desc"], int(r["timestamp"])) for r in rows}
+    def path(row):  # path_b64, when filled, is authoritative
+        if not row["path_b64"]:
+            return row["path"]
+        return base64.b64decode(row["path_b64"]).decode("utf-8", "backslashreplace")
+
+    got = {(path(r), r["view"], r["side"], r["timestamp_desc"], int(r["timestamp"]))
+           for r in rows}
     assert len(got) == len(rows)
     assert got == expected_events(changes)
     passwd = [r for r in rows if r["path"] == "/etc/passwd"]
