@@ -96,15 +96,22 @@ def find_container(query: str, root: str = "/", engine: str | None = None,
     return select(query, found)
 
 
-def scan_container(container, **options) -> Iterator[Change]:
-    """:func:`scan` over a container's stack; records carry the engine's layer ids."""
+def container_layers(container, whiteouts: str | None = None) -> list[Layer]:
+    """A container's stack as layers (upper first), each carrying the engine's ``LayerInfo``;
+    marker rules are the store's own unless ``whiteouts`` names others."""
     from .layer import DirLayer
 
-    rules = options.pop("whiteouts", None) or container.whiteouts
-    options.setdefault("xattr_ns", container.xattr_ns)
+    rules = whiteouts if whiteouts not in (None, "auto") else container.whiteouts
     layers = []
     for index, info in enumerate([container.upper, *container.lowers]):
-        layer = DirLayer(info.dir, index=index - 1, rules=rules if rules != "auto" else "kernel")
+        layer = DirLayer(info.dir, index=index - 1, rules=rules)
         layer.info = info
         layers.append(layer)
+    return layers
+
+
+def scan_container(container, **options) -> Iterator[Change]:
+    """:func:`scan` over a container's stack; records carry the engine's layer ids."""
+    layers = container_layers(container, options.pop("whiteouts", None))
+    options.setdefault("xattr_ns", container.xattr_ns)
     return scan(layers[0], layers[1:], **options)

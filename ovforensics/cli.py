@@ -166,7 +166,7 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
             writer.write(record)
         writer.close()
 
-    inline_meta = run is not None and fmt in ("json", "jsonl", "timesketch")
+    inline_meta = run is not None and fmt in ("json", "jsonl") and write is None
     if run is not None and not inline_meta and (not output or output == "-"):
         raise fail(f"--meta with --format {fmt} writes a side file FILE.meta.json: give -o FILE")
     try:
@@ -188,7 +188,7 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
                     shutil.copyfileobj(spool, stream)
         if run is not None and not inline_meta:
             with report_stream(output + ".meta.json") as side:
-                side.write(json_line(run.to_dict()) + "\n")
+                side.write(json_line({"meta": run.to_dict()}) + "\n")
     except (LayerError, OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
 
@@ -309,6 +309,95 @@ def deleted_cmd(
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
     _emit(fmt, _with_times(records), output, stack.evidence, run=run, extra_columns=extra)
+
+
+@app.command("timeline")
+def timeline_cmd(
+    container: Optional[str] = _S["container"],
+    upper: Optional[str] = _S["upper"],
+    lowers: List[str] = _S["lowers"],
+    lower: List[str] = _S["lower"],
+    root: str = _root_opt(),
+    engine: Optional[str] = _engine_opt(),
+    data_root: Optional[str] = _data_root_opt(),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
+                                      help="bodyfile (TSK 3, for mactime), timesketch (JSONL) or "
+                                           "timesketch-csv. Default: from -o's extension (.body, "
+                                           ".jsonl, .csv), else bodyfile."),
+    output: Optional[str] = _output_opt(),
+    include: List[str] = _F["include"],
+    exclude: List[str] = _F["exclude"],
+    whiteouts: str = _F["whiteouts"],
+    xattr_ns: str = _F["xattr_ns"],
+    hashes: Optional[str] = _hash_opt(),
+    meta: bool = _meta_opt(),
+) -> None:
+    """One event per timestamp of every changed entry, upper and shadowed original both (UTC)."""
+    from . import timeline
+    from .runrecord import RunRecord
+
+    if fmt is None:
+        ext = os.path.splitext(output or "")[1].lower()
+        fmt = {".jsonl": "timesketch", ".csv": "timesketch-csv"}.get(ext, "bodyfile")
+    if fmt not in timeline.FORMATS:
+        raise fail(f"--format: unknown timeline format {fmt!r}; expected one of "
+                   f"{', '.join(timeline.FORMATS)}")
+    _extra_columns(hashes, False)  # validates --hash
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root)
+    run = RunRecord() if meta else None
+    try:
+        records = stack.records(whiteouts, xattr_ns, run=run, include=include, exclude=exclude,
+                                hashes=hashes or ())
+    except (LayerError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"ovforensics: {timeline.UTC_NOTE[fmt]}", err=True)
+    _emit(fmt, records, output, stack.evidence, run=run,
+          write=lambda f, recs, stream: timeline.write_timeline(f, recs, stream))
+
+
+@app.command("recover")
+def recover_cmd(
+    args: Optional[List[str]] = typer.Argument(None, metavar="[CONTAINER] [PATH]...",
+                                               help="A container (unless --upper is given), then "
+                                                    "the container paths whose originals to copy."),
+    to: str = typer.Option(..., "--to", metavar="DIR",
+                           help="Where the originals go, in the container's path layout, with "
+                                "manifest.csv and manifest.jsonl. Never inside the evidence; "
+                                "existing files are never overwritten."),
+    all_deleted: bool = typer.Option(False, "--all-deleted", help="Recover every deleted path's original."),
+    all_modified: bool = typer.Option(False, "--all-modified",
+                                      help="Recover every modified path's original."),
+    upper: Optional[str] = _S["upper"],
+    lowers: List[str] = _S["lowers"],
+    lower: List[str] = _S["lower"],
+    root: str = _root_opt(),
+    engine: Optional[str] = _engine_opt(),
+    data_root: Optional[str] = _data_root_opt(),
+    include: List[str] = _F["include"],
+    exclude: List[str] = _F["exclude"],
+    whiteouts: str = _F["whiteouts"],
+    xattr_ns: str = _F["xattr_ns"],
+) -> None:
+    """Copy the originals of deleted and modified paths out of the lower layers, with a manifest."""
+    from .recover import recover, recover_container
+
+    args = list(args or [])
+    container = None if upper is not None else (args.pop(0) if args else None)
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root)
+    if not (args or all_deleted or all_modified):
+        raise fail("name the paths to recover, or give --all-deleted / --all-modified")
+    options = dict(to=to, paths=args, all_deleted=all_deleted, all_modified=all_modified,
+                   include=include, exclude=exclude, evidence=stack.evidence, whiteouts=whiteouts)
+    try:
+        if stack.found is not None:
+            result = recover_container(stack.found, xattr_ns=None if xattr_ns == "auto" else xattr_ns,
+                                       **options)
+        else:
+            result = recover(stack.upper, stack.layers, xattr_ns=xattr_ns, **options)
+    except (LayerError, OutputError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    counts = ", ".join(f"{n} {status}" for status, n in result.counts.items())
+    typer.echo(f"ovforensics: {counts}; manifest: {result.manifest_csv}", err=True)
 
 
 def _with_times(records):

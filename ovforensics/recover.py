@@ -779,14 +779,9 @@ def recover_container(container, *, to: str, evidence: Iterable[str] | None = No
                       **options) -> RecoverResult:
     """:func:`recover` over a container's stack (manifest rows carry the engine's layer ids).
     ``evidence`` defaults to the engine's store; pass the evidence root for a seized disk."""
-    from .layer import DirLayer
+    from . import container_layers
 
-    rules = whiteouts or container.whiteouts
-    layers = []
-    for index, info in enumerate([container.upper, *container.lowers]):
-        layer = DirLayer(info.dir, index=index - 1, rules=rules if rules != "auto" else "kernel")
-        layer.info = info
-        layers.append(layer)
+    layers = container_layers(container, whiteouts)
     if evidence is None:
         evidence = [container.store]
     return recover(layers[0], layers[1:], to=to, evidence=evidence,

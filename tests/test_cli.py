@@ -151,3 +151,45 @@ def test_man_page_has_no_options_the_cli_lacks():
     known = set().union(*_cli_options().values())
     stale = {opt for opt in _man_options() if opt.startswith("--")} - known
     assert not stale, f"man page documents options the CLI does not have: {stale}"
+
+
+def test_deleted_defaults_to_csv_with_original_times():
+    proc = run("deleted", *EXP_ARGS, "--hash", "sha256", check=True)
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert [(r["path"], r["via"], r["lower_layer"]) for r in rows] == [("/marble", "whiteout", "0")]
+    import hashlib
+    assert rows[0]["lower_sha256"] == hashlib.sha256(b"marble\n").hexdigest()
+    assert rows[0]["mtime"] and "atime" in rows[0]
+
+
+def test_diff_meta_record_comes_first_in_jsonl():
+    proc = run("diff", *EXP_ARGS, "-f", "jsonl", "--meta", "--hash", "md5", check=True)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    meta = lines[0]["meta"]
+    assert meta["counts"] == {"added": 1, "modified": 0, "deleted": 1, "anomaly": 0}
+    assert meta["argv"][-5:] == ["-f", "jsonl", "--meta", "--hash", "md5"]
+    assert [layer["dir"] for layer in meta["layers"]] == [EXP_ARGS[1], EXP_ARGS[3], EXP_ARGS[5]]
+    assert meta["times"] == "UTC" and meta["started"] <= meta["ended"]
+    assert [r["path"] for r in lines[1:]] == ["/frame", "/marble"]
+
+
+def test_meta_side_file_for_csv(tmp_path):
+    out = tmp_path / "changes.csv"
+    run("diff", *EXP_ARGS, "--meta", "-o", str(out), check=True)
+    assert json.loads((tmp_path / "changes.csv.meta.json").read_text())["meta"]["counts"]["added"] == 1
+    proc = run("diff", *EXP_ARGS, "--meta", "-f", "csv")
+    assert proc.returncode == 2 and "-o FILE" in proc.stderr
+
+
+def test_timeline_bodyfile_and_recover_round_trip(tmp_path):
+    body = run("timeline", *EXP_ARGS, check=True)
+    names = [line.split("|")[1] for line in body.stdout.splitlines()]
+    assert names == ["/frame (added; upper)", "/marble (deleted; original in lower layer 0)"]
+    assert "UTC" in body.stderr
+    to = tmp_path / "recovered"
+    proc = run("recover", *EXP_ARGS, "--all-deleted", "--to", str(to), check=True)
+    assert (to / "marble").read_bytes() == b"marble\n"
+    rows = list(csv.DictReader(io.StringIO((to / "manifest.csv").read_text())))
+    assert [(r["path"], r["status"], r["source_layer"]) for r in rows] == [("/marble", "recovered", "0")]
+    again = run("recover", *EXP_ARGS, "--all-deleted", "--to", str(to))
+    assert again.returncode == 2 and (to / "marble").read_bytes() == b"marble\n"

@@ -516,7 +516,14 @@ def _every_command(store: str, scratch) -> list[list[str]]:
 
 
 #: further commands run over each container by the untouched-evidence tests
-EXTRA_COMMANDS: list = []
+EXTRA_COMMANDS: list = [
+    lambda name, sel, scratch: ["timeline", name, *sel, "-f", "bodyfile", "--hash", "md5"],
+    lambda name, sel, scratch: ["timeline", name, *sel, "-f", "timesketch", "--meta",
+                                "-o", str(scratch / f"{name}.ts.jsonl")],
+    lambda name, sel, scratch: ["timeline", name, *sel, "-f", "timesketch-csv"],
+    lambda name, sel, scratch: ["recover", name, "/etc", "--all-deleted", "--all-modified",
+                                *sel, "--to", str(scratch / f"rec-{name}-{len(os.listdir(scratch))}")],
+]
 
 
 def _run_all(store: str, scratch) -> None:
