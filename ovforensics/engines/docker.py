@@ -136,23 +136,13 @@ def _pick_data_root(root: Root, data_root: str | None, warnings: list[Broken]) -
 def _read_bytes(host: str) -> bytes:
     """A regular file's bytes (never a device or fifo, never more than MAX_FILE)."""
     try:
-        fd = safeio.open_file(host)
+        return safeio.read_file(host, limit=MAX_FILE)
+    except ValueError:
+        raise _Bad(host, f"larger than {MAX_FILE} bytes: not a Docker store file") from None
     except OSError as exc:
         if exc.errno is None:  # refused: not a regular file
             raise _Bad(host, "not a regular file") from None
         raise
-    try:
-        chunks, size = [], 0
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return b"".join(chunks)
-            size += len(chunk)
-            if size > MAX_FILE:
-                raise _Bad(host, f"larger than {MAX_FILE} bytes: not a Docker store file")
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
 
 
 # -- one store ---------------------------------------------------------------------------------
