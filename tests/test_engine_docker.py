@@ -563,3 +563,30 @@ def test_noatime_evidence_mount_is_untouched_entirely(dockerd, live, tmp_path):
             {"atime": [], "mtime": [], "ctime": [], "added": [], "gone": []}
     finally:
         subprocess.run(["umount", "-l", str(view)], check=False)
+
+
+def test_evidence_run_never_opens_a_path_outside_the_evidence(dockerd, live, tmp_path):
+    """The copy's config files and LowerDir strings still name the live store's paths (the
+    "host" here): under strace, not one file-system call of a whole `--root` run reaches the live
+    store, and every store path touched lies inside the evidence."""
+    import re
+
+    need(shutil.which("strace") is not None, "needs strace (Debian package strace)")
+    evidence = tmp_path / "evidence"
+    store_copy = _copy_store(dockerd, evidence / str(dockerd.data).lstrip("/"))  # same path inside
+    (evidence / "etc/docker").mkdir(parents=True)
+    _write(evidence / "etc/docker/daemon.json", json.dumps({"data-root": str(dockerd.data)}))
+    log = tmp_path / "strace.log"
+    for args in (["containers", "--root", str(evidence), "-f", "jsonl"],
+                 ["diff", "c1", "--root", str(evidence), "--engine", "docker", "-f", "jsonl",
+                  "--hash", "sha256", "--magic"],
+                 ["layers", "c1", "--root", str(evidence), "-f", "json"],
+                 ["deleted", "c5", "--root", str(evidence)]):
+        proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=%file,%desc", "-o", str(log),
+                               sys.executable, "-m", "ovforensics", *args],
+                              capture_output=True, text=True, cwd=str(tmp_path))
+        assert proc.returncode == 0, (args, proc.stderr)
+        touched = set(re.findall(r'"(/[^"]*)"', log.read_text()))
+        live_store = str(dockerd.data)
+        assert not [p for p in touched if p == live_store or p.startswith(live_store + "/")], args
+        assert any(p.startswith(store_copy) for p in touched), "the run did read the evidence"
