@@ -27,7 +27,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import engine_docker as ed  # noqa: E402
-from conftest import need  # noqa: E402
+from conftest import need, need_container_runtime  # noqa: E402
 
 import ovforensics  # noqa: E402
 from ovforensics.engines import docker  # noqa: E402
@@ -102,6 +102,7 @@ EXPLAINED = {
 def dockerd(tmp_path_factory):
     why = ed.missing()
     need(why is None, why or "")
+    need_container_runtime()
     base = tmp_path_factory.mktemp("dockerd")
     daemon = ed.DockerD(base)
     try:

@@ -22,7 +22,7 @@ from ovforensics.engines import podman as reader
 from ovforensics.engines.base import Broken, Container
 from ovforensics.rootfs import Root
 
-from conftest import _overlay_works, need
+from conftest import _overlay_works, need, need_container_runtime
 from engine_podman import Podman, account, copy_tree, host_traces, make_rootfs, missing, remove_traces
 
 FILES = {
@@ -99,6 +99,7 @@ def top():
 @pytest.fixture(scope="session")
 def tarball(top):
     _require_podman()
+    need_container_runtime()
     return make_rootfs(top / "src", FILES)
 
 
