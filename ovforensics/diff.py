@@ -44,8 +44,10 @@ class Differ:
         self.upper = upper
         self.lowers = lowers
         self.ns = ns
-        self.merged = View([upper, *lowers], ns, upper=upper)
-        self.base = View(list(lowers), ns)
+        shared: dict = {}  # lower directories are read and interpreted once for both views
+        self.merged = View([upper, *lowers], ns, upper=upper, cache=shared)
+        self.base = View(list(lowers), ns, cache=shared)
+        self._refs: dict[tuple[int, int], LayerRef] = {}
 
     # -- driver -----------------------------------------------------------------------------
     def changes(self) -> Iterator[Change]:
@@ -128,7 +130,9 @@ class Differ:
         from_lower = top.layer is not self.upper
         yield self._record(ADDED, path, top, renamed_from=renamed,
                            shadow=top if from_lower else None, shadow_pos=m.pos - 1, data=m.data)
-        yield from self._lookalike(path, top)
+        lookalike = self._lookalike(path, top)
+        if lookalike is not None:
+            yield lookalike
         if top.is_dir:
             yield Task(path, m.frames, [])
 
@@ -146,14 +150,16 @@ class Differ:
             yield self._record(MODIFIED, path, top, what=what, shadow=b.top, shadow_pos=b.pos,
                                renamed_from=self._renamed_from(path, m), data=m.data,
                                shadow_data=b.data)
-            yield from self._lookalike(path, top)
+            lookalike = self._lookalike(path, top)
+            if lookalike is not None:
+                yield lookalike
         if what == ("type",):
             if b.top.is_dir:
                 yield Task(path, [], b.frames, gone="type-change")
             if top.is_dir:
                 yield Task(path, m.frames, [])
             return
-        if top.is_dir and [f.key for f in m.frames] != [f.key for f in b.frames]:
+        if top.is_dir and _keys(m.frames) != _keys(b.frames):
             upper_dir = m.frames[0].entry if m.frames and m.frames[0].pos == 0 else None
             cut = task.cut or (upper_dir is not None and self.merged.is_opaque(upper_dir))
             yield Task(path, m.frames, b.frames, cut=cut)
@@ -179,7 +185,7 @@ class Differ:
             what=tuple(what),
             via=via,
             lower_path=shadow.physical if shadow is not None else None,
-            lower_layer=layer_ref(shadow.layer, shadow_pos) if shadow is not None else None,
+            lower_layer=self._ref(shadow.layer, shadow_pos) if shadow is not None else None,
             upper_path=entry.physical if in_upper else None,
             size=entry.size,
             mode=entry.perm,
@@ -200,11 +206,21 @@ class Differ:
                       upper_path=upper.physical if upper is not None else None,
                       type=upper.kind if upper is not None else None)
 
-    def _lookalike(self, path: Path, entry: Entry) -> Iterator[Change]:
-        if entry.layer is self.upper and entry.layer.rules == "kernel" and path[-1].startswith(WH_PREFIX):
-            yield self._anomaly(path, "whiteout-lookalike",
-                                "kernel rules: a .wh.* name in an upperdir is an ordinary file "
-                                "(use --whiteouts fuse for a fuse-overlayfs upper)", upper=entry)
+    def _ref(self, layer: Layer, index: int) -> LayerRef:
+        """One :class:`LayerRef` per lower layer, shared by its records."""
+        key = (id(layer), index)
+        ref = self._refs.get(key)
+        if ref is None:
+            ref = self._refs[key] = layer_ref(layer, index)
+        return ref
+
+    def _lookalike(self, path: Path, entry: Entry) -> Change | None:
+        if not (path[-1].startswith(WH_PREFIX) and entry.layer is self.upper
+                and entry.layer.rules == "kernel"):
+            return None
+        return self._anomaly(path, "whiteout-lookalike",
+                             "kernel rules: a .wh.* name in an upperdir is an ordinary file "
+                             "(use --whiteouts fuse for a fuse-overlayfs upper)", upper=entry)
 
     def _layer_errors(self) -> Iterator[Change]:
         for layer in (self.upper, *self.lowers):
@@ -215,3 +231,7 @@ class Differ:
     @staticmethod
     def _show(raw: bytes) -> str:
         return raw.decode("utf-8", "backslashreplace")
+
+
+def _keys(frames: list[Frame]) -> list[tuple[int, Path]]:
+    return [f.key for f in frames]

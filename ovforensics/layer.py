@@ -13,8 +13,6 @@ import stat
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, Protocol
 
-import xattr as _xattr
-
 from .safeio import open_dir, open_file
 
 Path = tuple[bytes, ...]  # components of a path inside a layer; () is the layer root
@@ -154,8 +152,37 @@ def statx_btime_ns(where: bytes) -> int | None:
 _statx = None
 
 
+class DiskEntry(Entry):
+    """An entry of a directory layer: its fields are read from the ``stat_result`` of the
+    listing when asked (much cheaper than filling the 16-field dataclass for every entry)."""
+
+    def __init__(self, layer: "DirLayer", path: Path, kind: str, st: os.stat_result):
+        self.layer = layer
+        self.path = path
+        self.kind = kind
+        self._st = st
+        self._xattrs = None
+
+    mode = property(lambda self: self._st.st_mode)
+    uid = property(lambda self: self._st.st_uid)
+    gid = property(lambda self: self._st.st_gid)
+    size = property(lambda self: self._st.st_size)
+    mtime_ns = property(lambda self: self._st.st_mtime_ns)
+    atime_ns = property(lambda self: self._st.st_atime_ns)
+    ctime_ns = property(lambda self: self._st.st_ctime_ns)
+    rdev = property(lambda self: self._st.st_rdev)
+    nlink = property(lambda self: self._st.st_nlink)
+    ino = property(lambda self: self._st.st_ino)
+    blocks = property(lambda self: getattr(self._st, "st_blocks", None))
+
+
 class DirLayer:
-    """A layer that is a directory on disk. Never follows a symlink, never writes."""
+    """A layer that is a directory on disk. Never follows a symlink, never writes.
+
+    Each directory is listed once, through ``os.scandir`` on an ``O_NOATIME`` descriptor, and
+    each entry stat-ed relative to it (``fstatat``); an entry that vanished in between is left
+    out and noted in :attr:`errors`.
+    """
 
     def __init__(self, root: str | bytes, index: int = -1, rules: str = "kernel"):
         self.root = os.fsencode(root).rstrip(b"/") or b"/"
@@ -170,6 +197,7 @@ class DirLayer:
         if not stat.S_ISDIR(st.st_mode):
             raise LayerError(f"{self.label}: not a directory")
         self._cache: dict[Path, dict[bytes, Entry] | None] = {}
+        self._root: Entry | None = None
         self.errors: list[tuple[bytes, str]] = []  # (physical path, why) for entries not read
 
     def physical(self, path: Path) -> bytes:
@@ -177,7 +205,9 @@ class DirLayer:
 
     def root_entry(self) -> Entry:
         """The layer's root directory itself (its xattrs may mark it opaque or impure)."""
-        return self._entry((), os.lstat(self.root), self.root)
+        if self._root is None:
+            self._root = DiskEntry(self, (), "dir", os.lstat(self.root))
+        return self._root
 
     def listdir(self, path: Path) -> dict[bytes, Entry] | None:
         """The entries of directory ``path`` in this layer, or None where it is no directory."""
@@ -206,13 +236,13 @@ class DirLayer:
             with os.scandir(fd) as it:
                 for dent in it:
                     name = os.fsencode(dent.name)
-                    full = where + b"/" + name
                     try:
                         st = dent.stat(follow_symlinks=False)
                     except OSError as exc:  # vanished or unreadable: record and go on
-                        self.errors.append((full, exc.strerror or str(exc)))
+                        self.errors.append((where + b"/" + name, exc.strerror or str(exc)))
                         continue
-                    out[name] = self._entry(path + (name,), st, full)
+                    kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "unknown")
+                    out[name] = DiskEntry(self, path + (name,), kind, st)
         except OSError as exc:
             self.errors.append((where, exc.strerror or str(exc)))
         finally:
@@ -221,15 +251,6 @@ class DirLayer:
 
     def btime_ns(self, entry: Entry) -> int | None:
         return statx_btime_ns(self.physical(entry.path))
-
-    def _entry(self, path: Path, st: os.stat_result, where: bytes) -> Entry:
-        kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "unknown")
-        return Entry(
-            layer=self, path=path, kind=kind, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
-            size=st.st_size, mtime_ns=st.st_mtime_ns, rdev=st.st_rdev, nlink=st.st_nlink,
-            ino=st.st_ino, blocks=getattr(st, "st_blocks", None),
-            atime_ns=st.st_atime_ns, ctime_ns=st.st_ctime_ns,
-        )
 
     def read_target(self, entry: Entry) -> bytes:
         where = self.physical(entry.path)
@@ -242,8 +263,8 @@ class DirLayer:
     def read_xattrs(self, entry: Entry) -> dict[str, bytes]:
         where = self.physical(entry.path)
         try:
-            names = _xattr.listxattr(where, symlink=True)
-            return {n: _xattr.getxattr(where, n, symlink=True) for n in names}
+            names = os.listxattr(where, follow_symlinks=False)
+            return {n: os.getxattr(where, n, follow_symlinks=False) for n in names}
         except OSError as exc:
             if exc.errno in (errno.ENOTSUP, errno.ENODATA):
                 return {}

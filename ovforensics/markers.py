@@ -152,6 +152,10 @@ class DirView:
     opaque: str | None = None
     lookalikes: list[Entry] = field(default_factory=list)
 
+    def find(self, name: bytes) -> tuple[Entry | None, bool]:
+        """What the directory shows at ``name``, and whether a marker here hides ``name``."""
+        return self.entries.get(name), name in self.whiteouts
+
 
 def interpret(dir_entry: Entry, listing: dict[bytes, Entry], ns: Namespaces) -> DirView:
     """Split a raw listing into entries and markers, as the layer's rules say."""

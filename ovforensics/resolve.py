@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .layer import Entry, Layer, Path, EntryError
-from .markers import DirView, Namespaces, interpret, is_metacopy, redirect, xattr_opaque
+from .markers import (DirView, Namespaces, honours_wh_files, interpret, is_metacopy, redirect,
+                      xattr_opaque)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class Resolved:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (anomaly, detail)
 
 
+MAX_LISTED = 256  # frames lists whose views names() keeps (one per directory being walked)
+
+
 class BadRedirect(ValueError):
     pass
 
@@ -72,13 +76,19 @@ def parse_redirect(value: bytes, parent: Path) -> Path | bytes:
 
 
 class View:
-    """An ordered stack of layers, read with one set of marker rules; caches directory views."""
+    """An ordered stack of layers, read with one set of marker rules; caches directory views.
 
-    def __init__(self, layers: list[Layer], ns: Namespaces, upper: Layer | None = None):
+    Two views over the same layers (merged and base) may share one ``cache``, so a lower
+    directory is read and interpreted once for both.
+    """
+
+    def __init__(self, layers: list[Layer], ns: Namespaces, upper: Layer | None = None,
+                 cache: dict | None = None):
         self.layers = layers
         self.ns = ns
         self.upper = upper
-        self._views: dict[tuple[int, Path], DirView | None] = {}
+        self._views: dict[tuple[int, Path], DirView] = {} if cache is None else cache
+        self._listed: dict[int, tuple[list[Frame], list[DirView]]] = {}  # see names()
         self.root_frames: list[Frame] = []
         for pos, layer in enumerate(layers):
             root = layer_root(layer)
@@ -97,6 +107,9 @@ class View:
 
     def forget(self, frames: list[Frame]) -> None:
         """Drop cached listings of a finished directory (keeps memory flat on big trees)."""
+        listed = self._listed.get(id(frames))
+        if listed is not None and listed[0] is frames:
+            del self._listed[id(frames)]
         for frame in frames:
             self._views.pop(frame.key, None)
             forget = getattr(frame.layer, "forget", None)
@@ -104,15 +117,31 @@ class View:
                 forget(frame.entry.path)
 
     def is_opaque(self, entry: Entry) -> bool:
-        return xattr_opaque(entry, self.ns) or self.dirview(entry).opaque is not None
+        """Opaque by xattr, or (OCI and fuse rules) by a marker file inside: only then is the
+        directory listed here."""
+        if xattr_opaque(entry, self.ns):
+            return True
+        return honours_wh_files(entry.layer.rules) and self.dirview(entry).opaque is not None
 
     # -- lookup ------------------------------------------------------------------------------
     def names(self, frames: list[Frame]) -> set[bytes]:
-        """Every name some frame of a directory shows (lookup decides which are visible)."""
+        """Every name some frame of a directory shows (lookup decides which are visible).
+
+        The frames' views are kept for this list of frames until :meth:`forget`, so the
+        lookups of each of these names skip the frames that lack it at the cost of a list
+        index (a directory in every one of 100 layers is looked up name by name)."""
+        views = [self.dirview(frame.entry) for frame in frames]
+        if len(self._listed) >= MAX_LISTED:
+            del self._listed[next(iter(self._listed))]
+        self._listed[id(frames)] = (frames, views)
         out: set[bytes] = set()
-        for frame in frames:
-            out.update(self.dirview(frame.entry).entries)
+        for view in views:
+            out.update(view.entries)
         return out
+
+    def _listed_views(self, frames: list[Frame]) -> list[DirView] | None:
+        listed = self._listed.get(id(frames))
+        return listed[1] if listed is not None and listed[0] is frames else None
 
     def lookup(self, frames: list[Frame], name: bytes) -> Resolved | None:
         """Look ``name`` up in the directory made of ``frames``, as the kernel would."""
@@ -120,15 +149,16 @@ class View:
         want_rel: bytes = name
         want_abs: Path | None = None
         stack = frames
+        views = self._listed_views(frames)  # while want_abs is None, stack is frames
         i = 0
         while i < len(stack):
             frame = stack[i]
             i += 1
             stop_here = False
             if want_abs is None:
-                view = self.dirview(frame.entry)
-                entry = view.entries.get(want_rel)
-                if want_rel in view.whiteouts:
+                view = views[i - 1] if views is not None else self.dirview(frame.entry)
+                entry, hidden = view.entries.get(want_rel), want_rel in view.whiteouts
+                if hidden:
                     if entry is None:
                         break
                     stop_here = True  # OCI: re-added in the same layer that deleted the lower one
@@ -191,10 +221,9 @@ class View:
         for depth, name in enumerate(path):
             if frame_entry is None or not frame_entry.is_dir:
                 return None, False, frame_entry is not None
-            view = self.dirview(frame_entry)
-            if name in view.whiteouts and name not in view.entries:
+            child, hidden = self.dirview(frame_entry).find(name)
+            if hidden and child is None:
                 return None, True, True
-            child = view.entries.get(name)
             if child is None:
                 return None, False, False
             last = depth == len(path) - 1

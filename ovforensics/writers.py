@@ -20,8 +20,9 @@ field names and values. Formats (:data:`FORMATS`):
     the path cell. Rule for readers: if ``path_b64`` is non-empty it is authoritative, otherwise
     the ``path`` cell is the exact (UTF-8) path.
 ``table``
-    Human output via tabulate: a summary of counts first, then one row per record. It must see
-    every record before printing, so it is the one writer that buffers.
+    Human output in tabulate's ``simple`` layout: a summary of counts first, then one row per
+    record. It must see every record before printing, so it is the one writer that holds them:
+    in a temporary spool file, not in memory.
 ``docker``
     ``A``/``C``/``D`` + space + path, like ``docker diff``. Anomalies are counted but not
     printed (docker diff has no way to say them).
@@ -39,12 +40,12 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import tempfile
 import unicodedata
-from typing import Iterable, TextIO
+from typing import Iterable, Iterator, TextIO
 
-from tabulate import tabulate
-
-from .record import ADDED, ANOMALY, CHANGE_KINDS, DELETED, MODIFIED, Change
+from .record import (ADDED, ANOMALY, CHANGE_KINDS, DELETED, MODIFIED, Change, LayerRef,
+                     escape_bytes, format_mode, format_ns)
 
 FORMATS = ("table", "csv", "json", "jsonl", "docker")
 
@@ -92,19 +93,112 @@ def visible(text: str) -> str:
     return "".join(out)
 
 
+def _text_width():
+    """How tabulate measures a cell: display width where ``wcwidth`` is installed, else len."""
+    try:
+        import wcwidth
+    except ImportError:
+        return len
+    import tabulate
+
+    return wcwidth.wcswidth if getattr(tabulate, "WIDE_CHARS_MODE", False) else len
+
+
+_width = _text_width()
+
+
 def guard_formula(cell: str) -> str:
     """Prefix ``'`` to a cell a spreadsheet would run as a formula (CSV injection guard)."""
     return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def json_line(record: dict) -> str:
     """Serialise one record as a single line of JSON, whatever characters its names hold."""
-    text = json.dumps(record, ensure_ascii=False)
+    text = _JSON.encode(record)
     # These characters can only occur inside JSON strings, where an escape is equivalent.
     for raw, escaped in _JSON_LINEBREAKS.items():
         if raw in text:
             text = text.replace(raw, escaped)
     return text
+
+
+class RecordDicts:
+    """``Change.to_dict()``, the same dict, built with what repeats across a report cached:
+    each lower layer's dict (the differ shares one :class:`LayerRef` per layer) and the
+    whole-second part of timestamps (``format_ns`` is the slow part of ``to_dict``).
+    ``tests/test_perf_paths.py`` holds the two equal."""
+
+    def __init__(self):
+        self._layers: dict[int, tuple[LayerRef, dict]] = {}
+        self._seconds: dict[int, str] = {}
+
+    def __call__(self, c: Change) -> dict:
+        path, path_b64 = _text(c.path)
+        lower_path, lower_b64 = _text(c.lower_path)
+        target, target_b64 = _text(c.target)
+        renamed_from, renamed_b64 = _text(c.renamed_from)
+        out: dict = {
+            "path": path,
+            "change": c.change,
+            "type": c.type,
+            "what": list(c.what),
+            "via": c.via,
+            "lower_path": lower_path,
+            "lower_layer": self._layer(c.lower_layer) if c.lower_layer else None,
+            "upper_path": _text(c.upper_path)[0],
+            "size": c.size,
+            "mode": format_mode(c.mode),
+            "uid": c.uid,
+            "gid": c.gid,
+            "mtime": self._time(c.mtime_ns),
+            "target": target,
+            "renamed_from": renamed_from,
+            "metacopy": c.metacopy,
+        }
+        if path_b64 is not None:
+            out["path_b64"] = path_b64
+        for key, b64 in (("lower_path", lower_b64), ("target", target_b64),
+                         ("renamed_from", renamed_b64)):
+            if b64 is not None:
+                out[key + "_b64"] = b64
+        if c.change == ANOMALY:
+            out["anomaly"] = c.anomaly
+            out["detail"] = c.detail
+        out.update(c.extra)
+        return out
+
+    def _layer(self, ref: LayerRef) -> dict:
+        cached = self._layers.get(id(ref))
+        if cached is None or cached[0] is not ref:
+            cached = self._layers[id(ref)] = (ref, ref.to_dict())
+        return dict(cached[1])
+
+    def _time(self, ns: int | None) -> str | None:
+        if ns is None:
+            return None
+        secs, frac = divmod(ns, 1_000_000_000)
+        head = self._seconds.get(secs)
+        if head is None:
+            whole = format_ns(secs * 1_000_000_000)  # "...T12:34:56.000000000Z", or "@...ns"
+            if not whole.endswith(".000000000Z"):
+                return format_ns(ns)
+            if len(self._seconds) >= 65536:
+                self._seconds.clear()
+            head = self._seconds[secs] = whole[:-len(".000000000Z")]
+        return f"{head}.{frac:09d}Z"
+
+
+def _text(raw: bytes | None) -> tuple[str | None, str | None]:
+    """(``escape_bytes(raw)``, base64 of ``raw`` where it is not UTF-8), decoding once."""
+    if raw is None:
+        return None, None
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return escape_bytes(raw), base64.b64encode(raw).decode("ascii")
 
 
 def empty_counts() -> dict:
@@ -124,12 +218,13 @@ class Writer:
         self.stream = stream
         self.counts = empty_counts()
         self.closed = False
+        self._dict = RecordDicts()
 
     def write(self, change: Change) -> None:
         if self.closed:
             raise ValueError("write() on a closed writer")
         self.counts[change.change] = self.counts.get(change.change, 0) + 1
-        self._write(change.to_dict())
+        self._write(self._dict(change))
 
     def close(self) -> dict:
         if not self.closed:
@@ -210,39 +305,76 @@ class CsvWriter(Writer):
 
 
 class TableWriter(Writer):
-    """Summary of counts, then a tabulate table. Buffers rows: the summary must come first."""
+    """Summary of counts, then the table. The summary comes first, so every row must be seen
+    before anything is printed: rows go to a temporary spool file, not to memory (a million
+    records stay a few MB of RSS), with each column's width kept on the way; :meth:`close`
+    then prints tabulate's ``simple`` layout from the spool (``_table_lines``)."""
 
     def __init__(self, stream: TextIO):
         super().__init__(stream)
-        self._rows: list[list] = []
+        self._spool: TextIO | None = None
+        self._widths = [_width(h) + 2 for h in TABLE_HEADERS]  # tabulate's header padding
 
     def _write(self, record: dict) -> None:
-        what = ",".join(record.get("what") or ())
-        if record.get("change") == ANOMALY:
-            # No "what" for an anomaly: say which anomaly it is instead.
-            what = ": ".join(x for x in (record.get("anomaly"), record.get("detail")) if x)
-        layer = record.get("lower_layer") or {}
-        self._rows.append([
-            visible(record.get("change") or ""),
-            visible(record.get("path") or ""),
-            visible(record.get("type") or ""),
-            visible(what),
-            visible(record.get("via") or (f"renamed from {record['renamed_from']}"
-                                           if record.get("renamed_from") else "")),
-            layer.get("index"),
-            record.get("size"),
-        ])
+        cells = _table_cells(record)
+        widths = self._widths
+        for i, cell in enumerate(cells):
+            width = _width(cell)
+            if width > widths[i]:
+                widths[i] = width
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="",
+                                                 errors="surrogatepass")
+        # visible() leaves no control character in a cell: NUL and newline cannot occur
+        self._spool.write("\0".join(cells) + "\n")
 
     def _finish(self) -> None:
         self.stream.write(summary_line(self.counts) + "\n")
-        if not self._rows:
+        if self._spool is None:
             self.stream.write("(no changes)\n")
             return
-        # disable_numparse: a name like "1e5" stays text; preserve_whitespace keeps "a " intact.
-        table = tabulate(self._rows, headers=TABLE_HEADERS, missingval="",
-                         disable_numparse=True, preserve_whitespace=True)
-        self.stream.write("\n" + table + "\n")
-        self._rows = []
+        spool, self._spool = self._spool, None
+        with spool:
+            spool.seek(0)
+            rows = (line[:-1].split("\0") for line in spool)
+            self.stream.write("\n")
+            for line in _table_lines(TABLE_HEADERS, rows, self._widths):
+                self.stream.write(line + "\n")
+
+
+def _table_cells(record: dict) -> list[str]:
+    what = ",".join(record.get("what") or ())
+    if record.get("change") == ANOMALY:
+        # No "what" for an anomaly: say which anomaly it is instead.
+        what = ": ".join(x for x in (record.get("anomaly"), record.get("detail")) if x)
+    layer = record.get("lower_layer") or {}
+    index, size = layer.get("index"), record.get("size")
+    return [
+        visible(record.get("change") or ""),
+        visible(record.get("path") or ""),
+        visible(record.get("type") or ""),
+        visible(what),
+        visible(record.get("via") or (f"renamed from {record['renamed_from']}"
+                                       if record.get("renamed_from") else "")),
+        "" if index is None else str(index),
+        "" if size is None else str(size),
+    ]
+
+
+def _table_lines(headers, rows, widths: list[int]) -> Iterator[str]:
+    """tabulate's ``simple`` layout for text cells (left-aligned, no number parsing, blanks
+    kept), given each column's width: header, rule, rows; trailing blanks trimmed."""
+    def line(cells) -> str:
+        return "  ".join(_pad(c, w) for c, w in zip(cells, widths)).rstrip()
+
+    yield line(headers)
+    yield "  ".join("-" * w for w in widths).rstrip()
+    for cells in rows:
+        yield line(cells)
+
+
+def _pad(cell: str, width: int) -> str:
+    return cell + " " * (width - _width(cell))
 
 
 class DockerWriter(Writer):
@@ -323,6 +455,8 @@ def write_rows(fmt: str, rows: Iterable[dict], columns: tuple[str, ...], stream:
             out.writerow([_row_cell(row.get(c), guard=True) for c in columns])
             count += 1
     else:
+        from tabulate import tabulate
+
         table = [[visible(str(_row_cell(row.get(c), guard=False))) for c in columns] for row in rows]
         count = len(table)
         if not table:

@@ -166,6 +166,8 @@ class _Store:
         self.host = host
         self.inside = root.inside(host)  # symlinks on the way are resolved once, here
         self._overlay2: str | None = None
+        self._dirs: dict[str, str] = {}  # a directory under the data root -> its host path
+        self._shorts: dict[str, str | None] = {}  # an l/ short name -> the layer id it names
 
     # paths -------------------------------------------------------------------------------
     def lexical(self, rel: str) -> str:
@@ -175,11 +177,34 @@ class _Store:
     def host_of(self, rel: str, follow_last: bool = True) -> str:
         """``rel`` (inside the data root) resolved inside the evidence root."""
         try:
-            return self.root.resolve(self.inside.rstrip("/") + "/" + rel, follow_last=follow_last)
+            return self._resolve(rel, follow_last)
         except RootEscape as exc:
             raise _Bad(self.lexical(rel), f"leads out of the evidence root: refused ({exc})") from None
         except OSError as exc:
             raise _Bad(self.lexical(rel), f"cannot be resolved: {exc.strerror or exc}") from None
+
+    def _resolve(self, rel: str, follow_last: bool) -> str:
+        """What :meth:`Root.resolve` gives for ``rel``, one ``lstat`` per call: the directory
+        part is resolved once per directory (a store holds thousands of files in a few
+        thousand directories). A symlink met on the way takes :meth:`Root.resolve` itself."""
+        parent, _, name = rel.rpartition("/")
+        if name in ("", ".", "..") or any(p in ("", ".", "..") for p in parent.split("/") if parent):
+            return self.root.resolve(self.inside.rstrip("/") + "/" + rel, follow_last=follow_last)
+        base = self._dir(parent) if parent else self.host
+        host = os.path.join(base, name)
+        try:
+            st = os.lstat(host)
+        except FileNotFoundError:
+            return host  # as Root.resolve: the rest of a missing path is taken as written
+        if follow_last and stat.S_ISLNK(st.st_mode):
+            return self.root.resolve(self.inside.rstrip("/") + "/" + rel)
+        return host
+
+    def _dir(self, rel: str) -> str:
+        host = self._dirs.get(rel)
+        if host is None:
+            host = self._dirs[rel] = self._resolve(rel, follow_last=True)
+        return host
 
     def read(self, rel: str, expected: str, required: bool = True) -> str | None:
         """A small text file's content, stripped; ``None`` when absent and not required."""
@@ -446,6 +471,12 @@ class _Store:
         return lowers
 
     def _follow_short(self, short: str, named_in: str) -> str | None:
+        """The layer id an ``l/`` link names (read once per link: image layers are shared)."""
+        if short not in self._shorts:
+            self._shorts[short] = self._read_short(short, named_in)
+        return self._shorts[short]
+
+    def _read_short(self, short: str, named_in: str) -> str | None:
         """The layer id an ``l/`` link names: its target must be ``../<id>/diff`` inside overlay2."""
         rel = f"{DRIVER}/l/{short}"
         link = self.host_of(rel, follow_last=False)
