@@ -465,14 +465,20 @@ class Bucket:
         """The page ids this bucket's own tree occupies (not its nested buckets'); [] if inline."""
         if self._inline is not None:
             return []
-        out: list[int] = []
-        todo = [self.root_page]
+        out: set[int] = set()
+        todo = [(self.root_page, 0)]
         while todo:
-            pgid = todo.pop()
-            out.append(pgid)
+            pgid, depth = todo.pop()
+            if pgid in out:  # a branch pointing back up (or across): without this, an endless walk
+                raise self.db.error(f"page {pgid} (bucket {self._where()}) is reached twice (a loop, "
+                                    "or pages shared within the tree): damaged")
+            if depth > MAX_DEPTH:
+                raise self.db.error(f"page {pgid} (bucket {self._where()}): tree deeper than "
+                                    f"{MAX_DEPTH}: damaged")
+            out.add(pgid)
             flags, elements = self._page_elements(pgid)
             if flags == BRANCH:
-                todo += [c for _k, c in elements]
+                todo += [(c, depth + 1) for _k, c in elements]
         return sorted(out)
 
 

@@ -70,16 +70,41 @@ def normalise(name: bytes) -> Path | None:
     return parts
 
 
-def _mtime_ns(info: tarfile.TarInfo) -> int:
-    """The member's mtime in ns, exact when a PAX ``mtime`` record carries a fraction."""
+_MAX_MTIME_DIGITS = 30  # seconds: far past any time a filesystem holds, far below int()'s limit
+
+
+def _parse_mtime_ns(info: tarfile.TarInfo) -> int:
+    """The member's mtime in ns, exact when a PAX ``mtime`` record carries a fraction. Raises
+    ValueError/OverflowError for what is no time: ``nan``, ``inf`` (tarfile reads PAX ``mtime``
+    as a float), thousands of digits."""
     text = info.pax_headers.get("mtime")
     if text is not None:
         m = _MTIME_RE.fullmatch(text.strip())
         if m:
             sign, whole, frac = m.groups()
+            if len(whole) > _MAX_MTIME_DIGITS:
+                raise ValueError(f"{len(whole)} digits")
             ns = int(whole) * 1_000_000_000 + int(((frac or "") + "000000000")[:9])
             return -ns if sign else ns
     return int(info.mtime) * 1_000_000_000
+
+
+def _mtime_ns(info: tarfile.TarInfo) -> int:
+    """:func:`_parse_mtime_ns`, with 0 for a value that is no time (noted in the layer's
+    ``errors`` when the member is indexed)."""
+    try:
+        return _parse_mtime_ns(info)
+    except (ValueError, OverflowError):
+        return 0
+
+
+def _makedev(major: int, minor: int) -> int:
+    """``os.makedev``, for any numbers a header holds (base-256 fields reach 2**63): a number
+    the kernel's dev_t cannot hold still gives a distinct, non-zero device, never a 0/0 one."""
+    try:
+        return os.makedev(major, minor)
+    except (OverflowError, ValueError):
+        return (abs(major) << 64 | abs(minor)) or 1
 
 
 def _xattrs(info: tarfile.TarInfo) -> dict[str, bytes]:
@@ -234,7 +259,9 @@ class TarLayer:
     ``nlink`` counts the names sharing it (a directory's, as a filesystem would: 2 + subdirs;
     sizes of directories are 0, of symlinks the target's length, as ``lstat`` says). Members
     that cannot be placed (``..`` in the name, a dangling hard link, a parent that is not a
-    directory) are left out and listed in :attr:`errors`.
+    directory) are left out and listed in :attr:`errors`; so are members kept with a field no
+    filesystem could hold (an mtime of ``nan``, a device number past 32 bits), and what was made
+    of it.
     """
 
     def __init__(self, path: str | bytes | os.PathLike, index: int = -1, rules: str = "oci"):
@@ -369,6 +396,7 @@ class TarLayer:
                 self.errors.append((name, f"unsupported member type {info.type!r}"))
                 return
             rec = _Rec(path, kind, info, info)
+            self._check_numbers(name, kind, info)
         if not path:
             if rec.kind != "dir":
                 self.errors.append((name, "archive root is not a directory"))
@@ -381,6 +409,20 @@ class TarLayer:
                 break  # and so are the ancestors above
             kids[path[i]] = None
         self._recs[path] = rec  # a later member of the same name wins, as on extraction
+
+    def _check_numbers(self, name: bytes, kind: str, info: tarfile.TarInfo) -> None:
+        """Note (the member is kept) a time or device number no filesystem could hold."""
+        try:
+            _parse_mtime_ns(info)
+        except (ValueError, OverflowError):
+            raw = info.pax_headers.get("mtime", info.mtime)
+            self.errors.append((name, f"mtime {str(raw)[:40]!r} is not a time: read as 0"))
+        if kind in ("char", "block"):
+            try:
+                os.makedev(info.devmajor, info.devminor)
+            except (OverflowError, ValueError):
+                self.errors.append((name, f"device number {info.devmajor}:{info.devminor} is out of "
+                                          "range: kept as a non-0/0 device"))
 
     def _finish(self) -> None:
         """Implied parents, members under non-directories, hard-link counts and inode numbers."""
@@ -460,7 +502,7 @@ class TarLayer:
             size = len(target)
         else:
             size = 0
-        rdev = os.makedev(info.devmajor, info.devminor) if rec.kind in ("char", "block") else 0
+        rdev = _makedev(info.devmajor, info.devminor) if rec.kind in ("char", "block") else 0
         return Entry(
             layer=self, path=rec.path, kind=rec.kind,
             mode=_FMT_BY_KIND[rec.kind] | (info.mode & 0o7777), uid=info.uid, gid=info.gid,

@@ -372,7 +372,8 @@ def test_stacks_are_the_mounts_containerd_makes(ctrd, found):
         assert c.upper.role == "upper" and c.upper.id == cid
     # the running task: the kernel's own mount of c2's rootfs
     with open("/proc/self/mountinfo") as fh:
-        lines = [line for line in fh if "/io.containerd.runtime.v2.task/default/c2/rootfs " in line]
+        task = os.path.join(ctrd.state, "io.containerd.runtime.v2.task/default/c2/rootfs")
+        lines = [line for line in fh if f" {task} " in line]  # this containerd's, not another's
     assert len(lines) == 1, lines
     upper, lowers = parse_mount_options(lines[0].split(" - ", 1)[1].split()[2])
     c2 = containers[("default", "c2")]

@@ -66,6 +66,12 @@ MAX_JSON = 4 << 20
 _GO_EPOCH_TO_UNIX = 62135596800  # seconds from 0001-01-01 to 1970-01-01 (Go's unixToInternal)
 
 
+#: what resolving a path found in the evidence may raise: it leaves the root (RootEscape), a
+#: loop or unreadable component (OSError), or a NUL byte that a crafted config put in it
+#: (ValueError from os.lstat: "embedded null byte")
+_UNRESOLVABLE = (RootEscape, OSError, ValueError)
+
+
 # -- values ------------------------------------------------------------------------------------
 def text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8", "backslashreplace")
@@ -89,8 +95,13 @@ def go_time(value: bytes) -> str:
         offset += int.from_bytes(value[15:16], "big", signed=True)
     if nsec >= 1_000_000_000:
         raise ValueError(f"nanoseconds out of range ({nsec})")
-    local = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=sec - _GO_EPOCH_TO_UNIX + offset)
-    out = local.strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        local = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=sec - _GO_EPOCH_TO_UNIX + offset)
+    except (OverflowError, ValueError):  # a crafted value: Go allows years datetime cannot hold
+        raise ValueError(f"Go binary time out of range (year 1..9999): {sec} s since year 1, "
+                         f"offset {offset} s") from None
+    out = (f"{local.year:04d}-{local.month:02d}-{local.day:02d}T"  # strftime drops %Y's zeros
+           f"{local.hour:02d}:{local.minute:02d}:{local.second:02d}")
     if nsec:
         out += "." + f"{nsec:09d}".rstrip("0")
     if offset == 0:
@@ -112,7 +123,7 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
 def _config(root: Root, broken: list[Broken]) -> dict:
     try:
         host = root.resolve(CONFIG)
-    except (RootEscape, OSError) as exc:
+    except _UNRESOLVABLE as exc:
         broken.append(Broken(ENGINE, root.host_path(CONFIG), f"cannot resolve ({exc}); using {DEFAULT_ROOT}"))
         return {}
     if not os.path.isfile(host):
@@ -123,6 +134,9 @@ def _config(root: Root, broken: list[Broken]) -> dict:
         broken.append(Broken(ENGINE, host, f"cannot read ({exc.strerror or exc}); using {DEFAULT_ROOT}"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         broken.append(Broken(ENGINE, host, f"not valid TOML ({exc}); using {DEFAULT_ROOT}"))
+    except RecursionError:  # crafted: nested deeper than Python's recursion limit
+        broken.append(Broken(ENGINE, host, "not valid TOML (nested deeper than the parser can "
+                             f"follow: crafted or damaged); using {DEFAULT_ROOT}"))
     return {}
 
 
@@ -163,7 +177,7 @@ class _Store:
         try:
             self.snap_host = root.resolve(snap)
             self._snap_error: BoltError | None = None
-        except (RootEscape, OSError) as exc:
+        except _UNRESOLVABLE as exc:
             self.snap_host = root.host_path(snap)
             self._snap_error = BoltError(self.snap_host, f"cannot resolve: {exc}")
         self._snap_db: bbolt.DB | None = None
@@ -204,7 +218,7 @@ class _Store:
         inside = _join(self.overlay_root, f"snapshots/{sid}/fs")
         try:
             host = self.root.resolve(inside)
-        except (RootEscape, OSError) as exc:
+        except _UNRESOLVABLE as exc:
             raise _Damaged(self.root.host_path(inside), f"refused: {exc}") from None
         try:
             st = os.stat(host)
@@ -258,7 +272,7 @@ class _Store:
         try:
             host = self.root.resolve(_join(self.data_root, f"{CONTENT}/blobs/{m[1]}/{m[2]}"))
             return json.loads(safeio.read_file(host, limit=MAX_JSON))
-        except (OSError, RootEscape, ValueError):
+        except (OSError, RootEscape, ValueError, RecursionError):  # RecursionError: crafted nesting
             return None
 
 
@@ -283,7 +297,7 @@ def find(root: Root, data_root: str | None = None) -> Iterator[Container | Broke
     overlay_root = overlay_root or _join(data_root, OVERLAY_PLUGIN)
     try:
         store = _Store(root, data_root, overlay_root)
-    except (RootEscape, OSError) as exc:
+    except _UNRESOLVABLE as exc:
         yield Broken(ENGINE, root.host_path(data_root), f"cannot resolve the data root: {exc}")
         return
     if not os.path.isdir(store.host):

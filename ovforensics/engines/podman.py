@@ -99,6 +99,15 @@ STATES = {0: "unknown", 1: "created", 2: "initialized", 3: "running", 4: "stoppe
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
+#: what resolving a path found in the evidence may raise: it leaves the root (RootEscape), a
+#: loop or unreadable component (OSError), or a NUL byte that a crafted config put in it
+#: (ValueError from os.lstat: "embedded null byte")
+_UNRESOLVABLE = (RootEscape, OSError, ValueError)
+#: why a JSON or TOML parser gave up with RecursionError (a crafted file nests deeper than
+#: Python's recursion limit; no store file nests more than a few levels)
+_TOO_DEEP = "nested deeper than the parser can follow: crafted or damaged"
+
+
 class _Damaged(Exception):
     """A store file or entry that cannot be used; ``where`` is the host path at fault."""
 
@@ -134,7 +143,7 @@ def find(root: Root, data_root: str | None = None) -> Iterator[Container | Broke
             continue
         try:
             host = root.resolve(spec.path)
-        except (RootEscape, OSError) as exc:
+        except _UNRESOLVABLE as exc:
             yield Broken(ENGINE, root.host_path(spec.path), f"store path: {exc}")
             continue
         if host in seen or not _is_store(root, host):
@@ -154,7 +163,7 @@ def _is_store(root: Root, host: str) -> bool:
         try:
             if os.path.isdir(root.resolve(root.inside(host).rstrip("/") + "/" + name)):
                 return True
-        except (RootEscape, OSError):
+        except _UNRESOLVABLE:
             return True  # a store whose files lead astray: read it, and report them
     return False
 
@@ -162,7 +171,7 @@ def _is_store(root: Root, host: str) -> bool:
 def _read_toml(root: Root, inside: str) -> tuple[dict | None, Broken | None]:
     try:
         host = root.resolve(inside)
-    except (RootEscape, OSError) as exc:
+    except _UNRESOLVABLE as exc:
         return None, Broken(ENGINE, root.host_path(inside), str(exc))
     try:
         data = safeio.read_file(host, limit=MAX_JSON)
@@ -176,6 +185,8 @@ def _read_toml(root: Root, inside: str) -> tuple[dict | None, Broken | None]:
         return tomllib.loads(data.decode("utf-8")), None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         return None, Broken(ENGINE, host, f"not valid TOML: {exc}")
+    except RecursionError:
+        return None, Broken(ENGINE, host, f"not valid TOML: {_TOO_DEEP}")
 
 
 def _conf_get(conf: dict | None, *keys: str):
@@ -272,7 +283,7 @@ class _Store:
         """(content or None when missing, host path); raises _Damaged when unreadable."""
         try:
             host = self.path(rel)
-        except (RootEscape, OSError) as exc:
+        except _UNRESOLVABLE as exc:
             raise _Damaged(self.show(rel), f"refused: {exc}") from None
         try:
             data = safeio.read_file(host, limit=limit)
@@ -293,6 +304,8 @@ class _Store:
             value = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Damaged(host, f"not valid JSON ({exc}); expected a list of records") from None
+        except RecursionError:
+            raise _Damaged(host, f"not valid JSON ({_TOO_DEEP}); expected a list of records") from None
         if not isinstance(value, list):
             raise _Damaged(host, f"expected a JSON list of records, found {type(value).__name__}")
         return value, host
@@ -361,7 +374,7 @@ class _Store:
         for rel, reader in (("libpod/bolt_state.db", _bolt_states), ("libpod/db.sql", _sqlite_states)):
             try:
                 host = self.path(rel)
-            except (RootEscape, OSError) as exc:
+            except _UNRESOLVABLE as exc:
                 self.warnings.append(Broken(ENGINE, self.show(rel), f"refused: {exc}"))
                 continue
             if not os.path.isfile(host):
@@ -412,7 +425,7 @@ class _Store:
             raise _Damaged(self.show("overlay-layers/layers.json"), f"layer id is not an id: {lid!r}")
         try:
             host = self.path(f"overlay/{lid}/diff")
-        except (RootEscape, OSError) as exc:
+        except _UNRESOLVABLE as exc:
             raise _Damaged(self.show(f"overlay/{lid}/diff"), f"refused: {exc}") from None
         st = _lstat(host)
         if st is None or not stat.S_ISDIR(st.st_mode):
@@ -461,7 +474,7 @@ class _Store:
             link_rel = f"overlay/l/{short}"
             try:
                 target = self.path(link_rel)
-            except (RootEscape, OSError) as exc:
+            except _UNRESOLVABLE as exc:
                 raise _Damaged(self.show(link_rel), f"link refused: {exc}") from None
             out.append((item, target))
         return out
@@ -527,7 +540,7 @@ class _Store:
             return None
         try:
             expected = self.path(f"overlay/{lid}/diff")
-        except (RootEscape, OSError):
+        except _UNRESOLVABLE:
             return None
         return lid if expected == target else None
 
@@ -553,7 +566,7 @@ def _metadata(value) -> dict:
     if isinstance(value, str) and value:
         try:
             parsed = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return {}
         return parsed if isinstance(parsed, dict) else {}
     return {}
@@ -594,7 +607,7 @@ def _bolt_states(host: str) -> dict[str, str]:
             raw = bucket.value(b"state")
             try:
                 state = json.loads(raw).get("state") if raw is not None else None
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 continue
             if isinstance(state, int):
                 out[key.decode("utf-8", "replace")] = STATES.get(state, f"state {state}")
