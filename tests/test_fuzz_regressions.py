@@ -140,10 +140,6 @@ def test_containerd_config_root_with_nul(tmp_path):
     assert list(containerd.find(Root(str(tmp_path)))) == []  # no meta.db: nothing to list
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "engines/docker.py: _Store.__init__ catches RootEscape and OSError around Root.resolve(), not "
-    "the ValueError os.lstat raises for a data-root with a NUL byte; fix: catch ValueError there "
-    "too, as StoreError (or make rootfs.Root.resolve refuse a path with a NUL byte)"))
 def test_docker_daemon_json_data_root_with_nul(tmp_path):
     _write(tmp_path, "etc/docker/daemon.json", '{"data-root": "/\\u0000docker"}')
     try:  # the documented outcomes: a StoreError (the data root is unusable) or Broken records
@@ -231,10 +227,6 @@ def test_containerd_deeply_nested_config_and_blob(tmp_path):
     assert len(found) == 1 and all(i.diff_id is None for i in found[0].lowers), results
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
-    "engines/docker.py: _pick_data_root catches (OSError, ValueError, _Bad) around "
-    "json.loads(daemon.json), not RecursionError; fix: add RecursionError there (a Broken warning "
-    "and the default data root, as for any unreadable daemon.json)"))
 def test_docker_deeply_nested_daemon_json(tmp_path):
     _write(tmp_path, "etc/docker/daemon.json", DEEP)
     broken = _only_broken(list(docker.find(Root(str(tmp_path)))))

@@ -113,8 +113,8 @@ def _pick_data_root(root: Root, data_root: str | None, warnings: list[Broken]) -
         return DEFAULT_DATA_ROOT
     try:
         config = json.loads(_read_bytes(host))
-    except (OSError, ValueError, _Bad) as exc:
-        why = exc.why if isinstance(exc, _Bad) else str(exc)
+    except (OSError, ValueError, RecursionError, _Bad) as exc:  # RecursionError: deep nesting
+        why = exc.why if isinstance(exc, _Bad) else str(exc) or type(exc).__name__
         warnings.append(Broken(ENGINE, host, f"not readable as JSON ({why}); using {DEFAULT_DATA_ROOT}"))
         return DEFAULT_DATA_ROOT
     if not isinstance(config, dict):
@@ -155,9 +155,9 @@ class _Store:
         except RootEscape as exc:
             raise StoreError(f"{root.host_path(self.inside)}: the data root leaves the evidence "
                              f"root: {exc}") from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in a crafted data-root
             raise StoreError(f"{root.host_path(self.inside)}: cannot resolve the data root: "
-                             f"{exc.strerror or exc}") from None
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
         if not os.path.lexists(host):
             self.host = None
             return
