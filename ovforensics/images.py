@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import io
 import json
 import lzma
@@ -704,6 +703,7 @@ def _docker_candidates(root: Root, data_root: str | None, query: str, warnings: 
 
 def _docker_open(store, query: str, image_id: str, refs: list[str]) -> Image:
     from .engines import docker
+    from .engines.containerd import chain_ids
 
     hexid = image_id.split(":", 1)[1]
     rel = f"image/{docker.DRIVER}/imagedb/content/sha256/{hexid}"
@@ -713,10 +713,7 @@ def _docker_open(store, query: str, image_id: str, refs: list[str]) -> Image:
     try:
         text = store.read(rel, "the image config (JSON)")
         diff_ids = _apply_config(image, _json(text.encode(), store.lexical(rel)))
-        chain = None
-        for index, diff_id in enumerate(diff_ids):
-            chain = diff_id if chain is None else \
-                "sha256:" + hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest()
+        for index, (chain, diff_id) in enumerate(zip(chain_ids(diff_ids), diff_ids)):
             ldir = f"image/{docker.DRIVER}/layerdb/sha256/{chain.split(':', 1)[1]}"
             cache_id = store.read(f"{ldir}/cache-id", "the layer's overlay2 directory id")
             path = store.layer_dir(cache_id, f"the content of image layer {chain}",
