@@ -439,13 +439,7 @@ def containers_cmd(
                 continue
             yield container_row(item)
 
-    try:
-        if output and output != "-" and root != "/":
-            refuse_inside(output, [root])
-        with report_stream(output) as stream:
-            write_rows(fmt, rows(), CONTAINER_COLUMNS, stream)
-    except (OutputError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    _emit_rows(fmt, rows(), CONTAINER_COLUMNS, output, [root] if root != "/" else [])
 
 
 @app.command("layers")
@@ -462,11 +456,17 @@ def layers_cmd(
 
     fmt = _pick_format(fmt, output)
     found = _container(container, root, engine, data_root)
+    _emit_rows(fmt, layer_rows(found), LAYER_COLUMNS, output,
+               [root] if root != "/" else [found.store])
+
+
+def _emit_rows(fmt: str, rows, columns: tuple, output: Optional[str], evidence: list) -> None:
+    """Write an inventory (containers, layers); never inside the evidence."""
     try:
         if output and output != "-":
-            refuse_inside(output, [root] if root != "/" else [found.store])
+            refuse_inside(output, evidence)
         with report_stream(output) as stream:
-            write_rows(fmt, layer_rows(found), LAYER_COLUMNS, stream)
+            write_rows(fmt, rows, columns, stream)
     except (OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
 
