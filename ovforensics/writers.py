@@ -44,6 +44,9 @@ import tempfile
 import unicodedata
 from typing import Iterable, Iterator, TextIO
 
+from orjson import dumps as _orjson_dumps
+
+
 from .record import (ADDED, ANOMALY, CHANGE_KINDS, DELETED, MODIFIED, Change, LayerRef,
                      escape_bytes, format_mode, format_ns)
 
@@ -112,12 +115,20 @@ def guard_formula(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False)
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def json_line(record: dict) -> str:
-    """Serialise one record as a single line of JSON, whatever characters its names hold."""
-    text = _JSON.encode(record)
+    """Serialise one record as a single line of compact JSON, whatever characters its names hold.
+
+    orjson (a compiled encoder, ~8x faster than ``json``'s C encoder per record here; bench/README.md)
+    writes what it can; the standard encoder, with the same separators, takes what orjson refuses
+    (an integer beyond 64 bits from a crafted tar header, a lone surrogate), so the output does not
+    depend on which one ran."""
+    try:
+        text = _orjson_dumps(record).decode("utf-8")
+    except TypeError:
+        text = _JSON.encode(record)
     # These characters can only occur inside JSON strings, where an escape is equivalent.
     for raw, escaped in _JSON_LINEBREAKS.items():
         if raw in text:
