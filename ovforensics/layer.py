@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, Protocol
 
-from .safeio import open_dir, open_file
+from .safeio import PATH_LONG, FdWalker, open_dir, open_file, xattrs_at
 
 Path = tuple[bytes, ...]  # components of a path inside a layer; () is the layer root
 
@@ -126,8 +126,9 @@ def join(path: Path) -> bytes:
     return b"/".join(path)
 
 
-def statx_btime_ns(where: bytes) -> int | None:
-    """Birth time by statx(2) (no link following), or None where the filesystem has none."""
+def statx_btime_ns(where: bytes, dir_fd: int = -100) -> int | None:
+    """Birth time by statx(2) (no link following), or None where the filesystem has none;
+    ``where`` relative to ``dir_fd`` (default: AT_FDCWD)."""
     import ctypes
 
     global _statx
@@ -137,8 +138,8 @@ def statx_btime_ns(where: bytes) -> int | None:
     if not _statx:
         return None
     buf = ctypes.create_string_buffer(256)
-    AT_FDCWD, AT_SYMLINK_NOFOLLOW, STATX_BTIME = -100, 0x100, 0x800
-    if _statx(AT_FDCWD, where, AT_SYMLINK_NOFOLLOW, STATX_BTIME, buf) != 0:
+    AT_SYMLINK_NOFOLLOW, STATX_BTIME = 0x100, 0x800
+    if _statx(dir_fd, where, AT_SYMLINK_NOFOLLOW, STATX_BTIME, buf) != 0:
         return None
     mask = int.from_bytes(buf.raw[0:4], "little")
     if not mask & STATX_BTIME:
@@ -181,7 +182,9 @@ class DirLayer:
 
     Each directory is listed once, through ``os.scandir`` on an ``O_NOATIME`` descriptor, and
     each entry stat-ed relative to it (``fstatat``); an entry that vanished in between is left
-    out and noted in :attr:`errors`.
+    out and noted in :attr:`errors`. An entry whose physical path is ``PATH_LONG`` bytes or more
+    (past ``PATH_MAX``) is reached relative to its parent's fd, found by a
+    :class:`~ovforensics.safeio.FdWalker`; shorter paths are opened by name as they are.
     """
 
     def __init__(self, root: str | bytes, index: int = -1, rules: str = "kernel"):
@@ -199,8 +202,14 @@ class DirLayer:
         self._cache: dict[Path, dict[bytes, Entry] | None] = {}
         self._root: Entry | None = None
         self.errors: list[tuple[bytes, str]] = []  # (physical path, why) for entries not read
+        self._walker = FdWalker(self.root)  # holds no fd until a long path is met
+        self._last_dir: tuple[Path, bytes] = ((), self.root)  # (path, physical) listed last
 
     def physical(self, path: Path) -> bytes:
+        if len(path) > 64:  # deep: the last directory listed is usually the parent
+            last = self._last_dir
+            if len(last[0]) == len(path) - 1 and path[:-1] == last[0]:
+                return last[1] + b"/" + path[-1]
         return self.root + b"/" + join(path) if path else self.root
 
     def root_entry(self) -> Entry:
@@ -225,8 +234,16 @@ class DirLayer:
 
     def _read_dir(self, path: Path) -> dict[bytes, Entry] | None:
         where = self.physical(path)
+        if len(path) > 64:
+            self._last_dir = (path, where)
         try:
-            fd = open_dir(where)
+            if len(where) < PATH_LONG:
+                fd = open_dir(where)
+            else:
+                walker = self._walker
+                with walker.lock:
+                    fd = open_dir(path[-1], dir_fd=walker.parent(path))
+                    walker.keep(path, os.dup(fd))  # its entries are asked for next
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 self.errors.append((where, exc.strerror or str(exc)))
@@ -250,12 +267,24 @@ class DirLayer:
         return out
 
     def btime_ns(self, entry: Entry) -> int | None:
-        return statx_btime_ns(self.physical(entry.path))
+        where = self.physical(entry.path)
+        if len(where) < PATH_LONG:
+            return statx_btime_ns(where)
+        walker = self._walker
+        with walker.lock:
+            try:
+                return statx_btime_ns(entry.path[-1], walker.parent(entry.path))
+            except OSError:
+                return None
 
     def read_target(self, entry: Entry) -> bytes:
         where = self.physical(entry.path)
         try:
-            return os.readlink(where)
+            if len(where) < PATH_LONG:
+                return os.readlink(where)
+            walker = self._walker
+            with walker.lock:
+                return os.readlink(entry.path[-1], dir_fd=walker.parent(entry.path))
         except OSError as exc:
             self.errors.append((where, exc.strerror or str(exc)))
             return b""
@@ -263,6 +292,10 @@ class DirLayer:
     def read_xattrs(self, entry: Entry) -> dict[str, bytes]:
         where = self.physical(entry.path)
         try:
+            if len(where) >= PATH_LONG:
+                walker = self._walker
+                with walker.lock:
+                    return xattrs_at(walker.parent(entry.path), entry.path[-1])
             names = os.listxattr(where, follow_symlinks=False)
             return {n: os.getxattr(where, n, follow_symlinks=False) for n in names}
         except OSError as exc:
@@ -277,7 +310,12 @@ class DirLayer:
             raise EntryError(f"{os.fsdecode(entry.physical)}: not a regular file")
         where = self.physical(entry.path)
         try:
-            fd = open_file(where)
+            if len(where) < PATH_LONG:
+                fd = open_file(where)
+            else:
+                walker = self._walker
+                with walker.lock:
+                    fd = open_file(entry.path[-1], dir_fd=walker.parent(entry.path))
         except OSError as exc:
             raise EntryError(f"{os.fsdecode(where)}: {exc.strerror or exc}") from None
         return os.fdopen(fd, "rb")
