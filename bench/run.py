@@ -96,6 +96,9 @@ class Bench:
         name = f"synthetic {built.upper_entries:,} upper / {built.lower_entries:,} lower vs find"
         self.add(compare(name, "<= 2.00x", ovf_diff(built.upper, built.lowers, "-f", "jsonl"),
                          find_upper(built.upper), s.rounds, warm=s.warm, check=at_most(2.0)))
+        self.add(compare("  CPython floor (bench/floor.py: walk + lstat + one line) vs find", "info",
+                         Cmd([sys.executable, str(HERE / "floor.py"), built.upper]),
+                         find_upper(built.upper), s.rounds, warm=s.warm))
 
     def deep(self) -> None:
         s = self.sizes

@@ -25,6 +25,7 @@ listed. :class:`StoreError` is raised only when the data root itself is unusable
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -168,6 +169,7 @@ class _Store:
         self._overlay2: str | None = None
         self._dirs: dict[str, str] = {}  # a directory under the data root -> its host path
         self._shorts: dict[str, str | None] = {}  # an l/ short name -> the layer id it names
+        self._chains: dict[str, list[LayerInfo]] = {}  # an image's top chain id -> its layers
 
     # paths -------------------------------------------------------------------------------
     def lexical(self, rel: str) -> str:
@@ -409,9 +411,25 @@ class _Store:
         known[init_id] = init
         lowers.append(init)
 
+        parent_rel = f"{mounts}/parent"
+        chain = self.read(parent_rel, "the chain id of the image's top layer", required=False)
+        image = self._image_layers(chain, parent_rel) if chain else []
+        for info in image:
+            known[info.id] = info
+        return lowers + image
+
+    def _image_layers(self, chain: str, parent_rel: str) -> list[LayerInfo]:
+        """The image's layers top..bottom from its top chain id, read once per image: the
+        containers of a host mostly share a few images (500 containers of one image read its
+        layerdb once, not 500 times). Copies are returned, so no container shares a record."""
+        cached = self._chains.get(chain)
+        if cached is None:
+            cached = self._chains[chain] = self._read_chain(chain, parent_rel)
+        return [dataclasses.replace(info) for info in cached]
+
+    def _read_chain(self, chain: str, parent_rel: str) -> list[LayerInfo]:
         image: list[LayerInfo] = []
-        parent_rel, named_in = f"{mounts}/parent", "the chain id of the image's top layer"
-        chain = self.read(parent_rel, named_in, required=False)
+        named_in = "the chain id of the image's top layer"
         seen: set[str] = set()
         while chain:
             match = _CHAIN.fullmatch(chain)
@@ -435,13 +453,12 @@ class _Store:
                              dir=self.layer_dir(cache_id, f"the content of image layer {chain}",
                                                 self.lexical(f"{ldir}/cache-id")))
             info.link = self.link_of(cache_id)
-            known[cache_id] = info
             image.append(info)
             parent_rel, named_in = f"{ldir}/parent", "the chain id of the layer below"
             chain = self.read(parent_rel, named_in, required=False)
         for position, info in enumerate(image):
             info.image_index = len(image) - 1 - position
-        return lowers + image
+        return image
 
     def _lower_file(self, mount_id: str, known: dict[str, LayerInfo]) -> list[LayerInfo] | None:
         """The stack as ``overlay2/<mount-id>/lower`` gives it (None when there is no such file)."""
