@@ -1,6 +1,9 @@
 """What differs between the entry a path shows in the merged view and in the base view."""
 from __future__ import annotations
 
+import errno
+import os
+
 from .layer import Entry, EntryError
 from .markers import Namespaces, visible_xattrs
 from .record import WHAT_ORDER
@@ -57,6 +60,8 @@ def _content_differs(a: Entry | None, b: Entry | None) -> bool | None:
         return True
     try:
         with a.open() as fa, b.open() as fb:
+            if _sparse(a, b):
+                return _holes_skipped(fa.fileno(), fb.fileno(), a.size)
             while True:
                 ca = fa.read(CHUNK)
                 cb = fb.read(CHUNK)
@@ -66,6 +71,40 @@ def _content_differs(a: Entry | None, b: Entry | None) -> bool | None:
                     return False
     except (EntryError, OSError):
         return None
+
+
+def _sparse(a: Entry, b: Entry) -> bool:
+    """Both on disk (their allocation known) and one allocated less than its size: compare by
+    data extents, so two 1 TB sparse files are not read as a terabyte of zeros each."""
+    if a.blocks is None or b.blocks is None:
+        return False
+    return a.blocks * 512 < a.size or b.blocks * 512 < b.size
+
+
+def _next_data(fd: int, offset: int, size: int) -> int:
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return size  # only a hole from here to the end
+        return offset  # no SEEK_DATA here: read it all
+
+
+def _holes_skipped(fda: int, fdb: int, size: int) -> bool:
+    """Same bytes? A range both files leave as a hole reads as zeros in both: skipped."""
+    offset = 0
+    while offset < size:
+        start = min(_next_data(fda, offset, size), _next_data(fdb, offset, size))
+        if start >= size:
+            return False
+        want = min(CHUNK, size - start)
+        ca, cb = os.pread(fda, want, start), os.pread(fdb, want, start)
+        if ca != cb:
+            return True
+        if not ca:
+            return False  # shorter than the size read at listing time: the rest is not there
+        offset = start + len(ca)
+    return False
 
 
 def _unreadable(a: Entry | None, b: Entry | None) -> str:

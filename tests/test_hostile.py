@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -66,6 +67,47 @@ def chain(root, names):
         os.close(fd)
 
 
+def rmtree_deep(path) -> None:
+    """Remove a tree of any depth without recursion (shutil.rmtree and pytest's own clean-up of
+    old temporary directories die of RecursionError on a 10,000-deep tree): each directory's
+    subdirectories are moved up beside it, then it is emptied and removed."""
+    if not os.path.lexists(path):
+        return
+    parent = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    tag = "~rm-%d-" % os.getpid()
+    queue, counter = os.listdir(parent), 0
+    try:
+        while queue:
+            name = queue.pop()
+            if not stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                os.unlink(name, dir_fd=parent)
+                continue
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+            try:
+                os.chmod(fd, 0o700)
+                for child in os.listdir(fd):
+                    if stat.S_ISDIR(os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode):
+                        counter += 1
+                        os.rename(child, tag + str(counter), src_dir_fd=fd, dst_dir_fd=parent)
+                        queue.append(tag + str(counter))
+                    else:
+                        os.unlink(child, dir_fd=fd)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=parent)
+    finally:
+        os.close(parent)
+    os.rmdir(path)
+
+
+@pytest.fixture
+def deep_tmp(tmp_path):
+    """tmp_path, emptied at the end without recursion (see rmtree_deep)."""
+    yield tmp_path
+    for name in os.listdir(tmp_path):
+        rmtree_deep(tmp_path / name)
+
+
 def write_at(dir_fd: int, name: bytes, data: bytes) -> None:
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
     try:
@@ -99,7 +141,8 @@ def sha256(data: bytes) -> str:
 
 # --- 1. paths past PATH_MAX -----------------------------------------------------------------
 
-def test_10000_deep_upper_every_entry_with_its_full_path(tmp_path):
+def test_10000_deep_upper_every_entry_with_its_full_path(deep_tmp):
+    tmp_path = deep_tmp
     upper, lower = tmp_path / "upper", tmp_path / "lower"
     upper.mkdir()
     lower.mkdir()
@@ -126,7 +169,8 @@ def test_10000_deep_upper_every_entry_with_its_full_path(tmp_path):
     assert lines[DEEP // 2]["path"] == "/d" * (DEEP // 2 + 1)
 
 
-def test_10000_deep_lower_modified_and_deleted_at_the_bottom(tmp_path):
+def test_10000_deep_lower_modified_and_deleted_at_the_bottom(deep_tmp, overlay):
+    tmp_path = deep_tmp
     need(os.geteuid() == 0, "needs root for a 0/0 whiteout")
     need_whiteout_devices(tmp_path)
     upper, lower = tmp_path / "upper", tmp_path / "lower"
@@ -148,6 +192,21 @@ def test_10000_deep_lower_modified_and_deleted_at_the_bottom(tmp_path):
          os.fsencode(lower) + bottom + b"/leaf"),
     ]
     # --hash, deleted, timeline and recover on long paths: test_path_over_4096_bytes_* (faster)
+
+    # the kernel agrees: its merged view, walked by dir fds, has the new leaf and no "gone"
+    merged = overlay.mount([lower], upper=upper, ro=True)
+    depth, fd = 0, os.open(merged, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while (names := os.listdir(fd)) == ["d"]:
+            new = os.open(b"d", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd, depth = new, depth + 1
+        leaf = os.open(b"leaf", os.O_RDONLY, dir_fd=fd)
+        assert (depth, names, os.read(leaf, 16)) == (DEEP, ["leaf"], b"new!")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+        overlay.umount(merged)
 
 
 @pytest.fixture
@@ -290,3 +349,257 @@ def test_walker_never_follows_a_symlink_in_a_long_path(tmp_path, monkeypatch):
                     layer2.open(entry)
                 assert layer2.listdir(path[:-1]) is None  # not a directory here: never followed
                 assert layer2.read_xattrs(entry) == {}
+
+
+# --- 2. shapes and links --------------------------------------------------------------------
+
+class Inotify:
+    """Watch files for any open or read (IN_OPEN, IN_ACCESS): O_NOATIME hides a read from the
+    atime, not from inotify, so this proves a file was never opened (no strace needed)."""
+
+    IN_ACCESS, IN_OPEN, IN_NONBLOCK = 0x1, 0x20, 0o4000
+
+    def __init__(self, *paths):
+        import ctypes
+
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(self.IN_NONBLOCK)
+        assert self.fd >= 0
+        self.names = {}
+        for path in paths:
+            wd = self.libc.inotify_add_watch(self.fd, os.fsencode(path), self.IN_ACCESS | self.IN_OPEN)
+            assert wd >= 0, ctypes.get_errno()
+            self.names[wd] = os.fspath(path)
+
+    def events(self) -> list[tuple[str, int]]:
+        out = []
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return out
+            while data:
+                wd, mask, _, size = (int.from_bytes(data[i:i + 4], "little") for i in (0, 4, 8, 12))
+                out.append((self.names.get(wd, "?"), mask))
+                data = data[16 + size:]
+
+    def close(self):
+        os.close(self.fd)
+
+
+def test_every_byte_1_to_255_in_a_name_through_the_kernel(tmp_path, overlay):
+    """Names holding each byte 1-255 (but '/'): the kernel deletes, rewrites and creates them
+    through a mount; every record comes back with the exact bytes (path_b64 where not UTF-8)."""
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    lower.mkdir()
+    upper.mkdir()
+    everything = [b for b in range(1, 256) if b != ord("/")]
+    for b in everything:
+        (lower / os.fsdecode(b"x" + bytes([b]))).write_bytes(b"L")
+    merged = overlay.mount([lower], upper=upper)
+    want = set()
+    for b in everything:
+        name = b"x" + bytes([b])
+        if b % 2:
+            os.unlink(os.fsencode(merged) + b"/" + name)
+            want.add(("deleted", b"/" + name))
+        elif b % 3 == 0:
+            with open(os.fsencode(merged) + b"/" + name, "wb") as fh:
+                fh.write(b"changed")
+            want.add(("modified", b"/" + name))
+        if b != ord("."):
+            single = bytes([b])  # a one-byte name, "." excepted
+            with open(os.fsencode(merged) + b"/" + single, "wb") as fh:
+                fh.write(b"n")
+            want.add(("added", b"/" + single))
+    overlay.umount(merged)
+    assert {(r.change, r.path) for r in ovforensics.scan(str(upper), [str(lower)])} == want
+
+    out = tmp_path / "out.jsonl"
+    proc = cli("diff", "--upper", upper, "--lower", lower, "-f", "jsonl", "-o", out)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    rows = jsonl(out)
+    assert len(rows) == len(want)
+    got = {(r["change"], base64.b64decode(r["path_b64"]) if "path_b64" in r
+            else r["path"].encode()) for r in rows}
+    assert got == want
+
+
+MANY = 200_000  # a million: 31 s to make and 68 s to scan here (1,140 MB peak): see docs/evidence.md
+
+
+def test_many_entries_in_one_directory(tmp_path):
+    """200,000 entries in one directory: every one reported, in order, the output streamed to a
+    pipe. Memory is NOT flat within one directory today (the scan holds a directory's listing:
+    ~1.1 KB an entry), so the 150 MB goal is an expected failure until the walker streams a
+    directory's names (see docs/evidence.md); a regression past 1.5 KB an entry fails."""
+    upper, lower = tmp_path / "upper", tmp_path / "lower"
+    upper.mkdir()
+    lower.mkdir()
+    fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(MANY):
+            os.mknod("f%07d" % i, 0o644 | stat.S_IFREG, 0, dir_fd=fd)
+    finally:
+        os.close(fd)
+    proc = subprocess.Popen([sys.executable, "-m", "ovforensics", "diff", "--upper", upper,
+                             "--lower", lower, "-f", "jsonl"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    lines, first, last, tail = 0, None, None, b""
+    while chunk := proc.stdout.read(1 << 20):
+        lines += chunk.count(b"\n")
+        if first is None:
+            first = chunk.split(b"\n", 1)[0]
+        tail = (tail + chunk)[-4096:]
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    assert lines == MANY
+    assert json.loads(first)["path"] == "/f0000000"
+    assert json.loads(last)["path"] == "/f%07d" % (MANY - 1)
+    assert peak_mb < 100 + MANY * 1.5 / 1024, f"peak RSS {peak_mb:.0f} MB"
+    if peak_mb >= 150:
+        pytest.xfail(f"peak RSS {peak_mb:.0f} MB for {MANY:,} entries in one directory: "
+                     "a directory's listing is held whole (diff.py/resolve.py)")
+
+
+def test_sparse_terabyte_file_is_never_read(tmp_path):
+    """1 TB sparse files: the size reported exactly, the allocation small, and the scan reads
+    next to nothing (``rchar`` of /proc/self/io, counted in the CLI's own process): an added one
+    is never opened by diff or bloat, --magic reads its first 64 KiB only (it read the whole
+    file before), and a same-size copy-up (chmod) is compared by data extents, not as 2 TB of
+    zeros."""
+    upper, lower = tmp_path / "upper", tmp_path / "lower"
+    upper.mkdir()
+    lower.mkdir()
+    for where in (upper / "big.img", upper / "same.img", lower / "same.img"):
+        where.touch()
+        os.truncate(where, 1 << 40)
+    for where in (upper / "same.img", lower / "same.img"):
+        with open(where, "r+b") as fh:  # one real block in the middle, the same in both
+            fh.seek(1 << 39)
+            fh.write(b"data")
+    os.chmod(upper / "same.img", 0o600)
+    os.utime(upper / "same.img", ns=(0, os.stat(lower / "same.img").st_mtime_ns))
+    watch = Inotify(upper / "big.img", lower / "same.img")
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: sys.stderr.write('RCHAR ' + [l for l in open('/proc/self/io')"
+             " if l.startswith('rchar')][0].split()[1] + '\\n'))\n"
+             "from ovforensics.cli import run\n"
+             "sys.argv = ['ovforensics'] + sys.argv[1:]\n"
+             "run()\n")
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-c", probe, *map(os.fspath, args)],
+                              capture_output=True, cwd=ROOT, timeout=60)
+        rchar = int(proc.stderr.rsplit(b"RCHAR ", 1)[1])
+        assert rchar < 64 << 20, rchar  # the interpreter's own modules: a few MB; 1 TB is not
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    proc = run("diff", "--upper", upper, "--lower", lower, "-f", "jsonl")
+    rows = {r["path"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert (rows["/big.img"]["change"], rows["/big.img"]["size"]) == ("added", 1099511627776)
+    assert (rows["/same.img"]["change"], rows["/same.img"]["what"]) == ("modified", ["mode"])
+    assert [e for e in watch.events() if e[0].endswith("big.img")] == []  # never opened
+
+    proc = run("diff", "--upper", upper, "--lower", lower, "--magic", "-f", "jsonl")
+    rows = {r["path"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert rows["/big.img"]["mime"] == "application/octet-stream"
+    assert rows["/same.img"]["size"] == 1 << 40
+    watch.events()
+
+    proc = run("bloat", "--upper", upper, "--lower", lower, "-f", "json", "--no-config")
+    report = json.loads(proc.stdout)
+    assert report["totals"]["stored_bytes"] == 2 << 40
+    assert report["totals"]["allocated_bytes"] < 1 << 20
+    # bloat compares the same-size copy (by extents: rchar stayed small) but never opens big.img
+    assert [e for e in watch.events() if e[0].endswith("big.img")] == []
+    watch.close()
+
+
+def _walk_items(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k, v
+            yield from _walk_items(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk_items(v)
+
+
+def test_hard_linked_whiteouts_are_both_deleted(tmp_path, overlay):
+    need(os.geteuid() == 0, "needs root for 0/0 whiteouts")
+    need_whiteout_devices(tmp_path)
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    lower.mkdir()
+    (lower / "a").write_bytes(b"a")
+    (lower / "b").write_bytes(b"b")
+    (lower / "c").write_bytes(b"c")
+    upper.mkdir()
+    # by hand: one 0/0 inode, two names
+    os.mknod(upper / "a", stat.S_IFCHR, os.makedev(0, 0))
+    os.link(upper / "a", upper / "b")
+    assert os.lstat(upper / "a").st_ino == os.lstat(upper / "b").st_ino
+    assert changes(upper, lower) == {("deleted", b"/a", "whiteout"), ("deleted", b"/b", "whiteout")}
+    # by the kernel: rm of two lower files through a mount shares one whiteout inode
+    upper2 = tmp_path / "upper2"
+    upper2.mkdir()
+    merged = overlay.mount([lower], upper=upper2)
+    os.unlink(merged / "a")
+    os.unlink(merged / "c")
+    overlay.umount(merged)
+    st_a, st_c = os.lstat(upper2 / "a"), os.lstat(upper2 / "c")
+    assert st_a.st_ino == st_c.st_ino and st_a.st_nlink >= 2
+    assert changes(upper2, lower) == {("deleted", b"/a", "whiteout"), ("deleted", b"/c", "whiteout")}
+
+
+def changes(upper, lower, **kw) -> set:
+    return {(r.change, r.path, r.via or r.anomaly or ",".join(r.what))
+            for r in ovforensics.scan(str(upper), [str(lower)], **kw)}
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A small tmpfs (root): it takes xattr values past ext4's ~4 KB, and can fill up."""
+    need(os.geteuid() == 0, "needs root to mount a tmpfs")
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+
+    def mount(size="16m"):
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                               str(where)], capture_output=True, text=True)
+        need(proc.returncode == 0, f"cannot mount a tmpfs: {proc.stderr.strip()}")
+        return where
+
+    yield mount
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.parametrize("size", [0, 256, 4000, 5000])
+def test_empty_and_over_long_redirects(tmpfs, overlay, size):
+    """An empty redirect: the kernel refuses the directory (EINVAL, "invalid redirect"), we
+    report bad-redirect. An absolute one of 256-5,000 bytes (one component past NAME_MAX): the
+    kernel ignores it and shows the directory's own entries, and so do we. Nothing climbs out,
+    nothing crashes. (On tmpfs: ext4 without ea_inode cannot store a 5,000-byte value.)"""
+    base = tmpfs()
+    lower, upper = base / "lower", base / "upper"
+    (lower / "b").mkdir(parents=True)
+    (lower / "b" / "y").write_bytes(b"y")
+    (upper / "new").mkdir(parents=True)
+    (upper / "new" / "mine").write_bytes(b"m")
+    value = (b"/" + b"b" * (size - 1)) if size else b""
+    os.setxattr(upper / "new", "trusted.overlay.redirect", value)
+    assert os.getxattr(upper / "new", "trusted.overlay.redirect") == value
+    got = changes(upper, lower)
+    added = {("added", b"/new", ""), ("added", b"/new/mine", "")}
+    merged = overlay.mount([lower], upper=upper, work=base / "work", ro=True)
+    if size == 0:
+        assert got == added | {("anomaly", b"/new", "bad-redirect")}
+        with pytest.raises(OSError) as info:
+            os.listdir(merged / "new")
+        assert info.value.errno == errno.EINVAL
+    else:
+        assert got == added
+        assert os.listdir(merged / "new") == ["mine"]
