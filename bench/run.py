@@ -49,6 +49,7 @@ class Sizes:
     changes: tuple[int, int]  # new dirs x files the container adds
     containers: int
     mem_rounds: int
+    one_dir: int = 1_000_000  # entries in the one-directory memory case
 
 
 FULL = Sizes(rounds=5, warm=True, mixed=synth.MixedSize(), deep_layers=(1, 10, 50, 100),
@@ -59,7 +60,7 @@ QUICK = Sizes(rounds=1, warm=False,
               deep_layers=(1, 3), deep=synth.DeepSize(layers=3, own_entries=50, shared_dirs=2,
                                                       upper_files=10),
               big=synth.BigSize(dirs=10, per_dir=49), hashing=synth.HashSize(2, 1, 1),
-              image=(3, 10), changes=(3, 10), containers=3, mem_rounds=1)
+              image=(3, 10), changes=(3, 10), containers=3, mem_rounds=1, one_dir=500)
 
 
 def find_upper(upper: str) -> Cmd:
@@ -137,6 +138,10 @@ class Bench:
             self.add(compare(name, "RSS <= 150 MB", ovf_diff(built.upper, built.lowers, "-f", fmt),
                              find_upper(built.upper), s.mem_rounds, warm=False,
                              check=rss_at_most(150)))
+        flat = synth.one_dir(str(self.work / "one-dir"), s.one_dir)
+        self.add(compare(f"memory {flat.upper_entries:,} entries in one directory, jsonl (vs find)",
+                         "RSS <= 150 MB", ovf_diff(flat.upper, flat.lowers, "-f", "jsonl"),
+                         find_upper(flat.upper), s.mem_rounds, warm=False, check=rss_at_most(150)))
 
     def hashing(self) -> None:
         s = self.sizes

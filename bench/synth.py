@@ -251,6 +251,28 @@ def _build_big(base: str, size: BigSize) -> Built:
     return Built(upper, [lower], count_entries(upper), count_entries(lower))
 
 
+def one_dir(base: str, entries: int) -> Built:
+    """One upper directory of ``entries`` empty files; the lower holds every tenth name
+    (mode 0600, so those are mode copy-ups): the case a flat per-directory listing cannot hold."""
+    return _cached(base, {"entries": entries}, lambda b: _build_one_dir(b, entries))
+
+
+def _build_one_dir(base: str, entries: int) -> Built:
+    lower, upper = f"{base}/lower/big", f"{base}/upper/big"
+    os.makedirs(lower)
+    os.makedirs(upper)
+    mark_upper_root(f"{base}/upper")
+    for where, step, mode in ((upper, 1, 0o644), (lower, 10, 0o600)):
+        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range(0, entries, step):
+                os.mknod(f"f{i:07d}", mode | stat.S_IFREG, 0, dir_fd=fd)
+        finally:
+            os.close(fd)
+    return Built(f"{base}/upper", [f"{base}/lower"], count_entries(f"{base}/upper"),
+                 count_entries(f"{base}/lower"))
+
+
 # -- hashing: big changed files ---------------------------------------------------------------
 @dataclass(frozen=True)
 class HashSize:

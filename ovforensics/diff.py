@@ -9,8 +9,9 @@ path order (depth first, names sorted by bytes).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
+from .bigdir import merged_names
 from .compare import differences, same_entry
 from .layer import Entry, Layer, Path, join
 from .markers import WH_PREFIX, Namespaces, is_metacopy
@@ -80,10 +81,7 @@ class Differ:
         upper_view = None
         if task.mframes and task.mframes[0].pos == 0:
             upper_view = self.merged.dirview(task.mframes[0].entry)
-        names = self.merged.names(task.mframes) | self.base.names(task.bframes)
-        if upper_view is not None:
-            names.update(upper_view.whiteouts)
-        for name in sorted(names):
+        for name in self._names(task, upper_view):
             path = task.path + (name,)
             m = self.merged.lookup(task.mframes, name) if task.mframes else None
             b = self.base.lookup(task.bframes, name) if task.bframes else None
@@ -108,6 +106,20 @@ class Differ:
                 yield from self._both(task, path, m, b)
         self.merged.forget(task.mframes)
         self.base.forget(task.bframes)
+
+    def _names(self, task: Task, upper_view) -> Iterable[bytes]:
+        """Every name to look up in the directory, sorted. A set, as a rule; where a layer
+        holds the directory by name only (too big to hold: ovforensics.bigdir), a merge of
+        the layers' sorted name lists, so the walk never holds the directory's names twice."""
+        views = [*self.merged.views(task.mframes), *self.base.views(task.bframes)]
+        if not any(getattr(view, "lazy", False) for view in views):
+            names: set[bytes] = set()
+            for view in views:
+                names.update(view.entries)
+            if upper_view is not None:
+                names.update(upper_view.whiteouts)
+            return sorted(names)
+        return merged_names(view.sorted_names() for view in views)
 
     def _deleted(self, task: Task, upper_view, path: Path, b: Resolved) -> Iterator[Change | Task]:
         name = path[-1]

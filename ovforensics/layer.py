@@ -249,9 +249,14 @@ class DirLayer:
                 self.errors.append((where, exc.strerror or str(exc)))
             return None
         out: dict[bytes, Entry] = {}
+        from . import bigdir
+
+        big = bigdir.BIG
         try:
             with os.scandir(fd) as it:
                 for dent in it:
+                    if len(out) >= big:  # too big to hold: names only (bigdir.py)
+                        return bigdir.NameListing.take_over(self, path, fd, out, dent, it)
                     name = os.fsencode(dent.name)
                     try:
                         st = dent.stat(follow_symlinks=False)

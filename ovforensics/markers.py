@@ -23,6 +23,7 @@ See docs/kernel-facts.md for what was checked against the kernel.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from .layer import Entry
 
@@ -157,8 +158,15 @@ class DirView:
         return self.entries.get(name), name in self.whiteouts
 
 
-def interpret(dir_entry: Entry, listing: dict[bytes, Entry], ns: Namespaces) -> DirView:
+    def sorted_names(self) -> list[bytes]:
+        """Every name this directory shows or hides, sorted."""
+        return sorted({*self.entries, *self.whiteouts})
+
+
+def interpret(dir_entry: Entry, listing, ns: Namespaces) -> "DirView | LazyDirView":
     """Split a raw listing into entries and markers, as the layer's rules say."""
+    if getattr(listing, "lazy", False):
+        return LazyDirView(dir_entry, listing, ns)
     layer = dir_entry.layer
     wh_files = honours_wh_files(layer.rules)
     opaque_val = opaque_value(dir_entry, ns) if dir_entry.is_dir else None
@@ -184,3 +192,114 @@ def interpret(dir_entry: Entry, listing: dict[bytes, Entry], ns: Namespaces) -> 
             view.lookalikes.append(entry)
         view.entries[name] = entry
     return view
+
+
+class LazyDirView:
+    """A :class:`DirView` of a directory listed by name only (:mod:`ovforensics.bigdir`): the
+    same rules as :func:`interpret`, applied to one name when a lookup asks for it.
+
+    Where a name both carries its own marker (a 0/0 device, an xwhiteout) and has a ``.wh.``
+    file beside it, ``via`` is the name's own marker. Whiteout look-alikes are not collected.
+    """
+
+    lazy = True
+
+    def __init__(self, dir_entry: Entry, listing, ns: Namespaces):
+        self.listing = listing
+        self.ns = ns
+        self.rules = dir_entry.layer.rules
+        self.wh_files = honours_wh_files(self.rules)
+        self.opaque = "opaque" if dir_entry.is_dir and opaque_value(dir_entry, ns) == b"y" else None
+        if self.wh_files and (WH_OPAQUE in listing
+                              or (self.rules == "fuse" and FUSE_OPAQUE in listing)):
+            self.opaque = "opaque"
+        self.entries = _LazyEntries(self)
+        self.whiteouts = _LazyWhiteouts(self)
+        self.lookalikes: list[Entry] = []
+
+    def find(self, name: bytes) -> tuple[Entry | None, bool]:
+        return self.entries.get(name), name in self.whiteouts
+
+    def sorted_names(self) -> list[bytes] | "Iterator[bytes]":
+        """Every name this directory may show or hide, sorted (a superset: lookups decide)."""
+        names = self.listing.names
+        if not self.wh_files:
+            return names
+        from .bigdir import merged_names
+
+        hidden = [n[len(WH_PREFIX):] for n in self.listing.prefixed(WH_PREFIX)]
+        return merged_names([names, hidden])
+
+    def own_marker(self, name: bytes) -> tuple[str, Entry] | None:
+        """The marker ``name`` itself is, or None (a ``.wh.`` name under OCI rules aside)."""
+        if self.wh_files and name.startswith(WH_PREFIX):
+            return None
+        entry = self.listing.get(name)
+        if entry is None:
+            return None
+        if is_char_whiteout(entry):
+            return ("whiteout", entry)
+        if entry.kind == "file" and entry.size == 0 and self.ns.control(entry, "whiteout") is not None:
+            return ("xwhiteout", entry)
+        return None
+
+
+class _LazyEntries:
+    """``LazyDirView.entries``: what the directory shows at a name."""
+
+    def __init__(self, view: LazyDirView):
+        self.view = view
+
+    def get(self, name: bytes, default=None) -> Entry | None:
+        view = self.view
+        if view.wh_files and name.startswith(WH_PREFIX):
+            return default
+        entry = view.listing.get(name)
+        if entry is None or view.own_marker(name) is not None:
+            return default
+        return entry
+
+    def __getitem__(self, name: bytes) -> Entry:
+        entry = self.get(name)
+        if entry is None:
+            raise KeyError(name)
+        return entry
+
+    def __contains__(self, name: bytes) -> bool:
+        return self.get(name) is not None
+
+    def __iter__(self):
+        return (name for name in self.view.listing.names if self.get(name) is not None)
+
+
+class _LazyWhiteouts:
+    """``LazyDirView.whiteouts``: the marker that hides a name here, as ``(via, marker)``."""
+
+    def __init__(self, view: LazyDirView):
+        self.view = view
+
+    def get(self, name: bytes, default=None) -> tuple[str, Entry] | None:
+        view = self.view
+        own = view.own_marker(name)
+        if own is not None:
+            return own
+        if view.wh_files:
+            marker = WH_PREFIX + name
+            if not (marker.startswith(AUFS_META_PREFIX)
+                    or (view.rules == "fuse" and marker == FUSE_OPAQUE)):
+                entry = view.listing.get(marker)
+                if entry is not None:
+                    return ("wh-file", entry)
+        return default
+
+    def __getitem__(self, name: bytes) -> tuple[str, Entry]:
+        found = self.get(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __contains__(self, name: bytes) -> bool:
+        return self.get(name) is not None
+
+    def __iter__(self):
+        return (name for name in self.view.sorted_names() if name in self)

@@ -124,18 +124,22 @@ class View:
         return honours_wh_files(entry.layer.rules) and self.dirview(entry).opaque is not None
 
     # -- lookup ------------------------------------------------------------------------------
-    def names(self, frames: list[Frame]) -> set[bytes]:
-        """Every name some frame of a directory shows (lookup decides which are visible).
+    def views(self, frames: list[Frame]) -> list[DirView]:
+        """The views of a directory's frames, topmost first.
 
-        The frames' views are kept for this list of frames until :meth:`forget`, so the
-        lookups of each of these names skip the frames that lack it at the cost of a list
-        index (a directory in every one of 100 layers is looked up name by name)."""
+        They are kept for this list of frames until :meth:`forget`, so the lookups of each of
+        the directory's names skip the frames that lack it at the cost of a list index (a
+        directory in every one of 100 layers is looked up name by name)."""
         views = [self.dirview(frame.entry) for frame in frames]
         if len(self._listed) >= MAX_LISTED:
             del self._listed[next(iter(self._listed))]
         self._listed[id(frames)] = (frames, views)
+        return views
+
+    def names(self, frames: list[Frame]) -> set[bytes]:
+        """Every name some frame of a directory shows (lookup decides which are visible)."""
         out: set[bytes] = set()
-        for view in views:
+        for view in self.views(frames):
             out.update(view.entries)
         return out
 

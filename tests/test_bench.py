@@ -29,7 +29,7 @@ def test_quick_benchmark_runs_and_prints_the_table():
     rows = lines[header + 2:lines.index("", header)] if "" in lines[header:] else lines[header + 2:]
     for case in CASES:
         assert any(row.startswith(case) for row in rows), (case, proc.stdout)
-    assert sum(row.startswith("memory ") for row in rows) == 5  # every output format
+    assert sum(row.startswith("memory ") for row in rows) == 6  # every output format + one directory
     measured = [row for row in rows if "skipped:" not in row]
     assert all(" MB " in row for row in measured), proc.stdout
     skipped = [row for row in rows if "skipped:" in row]

@@ -180,6 +180,30 @@ def test_scanner_matches_kernel(flavour, case, oracle_dir):
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.parametrize("big", [0, 2])
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+@settings(max_examples=max(EXAMPLES_PER_FLAVOUR // 4, 1), deadline=None, derandomize=False,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                 HealthCheck.data_too_large])
+@given(case=cases)
+def test_names_only_listings_match_kernel(flavour, big, case, oracle_dir):
+    """The same property with directories listed by name only (ovforensics.bigdir, used past
+    20,000 entries): every directory (big=0), or all but those of one or two entries (big=2)."""
+    from ovforensics import bigdir
+
+    saved, bigdir.BIG = bigdir.BIG, big
+    d = tempfile.mkdtemp(dir=oracle_dir)
+    try:
+        built = oracle.build(case, flavour, d)
+        report = oracle.compare(built, scan(built))
+        if report:
+            raise AssertionError(report)
+    finally:
+        bigdir.BIG = saved
+        oracle.umount_all()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 # -- pinned classic cases ------------------------------------------------------------------------
 def _mkfile(path, data: bytes, mtime=TIMES[0], mode=0o644):
     os.makedirs(os.path.dirname(path), exist_ok=True)
