@@ -244,11 +244,27 @@ class LazyDirView:
         return None
 
 
-class _LazyEntries:
-    """``LazyDirView.entries``: what the directory shows at a name."""
+class _LazyMap:
+    """A read-only mapping over one ``get(name)`` of a :class:`LazyDirView`."""
 
     def __init__(self, view: LazyDirView):
         self.view = view
+
+    def get(self, name: bytes, default=None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, name: bytes):
+        found = self.get(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __contains__(self, name: bytes) -> bool:
+        return self.get(name) is not None
+
+
+class _LazyEntries(_LazyMap):
+    """``LazyDirView.entries``: what the directory shows at a name."""
 
     def get(self, name: bytes, default=None) -> Entry | None:
         view = self.view
@@ -259,24 +275,12 @@ class _LazyEntries:
             return default
         return entry
 
-    def __getitem__(self, name: bytes) -> Entry:
-        entry = self.get(name)
-        if entry is None:
-            raise KeyError(name)
-        return entry
-
-    def __contains__(self, name: bytes) -> bool:
-        return self.get(name) is not None
-
     def __iter__(self):
         return (name for name in self.view.listing.names if self.get(name) is not None)
 
 
-class _LazyWhiteouts:
+class _LazyWhiteouts(_LazyMap):
     """``LazyDirView.whiteouts``: the marker that hides a name here, as ``(via, marker)``."""
-
-    def __init__(self, view: LazyDirView):
-        self.view = view
 
     def get(self, name: bytes, default=None) -> tuple[str, Entry] | None:
         view = self.view
@@ -291,15 +295,6 @@ class _LazyWhiteouts:
                 if entry is not None:
                     return ("wh-file", entry)
         return default
-
-    def __getitem__(self, name: bytes) -> tuple[str, Entry]:
-        found = self.get(name)
-        if found is None:
-            raise KeyError(name)
-        return found
-
-    def __contains__(self, name: bytes) -> bool:
-        return self.get(name) is not None
 
     def __iter__(self):
         return (name for name in self.view.sorted_names() if name in self)
