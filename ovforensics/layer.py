@@ -199,6 +199,10 @@ class DirLayer:
             raise LayerError(f"{self.label}: {exc.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise LayerError(f"{self.label}: not a directory")
+        try:  # a layer that cannot be listed is unreadable input, not an empty layer
+            os.close(open_dir(self.root))
+        except OSError as exc:
+            raise LayerError(f"{self.label}: cannot list it: {exc.strerror}") from None
         self._cache: dict[Path, dict[bytes, Entry] | None] = {}
         self._root: Entry | None = None
         self.errors: list[tuple[bytes, str]] = []  # (physical path, why) for entries not read

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from .layer import DirLayer, Layer, LayerError
 from .markers import RULES
@@ -37,15 +38,14 @@ def open_layer(spec: str | os.PathLike | Layer, index: int = -1, rules: str = "a
         raise ValueError(f"--whiteouts: expected auto or one of {', '.join(RULES)}, got {rules!r}")
     path = os.fsdecode(spec)
     try:
-        is_dir = os.path.isdir(path) and not os.path.islink(path.rstrip("/") or "/")
-        exists = os.path.lexists(path)
-    except OSError as exc:
+        st = os.lstat(path.rstrip("/") or "/")
+    except FileNotFoundError:
+        raise LayerError(f"{path}: no such file or directory") from None
+    except OSError as exc:  # e.g. a parent directory this user may not search
         raise LayerError(f"{path}: {exc.strerror}") from None
-    if not exists:
-        raise LayerError(f"{path}: no such file or directory")
-    if os.path.islink(path.rstrip("/") or "/"):
+    if stat.S_ISLNK(st.st_mode):
         raise LayerError(f"{path}: is a symbolic link; name the real directory (links are never followed)")
-    if is_dir:
+    if stat.S_ISDIR(st.st_mode):
         return DirLayer(path, index=index, rules="kernel" if rules == "auto" else rules)
     from .tarlayer import TarLayer
 
