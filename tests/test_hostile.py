@@ -831,3 +831,24 @@ def test_broken_pipe_on_100000_changes_is_quiet(hundred_thousand, fmt):
     if status == 1:  # click's own EPIPE handler exits 1 before cli.run() sees BrokenPipeError
         pytest.xfail("exit 1 on a closed pipe, not the documented 0: needs a cli.py change")
     assert status == 0
+
+
+def test_interrupt_leaves_no_report_file(hundred_thousand, tmp_path):
+    """Ctrl-C while -o is being written: exit 130, nothing on stderr, and neither the report
+    nor its temporary file left behind."""
+    import signal
+
+    upper, lower = hundred_thousand
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "ovforensics", "diff", "--upper", upper,
+                             "--lower", lower, "-f", "jsonl", "-o", out],
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while not [n for n in os.listdir(tmp_path) if n.endswith(".partial")]:
+        assert proc.poll() is None and time.monotonic() < deadline, "no temporary file seen"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, err
+    assert err == b""
+    assert os.listdir(tmp_path) == []
