@@ -476,12 +476,37 @@ def run() -> None:
     try:
         app()
     except BrokenPipeError:
-        # `ovforensics diff ... | head`: the reader left; stop quietly (Python's documented recipe).
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(EXIT_OK)
+        _reader_gone()
+    except SystemExit as exc:
+        # typer itself turns a write to a closed pipe (EPIPE) into exit 1; a reader that left
+        # (`ovforensics diff ... | head`) is not an error here, so that one exit becomes 0.
+        if exc.code == 1 and _reader_left():
+            _reader_gone()
+        raise
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _reader_left() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports POLLERR)."""
+    import select
+    import stat
+
+    try:
+        if not stat.S_ISFIFO(os.fstat(1).st_mode):
+            return False
+        poller = select.poll()
+        poller.register(1, 0)  # POLLERR and POLLHUP are reported whatever is asked
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _reader_gone() -> None:
+    """Stop quietly once the reader has left (Python's documented recipe for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    sys.exit(EXIT_OK)
 
 
 if __name__ == "__main__":  # pragma: no cover
