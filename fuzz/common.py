@@ -37,12 +37,14 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+for _where in (REPO, os.path.join(REPO, "tests")):
+    if _where not in sys.path:
+        sys.path.insert(0, _where)
 
 from ovforensics import bbolt  # noqa: E402
 import ovforensics.diff, ovforensics.enrich, ovforensics.tarlayer  # noqa: E402,F401  (imported before any audit)
 from ovforensics.engines.base import Broken, Container  # noqa: E402
+from boltwriter import craft  # noqa: E402  (tests/boltwriter.py: the one bbolt writer)
 
 KINDS = ("file", "symlink", "dir", "fifo", "remove", "file", "file", "symlink")
 LITERAL = 31
@@ -190,73 +192,10 @@ def bolt_tree(bodies: list[bytes]) -> dict:
 
 def write_bolt(tree: dict, page_size: int = 512, per_leaf: int = 8, per_branch: int = 8,
                inline_limit: int | None = None) -> bytes:
-    """A valid bbolt file holding ``tree``. A bucket with no nested bucket whose page would fit
-    in a quarter page is stored inline, as bbolt does; leaves hold ``per_leaf`` elements, so a
-    tree of more keys gets branch pages; a large value gets overflow pages."""
-    inline_limit = page_size // 4 if inline_limit is None else inline_limit
-    pages: dict[int, bytes] = {}
-    next_id = [3]  # 0, 1: meta pages; 2: freelist
-
-    def page_bytes(pid: int, flags: int, items, overflow: int = 0) -> bytes:
-        n, elems, data = len(items), b"", b""
-        for i, item in enumerate(items):
-            pos = (n - i) * 16 + len(data)
-            if flags == bbolt.BRANCH:
-                key, child = item
-                elems += struct.pack("<IIQ", pos, len(key), child)
-                data += key
-            else:
-                fl, key, value = item
-                elems += struct.pack("<IIII", fl, pos, len(key), len(value))
-                data += key + value
-        return struct.pack("<QHHI", pid, flags, n, overflow) + elems + data
-
-    def write_page(flags: int, items) -> int:
-        npages = -(-len(page_bytes(0, flags, items)) // page_size)
-        pid = next_id[0]
-        next_id[0] += npages
-        raw = page_bytes(pid, flags, items, npages - 1)
-        pages[pid] = raw + b"\0" * (npages * page_size - len(raw))
-        return pid
-
-    def items_of(d: dict):
-        out = []
-        for k in sorted(d):
-            v = d[k]
-            if isinstance(v, dict):
-                flat = not any(isinstance(x, dict) for x in v.values())
-                inline = page_bytes(0, bbolt.LEAF, items_of(v)) if flat else None
-                if inline is not None and len(inline) <= inline_limit:
-                    out.append((1, k, struct.pack("<QQ", 0, 0) + inline))
-                else:
-                    out.append((1, k, struct.pack("<QQ", write_tree(v), 0)))
-            else:
-                out.append((0, k, v))
-        return out
-
-    def write_tree(d: dict) -> int:
-        items = items_of(d)
-        level = [(c[0][1] if c else b"", write_page(bbolt.LEAF, c))
-                 for c in ([items[i:i + per_leaf] for i in range(0, len(items), per_leaf)] or [[]])]
-        while len(level) > 1:
-            level = [(c[0][0], write_page(bbolt.BRANCH, c))
-                     for c in [level[i:i + per_branch] for i in range(0, len(level), per_branch)]]
-        return level[0][1]
-
-    root = write_tree(tree)
-    hw = next_id[0]
-
-    def meta(pid: int, tx: int) -> bytes:
-        body = struct.pack("<IIIIQQQQQ", bbolt.MAGIC, 2, page_size, 0, root, 0, 2, hw, tx)
-        raw = struct.pack("<QHHI", pid, bbolt.META_PAGE, 0, 0) + body + struct.pack("<Q", bbolt.fnv1a64(body))
-        return raw + b"\0" * (page_size - len(raw))
-
-    out = bytearray(meta(0, 6) + meta(1, 7))
-    free = struct.pack("<QHHI", 2, bbolt.FREELIST, 0, 0)
-    out += free + b"\0" * (page_size - len(free))
-    for pid in sorted(pages):
-        out += pages[pid]
-    return bytes(out)
+    """A valid bbolt file holding ``tree`` (tests/boltwriter.py); a bucket with no nested bucket
+    whose page fits in a quarter page (``inline_limit``) is stored inline, as bbolt does."""
+    return craft(tree, page_size=page_size, per_leaf=per_leaf, per_branch=per_branch, txid=7,
+                 inline_limit=page_size // 4 if inline_limit is None else inline_limit)
 
 
 def fix_checksums(data: bytes) -> bytes:
