@@ -233,8 +233,12 @@ class DirLayer:
         return listing
 
     def forget(self, path: Path) -> None:
-        """Drop a cached listing once the scan has left that directory (keeps memory flat)."""
+        """Drop a cached listing once the scan has left that directory (keeps memory flat);
+        leaving a directory too short to hold a long path's parent releases the walker's fds
+        (a stack of many deep layers must not run out of descriptors)."""
         self._cache.pop(path, None)
+        if self._walker.holding and len(self.root) + 256 * len(path) < PATH_LONG:
+            self._walker.close()
 
     def _read_dir(self, path: Path) -> dict[bytes, Entry] | None:
         where = self.physical(path)

@@ -82,7 +82,7 @@ def list_dir(where) -> list[str]:
 PATH_LONG = 4000  # physical paths at least this long are reached through FdWalker
 _STEP = 3800  # bytes of relative path per openat2 step (PATH_MAX is 4096 with the NUL)
 _MARK = 2000  # a step at least this long leaves its directory fd open as a waypoint
-_MAX_MARKS = 128
+_MAX_MARKS = 32  # per layer; released when the scan leaves the deep part (DirLayer.forget)
 _RESOLVE_NO_XDEV, _RESOLVE_NO_MAGICLINKS, _RESOLVE_NO_SYMLINKS, _RESOLVE_BENEATH = 1, 2, 4, 8
 _SYS_OPENAT2 = 437  # the same number on every architecture (the unified syscall table)
 _openat2 = None
@@ -209,7 +209,12 @@ class FdWalker:
             os.close(self._tail[1])
         self._tail = (path, fd)
 
+    @property
+    def holding(self) -> bool:
+        return self._root_fd is not None
+
     def close(self) -> None:
+        """Close every fd held (the walker still works: it reopens what it needs)."""
         with self.lock:
             for _, fd in self._marks:
                 os.close(fd)
