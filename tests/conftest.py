@@ -28,14 +28,11 @@ def need(condition: bool, reason: str) -> None:
 @functools.cache
 def _overlay_works() -> tuple[bool, str]:
     """Root, overlayfs in the kernel, and a test mount that really works (not in every container)."""
-    if os.geteuid() != 0:
-        return False, "needs root to mount overlayfs"
-    try:
-        with open("/proc/filesystems") as fh:
-            if "overlay" not in fh.read():
-                return False, "kernel has no overlayfs"
-    except OSError:
-        return False, "cannot read /proc/filesystems"
+    from oracle import overlay_missing
+
+    missing = overlay_missing()
+    if missing is not None:
+        return False, missing
     with tempfile.TemporaryDirectory(prefix="ovf-probe-") as d:
         for sub in ("l1", "l2", "m"):
             os.mkdir(os.path.join(d, sub))

@@ -150,16 +150,24 @@ def _dmesg_tail() -> str:
     return " | ".join(out.strip().splitlines()[-2:])
 
 
-def probe(where=None) -> tuple[bool, str]:
-    """Can we mount overlays of every flavour in ``where``, with user.* and trusted.* xattrs?"""
+def overlay_missing() -> str | None:
+    """Why overlayfs cannot be mounted here at all (not root, not in the kernel), or None."""
     if os.geteuid() != 0:
-        return False, "needs root to mount overlayfs"
+        return "needs root to mount overlayfs"
     try:
         with open("/proc/filesystems") as fh:
             if "overlay" not in fh.read():
-                return False, "kernel has no overlayfs"
+                return "kernel has no overlayfs"
     except OSError:
-        return False, "cannot read /proc/filesystems"
+        return "cannot read /proc/filesystems"
+    return None
+
+
+def probe(where=None) -> tuple[bool, str]:
+    """Can we mount overlays of every flavour in ``where``, with user.* and trusted.* xattrs?"""
+    missing = overlay_missing()
+    if missing is not None:
+        return False, missing
     d = tempfile.mkdtemp(prefix="ovf-probe-", dir=where)
     try:
         f = os.path.join(d, "f")
