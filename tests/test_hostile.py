@@ -362,16 +362,15 @@ def test_walker_never_follows_a_symlink_in_a_long_path(tmp_path, monkeypatch):
             assert fh.read() == b"real"
         with chain(upper, LONG_NAMES[:3]) as fd:  # swap the 4th component for a symlink
             os.rename(LONG_NAMES[3], b"moved", src_dir_fd=fd, dst_dir_fd=fd)
-            with chain(twin, LONG_NAMES[:3]) as tfd:
-                os.symlink(b"/".join([os.fsencode(twin)] + LONG_NAMES[:4]), LONG_NAMES[3],
-                           dir_fd=fd)
-                layer2 = DirLayer(str(upper))  # a fresh walker: no cached fds
-                # openat2 RESOLVE_NO_SYMLINKS: ELOOP; O_NOFOLLOW|O_DIRECTORY per component: ENOTDIR
-                refused = "Too many levels of symbolic links" if openat2 else "Not a directory"
-                with pytest.raises(ovforensics.layer.EntryError, match=refused):
-                    layer2.open(entry)
-                assert layer2.listdir(path[:-1]) is None  # not a directory here: never followed
-                assert layer2.read_xattrs(entry) == {}
+            os.symlink(b"/".join([os.fsencode(twin)] + LONG_NAMES[:4]), LONG_NAMES[3], dir_fd=fd)
+            assert stat.S_ISDIR(os.stat(LONG_NAMES[3], dir_fd=fd).st_mode)  # followed: the twin
+            layer2 = DirLayer(str(upper))  # a fresh walker: no cached fds
+            # openat2 RESOLVE_NO_SYMLINKS: ELOOP; O_NOFOLLOW|O_DIRECTORY per component: ENOTDIR
+            refused = "Too many levels of symbolic links" if openat2 else "Not a directory"
+            with pytest.raises(ovforensics.layer.EntryError, match=refused):
+                layer2.open(entry)
+            assert layer2.listdir(path[:-1]) is None  # not a directory here: never followed
+            assert layer2.read_xattrs(entry) == {}
 
 
 # --- 2. shapes and links --------------------------------------------------------------------
