@@ -761,9 +761,9 @@ def test_unprivileged_run_records_what_it_could_not_read():
         nomode = [u for u in unread if u["path"] == "/nomode"]
         assert nomode and "Permission denied" in nomode[0]["why"]
         locked = [u for u in unread if u["why"].endswith("/upper/locked: Permission denied")]
-        assert locked, unread
+        assert locked and locked[0]["path"] == "/locked", unread
         anomalies = [r for r in rows if r["change"] == "anomaly"]
-        assert [a["anomaly"] for a in anomalies] == ["unreadable"]
+        assert [(a["anomaly"], a["path"]) for a in anomalies] == [("unreadable", "/locked")]
         assert meta["counts"] == {"added": 6, "modified": 0, "deleted": 0, "anomaly": 1}
 
         os.chmod(lower, 0o700)  # a whole layer nobody may list
