@@ -21,8 +21,12 @@ DIFF_CONTAINER = "bench-diff"
 
 
 def missing() -> str | None:
-    """Why a hermetic dockerd cannot run here, or None."""
-    return ed.missing()
+    """Why a hermetic dockerd cannot run containers here, or None."""
+    why = ed.missing()
+    if why is None:
+        ok, cgroups = ed.cgroups_writable()
+        why = None if ok else cgroups
+    return why
 
 
 def _rootfs(dest: Path, dirs: int, files: int) -> Path:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import engine_docker as ed
-from conftest import need
+from conftest import need, need_container_runtime
 
 BUSYBOX = "ovf-bloat/busybox:1"
 APP = "ovf-bloat/app:1"
@@ -387,6 +387,7 @@ def session_env(request) -> Env:
         return _STATE["env"]  # type: ignore[return-value]
     if "error" in _STATE:
         need(False, str(_STATE["error"]))
+    need_container_runtime()  # the images are built by `docker build`, which runs containers
     why = ed.missing()
     if why is not None:
         _STATE["error"] = why

@@ -90,27 +90,10 @@ def need_whiteout_devices(where) -> None:
 
 
 @functools.cache
-def _cgroups_writable() -> tuple[bool, str]:
-    """Engines start containers by making cgroups: inside a container the cgroup fs is usually
-    read-only, and every engine test would fail for a reason that is not ours."""
-    try:
-        with open("/proc/self/mountinfo") as fh:
-            points = [line.split()[4] for line in fh
-                      if " - cgroup " in line or " - cgroup2 " in line]
-    except OSError as exc:
-        return False, f"cannot read /proc/self/mountinfo: {exc}"
-    for point in points:
-        probe = os.path.join(point, f"ovf-probe-{os.getpid()}")
-        try:
-            os.mkdir(probe)
-            os.rmdir(probe)
-        except OSError as exc:
-            return False, f"cannot make a cgroup in {point} ({exc.strerror}): engines cannot start containers here"
-    return True, ""
-
-
 def need_container_runtime() -> None:
     """Skip (fail under OVF_REQUIRE_REAL=1) where no engine could start a container."""
     need(os.geteuid() == 0, "needs root to run the engines hermetically")
-    ok, why = _cgroups_writable()
+    from engine_docker import cgroups_writable
+
+    ok, why = cgroups_writable()
     need(ok, why)

@@ -57,6 +57,25 @@ def missing() -> str | None:
     return None
 
 
+def cgroups_writable() -> tuple[bool, str]:
+    """Engines start containers by making cgroups: inside a container the cgroup fs is usually
+    read-only, and every engine test would fail for a reason that is not ours."""
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            points = [line.split()[4] for line in fh
+                      if " - cgroup " in line or " - cgroup2 " in line]
+    except OSError as exc:
+        return False, f"cannot read /proc/self/mountinfo: {exc}"
+    for point in points:
+        probe = os.path.join(point, f"ovf-probe-{os.getpid()}")
+        try:
+            os.mkdir(probe)
+            os.rmdir(probe)
+        except OSError as exc:
+            return False, f"cannot make a cgroup in {point} ({exc.strerror}): engines cannot start containers here"
+    return True, ""
+
+
 class DockerD:
     """One hermetic dockerd under ``base``; :meth:`cli` runs the docker CLI against it."""
 

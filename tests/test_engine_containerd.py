@@ -32,7 +32,8 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import _cgroups_writable, need  # noqa: E402
+from conftest import need  # noqa: E402
+from engine_docker import cgroups_writable  # noqa: E402
 
 import ovforensics  # noqa: E402
 from ovforensics import bbolt  # noqa: E402
@@ -284,7 +285,7 @@ def shared_env(request) -> ContainerdEnv:
         ok, why = oracle.probe()  # containerd's overlayfs snapshotter and the kernel views need it
         if not ok:
             problems.insert(0, why)
-        ok, why = _cgroups_writable()
+        ok, why = cgroups_writable()
         if not ok:
             problems.insert(0, why)
     if problems:
