@@ -243,18 +243,23 @@ class _Blocked(Exception):
 class _Dest:
     """Directories of ``TO``, opened relative to each other with ``O_NOFOLLOW``.
 
-    Keeps the fds of the last directory chain open (records come in path order, so most
-    lookups share a long prefix with the previous one).
+    Keeps the last directory chain (records come in path order, so most lookups share a long
+    prefix with the previous one), but an fd only for every :data:`WAYPOINT`-th directory and
+    the deepest one: a 10,000-deep path must not need 10,000 fds. Going back up to a directory
+    whose fd was let go re-opens it from the waypoint above, one ``O_NOFOLLOW`` step at a time.
     """
+
+    WAYPOINT = 64
 
     def __init__(self, to_fd: int):
         self.to_fd = to_fd
-        self.chain: list[tuple[bytes, int]] = []
+        self.chain: list[tuple[bytes, int | None]] = []
         self.made: set[Path] = set()  # directories this run created
 
     def close(self) -> None:
         for _, fd in self.chain:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         self.chain = []
 
     def dir(self, parts: Path, create: bool = True) -> int:
@@ -263,8 +268,11 @@ class _Dest:
                and self.chain[keep][0] == parts[keep]):
             keep += 1
         for _, fd in self.chain[keep:]:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         del self.chain[keep:]
+        if self.chain and self.chain[-1][1] is None:
+            self._reopen_last(parts)
         for depth in range(keep, len(parts)):
             parent = self.chain[-1][1] if self.chain else self.to_fd
             name = parts[depth]
@@ -274,16 +282,37 @@ class _Dest:
                     self.made.add(parts[:depth + 1])
                 except FileExistsError:
                     pass
-            try:
-                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
-                    where = escape_bytes(b"/".join(parts[:depth + 1]))
-                    raise _Blocked(f"{where} in the destination {_what_is(name, parent)}; "
-                                   "not followed") from None
-                raise
+            fd = self._open(name, parent, parts[:depth + 1])
+            if self.chain and len(self.chain) % self.WAYPOINT:  # the parent is no waypoint
+                os.close(parent)
+                self.chain[-1] = (self.chain[-1][0], None)
             self.chain.append((name, fd))
         return self.chain[-1][1] if self.chain else self.to_fd
+
+    def _open(self, name: bytes, parent: int, where: Path) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                raise _Blocked(f"{escape_bytes(b'/'.join(where))} in the destination "
+                               f"{_what_is(name, parent)}; not followed") from None
+            raise
+
+    def _reopen_last(self, parts: Path) -> None:
+        """Open the chain's deepest directory again, from the nearest waypoint above it."""
+        last = len(self.chain) - 1
+        base = last - 1
+        while base >= 0 and self.chain[base][1] is None:
+            base -= 1
+        fd = self.chain[base][1] if base >= 0 else self.to_fd
+        for depth in range(base + 1, last + 1):
+            try:
+                child = self._open(self.chain[depth][0], fd, parts[:depth + 1])
+            finally:
+                if depth > base + 1:
+                    os.close(fd)  # an intermediate step, not the waypoint
+            fd = child
+        self.chain[last] = (self.chain[last][0], fd)
 
 
 def _what_is(name: bytes, dir_fd: int) -> str:

@@ -20,6 +20,7 @@ import errno
 import hashlib
 import json
 import os
+import resource
 import shutil
 import socket
 import stat
@@ -230,6 +231,37 @@ def test_10000_deep_lower_modified_and_deleted_at_the_bottom(deep_tmp, overlay):
     finally:
         os.close(fd)
         overlay.umount(merged)
+
+
+def test_recover_3000_deep_under_a_low_fd_limit(deep_tmp):
+    """`recover --all-deleted` of originals 3,000 and 1,500 levels down, run with 256 fds:
+    the destination keeps an fd only every 64 levels (and going back up re-opens from one)."""
+    tmp_path = deep_tmp
+    need(os.geteuid() == 0, "needs root for a 0/0 whiteout")
+    need_whiteout_devices(tmp_path)
+    upper, lower, to = tmp_path / "upper", tmp_path / "lower", tmp_path / "to"
+    with chain(lower, [b"d"] * 1500) as fd:
+        write_at(fd, b"side", b"side")
+    with chain(lower, [b"d"] * 3000) as fd:
+        write_at(fd, b"leaf", b"deep original")
+    with chain(upper, [b"d"] * 1500) as fd:
+        whiteout_at(fd, b"side")
+    with chain(upper, [b"d"] * 3000) as fd:
+        whiteout_at(fd, b"leaf")
+
+    def few_fds():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    proc = cli("recover", "--upper", upper, "--lower", lower, "--all-deleted", "--to", to,
+               preexec_fn=few_fds, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for depth, name, data in ((3000, b"leaf", b"deep original"), (1500, b"side", b"side")):
+        with chain(to, [b"d"] * depth) as fd:
+            got = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+            try:
+                assert os.read(got, 64) == data
+            finally:
+                os.close(got)
 
 
 @pytest.fixture
