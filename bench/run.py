@@ -161,17 +161,18 @@ class Bench:
 
         wanted = [g for g in ("docker", "containers") if g in groups]
         targets = {"docker": "<= 0.50x", "containers": "< 2.00x"}
+        labels = {"docker": "docker diff", "containers": "containers"}  # as the measured rows start
         why = dockerbench.missing()
         if why is not None:
             for g in wanted:
-                self.skip(f"{g} (real dockerd)", targets[g], why)
+                self.skip(f"{labels[g]} (real dockerd)", targets[g], why)
             return
         d = dockerbench.Docker(self.work / "docker")
         try:
             error = d.start()
             if error is not None:
                 for g in wanted:
-                    self.skip(f"{g} (real dockerd)", targets[g], f"dockerd: {error[:120]}")
+                    self.skip(f"{labels[g]} (real dockerd)", targets[g], f"dockerd: {error[:120]}")
                 return
             self._engines(d, wanted)
         finally:
