@@ -163,8 +163,7 @@ class DockerD:
             if containerd is not None and _alive(containerd):  # only if dockerd had to be killed
                 os.kill(containerd, signal.SIGKILL)
         self.pid = None
-        for target in _mounts_under(self.base):
-            subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+        unmount_under(self.base)
 
     def _containerd_pid(self) -> int | None:
         try:
@@ -179,6 +178,24 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def terminate(proc: "subprocess.Popen | None", timeout: float = 20) -> None:
+    """Stop a daemon this test run started: SIGTERM, then SIGKILL after ``timeout`` s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def unmount_under(base) -> None:
+    """Lazily unmount whatever an engine left mounted under ``base``, deepest first."""
+    for target in _mounts_under(base):
+        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
 
 
 def _mounts_under(base: Path) -> list[str]:

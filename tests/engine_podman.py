@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine_docker import unmount_under  # one clean-up for every engine
+
 #: busybox applets the test images get as /bin links
 APPLETS = ("sh", "echo", "rm", "mkdir", "chmod", "cat", "ls", "mv", "ln", "touch", "mkfifo",
            "printf", "sleep", "true", "cp")
@@ -245,14 +247,6 @@ def remove_traces(new: list[str]) -> None:
                  for d, dirs, files in os.walk(top) for n in dirs + files}
         if found <= HOST_TRACES[top]:
             shutil.rmtree(top, ignore_errors=True)
-
-
-def unmount_under(base: Path) -> None:
-    prefix = str(base).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as fh:
-        points = [line.split()[4] for line in fh]
-    for point in sorted({p for p in points if p.startswith(prefix)}, key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 def copy_tree(src: Path, dest: Path) -> None:

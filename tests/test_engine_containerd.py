@@ -33,7 +33,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import need  # noqa: E402
-from engine_docker import cgroups_writable  # noqa: E402
+from engine_docker import cgroups_writable, terminate, unmount_under  # noqa: E402
 
 import ovforensics  # noqa: E402
 from ovforensics import bbolt  # noqa: E402
@@ -246,18 +246,8 @@ class ContainerdEnv:
                 ids = self.ctr("containers", "ls", "-q", ns=ns, check=False).split()
                 if ids:
                     self.ctr("containers", "rm", *ids, ns=ns, check=False)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        # unmount whatever is still mounted below our base (newest first)
-        with open("/proc/self/mountinfo") as fh:
-            points = [line.split()[4] for line in fh]
-        for point in reversed(points):
-            if point.startswith(self.base + "/"):
-                subprocess.run(["umount", "-l", point], check=False)
+            terminate(self.proc)
+        unmount_under(self.base)  # whatever is still mounted below our base
         for ns in self.namespaces_used - {"default"}:  # the shim keeps runc state here too
             for d in (f"/run/containerd/runc/{ns}",):
                 try:
