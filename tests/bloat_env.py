@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import engine_docker as ed
 from conftest import need, need_container_runtime
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BUSYBOX = "ovf-bloat/busybox:1"
 APP = "ovf-bloat/app:1"
@@ -235,16 +238,14 @@ class Containerd:
         need(False, "containerd did not answer within 30 s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        ed_mounts = ed._mounts_under(self.base)
-        for point in ed_mounts:
-            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+        ed.terminate(self.proc)
+        ed.unmount_under(self.base)
+
+
+def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The CLI in a child process, text output (the bloat and HTML report tests)."""
+    return subprocess.run([sys.executable, "-m", "ovforensics", *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT)
 
 
 # -- archives written from `docker save` ------------------------------------------------------------

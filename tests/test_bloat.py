@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,17 +22,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bloat_env as be  # noqa: E402
+from bloat_env import run  # noqa: E402
 
 from ovforensics.bloat import (BloatError, Gates, audit_container, audit_image, make_gates,  # noqa: E402
                                parse_bytes, parse_fraction, parse_percent)
 from ovforensics.images import open_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ovforensics", *args], capture_output=True,
-                          text=True, cwd=cwd or ROOT)
 
 
 @pytest.fixture(scope="session")

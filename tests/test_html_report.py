@@ -28,18 +28,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bloat_env as be  # noqa: E402
+from bloat_env import run  # noqa: E402
 from conftest import need  # noqa: E402
 
 from ovforensics.report_html import CSP, SCRIPT, STYLE  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 WASTE_RGB = (0xC8, 0x37, 0x2D)  # --waste in the style sheet
 CAUSED_RGB = (0xE8, 0x91, 0x2D)  # --caused
-
-
-def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ovforensics", *args], capture_output=True,
-                          text=True, cwd=cwd or ROOT)
 
 
 @pytest.fixture(scope="session")
