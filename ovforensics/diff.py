@@ -236,25 +236,14 @@ class Differ:
 
     def _layer_errors(self) -> Iterator[Change]:
         for layer in (self.upper, *self.lowers):
+            inside = getattr(layer, "inside", None)  # directory layers map errors back
             for where, why in getattr(layer, "errors", ()):
-                yield Change(path=_inside(layer, where), change=ANOMALY, anomaly="unreadable",
-                             detail=f"{self._show(where)}: {why}")
+                yield Change(path=inside(where) if inside else b"", change=ANOMALY,
+                             anomaly="unreadable", detail=f"{self._show(where)}: {why}")
 
     @staticmethod
     def _show(raw: bytes) -> str:
         return raw.decode("utf-8", "backslashreplace")
-
-
-def _inside(layer: Layer, where: bytes) -> bytes:
-    """The path inside the layer of an entry a directory layer could not read, from its
-    on-disk path (``b""`` where that is not under the layer's root, e.g. an archive member)."""
-    root = getattr(layer, "root", None)
-    if not isinstance(root, bytes):
-        return b""
-    if where == root:
-        return b"/"
-    prefix = root.rstrip(b"/") + b"/"
-    return b"/" + where[len(prefix):] if where.startswith(prefix) else b""
 
 
 def _keys(frames: list[Frame]) -> list[tuple[int, Path]]:

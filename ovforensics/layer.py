@@ -216,6 +216,14 @@ class DirLayer:
                 return last[1] + b"/" + path[-1]
         return self.root + b"/" + join(path) if path else self.root
 
+    def inside(self, where: bytes) -> bytes:
+        """The inverse of :meth:`physical`: ``/`` + the path inside the layer of an on-disk
+        path (as :attr:`errors` holds them), or ``b""`` where it is not under the root."""
+        if where == self.root:
+            return b"/"
+        prefix = self.root.rstrip(b"/") + b"/"
+        return b"/" + where[len(prefix):] if where.startswith(prefix) else b""
+
     def root_entry(self) -> Entry:
         """The layer's root directory itself (its xattrs may mark it opaque or impure)."""
         if self._root is None:
