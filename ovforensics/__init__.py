@@ -87,13 +87,14 @@ def containers(root: str = "/", engine: str | None = None, data_root: str | None
 
 
 def find_container(query: str, root: str = "/", engine: str | None = None,
-                   data_root: str | None = None):
-    """The one container a name, full id or id prefix names; raises on none or several."""
+                   data_root: str | None = None, namespace: str | None = None):
+    """The one container a name, full id, id prefix or (Kubernetes) ``POD/CONTAINER`` names;
+    ``namespace`` keeps one containerd namespace. Raises on none or several."""
     from .engines.base import Container
     from .engines.registry import select
 
     found = [c for c in containers(root, engine, data_root) if isinstance(c, Container)]
-    return select(query, found)
+    return select(query, found, namespace=namespace)
 
 
 def container_layers(container, whiteouts: str | None = None) -> list[Layer]:

@@ -62,6 +62,12 @@ def _engine_opt():
     return typer.Option(None, "--engine", metavar="ENGINE", help=ENGINE_HELP)
 
 
+def _namespace_opt():
+    return typer.Option(None, "--namespace", metavar="NS",
+                        help="containerd namespace (default, k8s.io, moby, ...): only that "
+                             "namespace's containers and images are looked at.")
+
+
 def _data_root_opt():
     return typer.Option(None, "--data-root", metavar="DIR", help=DATA_ROOT_HELP)
 
@@ -84,14 +90,16 @@ def _pick_format(fmt: Optional[str], output: Optional[str]) -> str:
     return fmt
 
 
-def _container(query: str, root: str, engine: Optional[str], data_root: Optional[str]):
+def _container(query: str, root: str, engine: Optional[str], data_root: Optional[str],
+               namespace: Optional[str] = None):
     from . import find_container
     from .engines.registry import LookupError_
 
     if not os.path.isdir(root):
         raise fail(f"--root: {root}: not a directory")
     try:
-        return find_container(query, root=root, engine=engine, data_root=data_root)
+        return find_container(query, root=root, engine=engine, data_root=data_root,
+                              namespace=namespace)
     except (LookupError_, ValueError) as exc:
         raise fail(str(exc)) from None
 
@@ -119,12 +127,12 @@ _S = _stack_args()
 class Stack:
     """What a command reads: a container found offline, or layers named on the command line."""
 
-    def __init__(self, container, upper, lowers, lower, root, engine, data_root):
+    def __init__(self, container, upper, lowers, lower, root, engine, data_root, namespace=None):
         self.found = None
         if container is not None:
             if upper or lowers or lower:
                 raise fail("name a container or --upper/--lowers, not both")
-            self.found = _container(container, root, engine, data_root)
+            self.found = _container(container, root, engine, data_root, namespace)
             self.evidence = [root] if root != "/" else [self.found.store]
         else:
             if upper is None:
@@ -249,6 +257,7 @@ def diff_cmd(
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
     engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = _format_opt(),
     output: Optional[str] = _output_opt(),
@@ -269,7 +278,7 @@ def diff_cmd(
     from .runrecord import RunRecord
 
     fmt = _pick_format(fmt, output)
-    stack = Stack(container, upper, lowers, lower, root, engine, data_root)
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     run = RunRecord() if meta else None
     extra = _extra_columns(hashes, magic)
     try:
@@ -288,6 +297,7 @@ def deleted_cmd(
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
     engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
                                       help=f"One of {', '.join(FORMATS)}. Default: csv."),
@@ -303,7 +313,7 @@ def deleted_cmd(
     from .runrecord import RunRecord
 
     fmt = _pick_format(fmt or (None if output and output != "-" else "csv"), output)
-    stack = Stack(container, upper, lowers, lower, root, engine, data_root)
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     run = RunRecord() if meta else None
     extra = ("atime", "ctime") + _extra_columns(hashes, False, deleted_only=True)
     try:
@@ -322,6 +332,7 @@ def timeline_cmd(
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
     engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
                                       help="bodyfile (TSK 3, for mactime), timesketch (JSONL) or "
@@ -346,7 +357,7 @@ def timeline_cmd(
         raise fail(f"--format: unknown timeline format {fmt!r}; expected one of "
                    f"{', '.join(timeline.FORMATS)}")
     _extra_columns(hashes, False)  # validates --hash
-    stack = Stack(container, upper, lowers, lower, root, engine, data_root)
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     run = RunRecord() if meta else None
     try:
         records = stack.records(whiteouts, xattr_ns, run=run, include=include, exclude=exclude,
@@ -375,6 +386,7 @@ def recover_cmd(
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
     engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
     include: List[str] = _F["include"],
     exclude: List[str] = _F["exclude"],
@@ -386,7 +398,7 @@ def recover_cmd(
 
     args = list(args or [])
     container = None if upper is not None else (args.pop(0) if args else None)
-    stack = Stack(container, upper, lowers, lower, root, engine, data_root)
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     if not (args or all_deleted or all_modified):
         raise fail("name the paths to recover, or give --all-deleted / --all-modified")
     options = dict(to=to, paths=args, all_deleted=all_deleted, all_modified=all_modified,
@@ -419,25 +431,37 @@ def _with_times(records):
 def containers_cmd(
     root: str = _root_opt(),
     engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = _format_opt(),
     output: Optional[str] = _output_opt(),
+    filters: List[str] = typer.Option([], "--filter", metavar="KEY=VALUE",
+                                      help="Keep containers whose KEY is VALUE: engine, state, name "
+                                           "(a part of a name), image (name or id), namespace, pod, "
+                                           "pod_namespace, role (sandbox, container). Repeat: the "
+                                           "same key is either value, different keys all hold."),
 ) -> None:
     """List every container of every engine found, from the engines' files alone."""
     from . import containers
     from .engines.base import Broken
+    from .engines.registry import matches, parse_filters
     from .inventory import CONTAINER_COLUMNS, container_row
 
     fmt = _pick_format(fmt, output)
     if not os.path.isdir(root):
         raise fail(f"--root: {root}: not a directory")
+    try:
+        wanted = parse_filters(filters + ([f"namespace={namespace}"] if namespace is not None else []))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
     def rows():
         for item in containers(root, engine, data_root):
             if isinstance(item, Broken):
                 typer.echo(f"ovforensics: warning: {item.engine}: {item.where}: {item.why}", err=True)
                 continue
-            yield container_row(item)
+            if matches(item, wanted):
+                yield container_row(item)
 
     _emit_rows(fmt, rows(), CONTAINER_COLUMNS, output, [root] if root != "/" else [])
 
@@ -447,6 +471,7 @@ def layers_cmd(
     container: str = typer.Argument(..., metavar="CONTAINER", help="Container name, id or id prefix."),
     root: str = _root_opt(),
     engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = _format_opt(),
     output: Optional[str] = _output_opt(),
@@ -455,7 +480,7 @@ def layers_cmd(
     from .inventory import LAYER_COLUMNS, layer_rows
 
     fmt = _pick_format(fmt, output)
-    found = _container(container, root, engine, data_root)
+    found = _container(container, root, engine, data_root, namespace)
     _emit_rows(fmt, layer_rows(found), LAYER_COLUMNS, output,
                [root] if root != "/" else [found.store])
 
@@ -606,6 +631,7 @@ def bloat_cmd(
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
     engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
     whiteouts: str = _F["whiteouts"],
     xattr_ns: str = _F["xattr_ns"],
@@ -631,7 +657,7 @@ def bloat_cmd(
     fmt = _bloat_format(fmt, output)
     gates = _bloat_gates("container", rows, max_wasted, max_wasted_percent, min_efficiency, ignore,
                          config, no_config, top, depth)
-    stack = Stack(container, upper, lowers, lower, root, engine, data_root)
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     try:
         if stack.found is not None:
             found = stack.found
@@ -663,6 +689,7 @@ def image_cmd(
                                               "several (a name or id prefix)."),
     root: str = _root_opt(),
     engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = _B["fmt"],
     output: Optional[str] = _B["output"],

@@ -7,8 +7,10 @@ import stat
 from .engines.base import Container, LayerInfo
 from .safeio import open_dir
 
-CONTAINER_COLUMNS = ("engine", "id", "names", "image", "state", "created", "upperdir", "layers",
-                     "upper_entries", "upper_bytes", "namespace")
+CONTAINER_COLUMNS = ("engine", "id", "names", "image", "image_id", "state", "exit_code", "created",
+                     "started", "finished", "upperdir", "layers", "upper_entries", "upper_bytes",
+                     "namespace", "pod", "pod_namespace", "pod_uid", "container_name", "role",
+                     "state_note")
 LAYER_COLUMNS = ("position", "role", "id", "dir", "link", "diff_id", "chain_id", "image_index",
                  "entries", "bytes")
 
@@ -46,9 +48,12 @@ def container_row(c: Container, sizes: bool = True) -> dict:
     entries, size = tree_stats(c.upper.dir) if sizes else (None, None)
     return {
         "engine": c.engine, "id": c.id, "names": list(c.names), "image": c.image,
-        "state": c.state, "created": c.created, "upperdir": c.upper.dir,
+        "image_id": c.image_id, "state": c.state, "exit_code": c.exit_code, "created": c.created,
+        "started": c.started, "finished": c.finished, "upperdir": c.upper.dir,
         "layers": 1 + len(c.lowers), "upper_entries": entries, "upper_bytes": size,
-        "namespace": c.namespace,
+        "namespace": c.namespace, "pod": c.pod, "pod_namespace": c.pod_namespace,
+        "pod_uid": c.pod_uid, "container_name": c.container_name, "role": c.role,
+        "state_note": c.state_note,
     }
 
 

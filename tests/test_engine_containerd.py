@@ -390,7 +390,9 @@ def test_container_fields(ctrd, found):
         assert [l.image_index for l in c.lowers] == [1, 0]
         assert all(l.role == "image" for l in c.lowers)
         assert c.upper.id == info["SnapshotKey"] == cid
-    assert containers[(NS_BULK, "big")].names == ["big", "web", "pod1"]
+    # a pod's name is not the container's (a pod holds several): it is the container's `pod`
+    assert containers[(NS_BULK, "big")].names == ["big", "web"]
+    assert containers[(NS_BULK, "big")].pod == "pod1"
     assert containers[("default", "c1")].names == ["c1"]
 
 

@@ -39,6 +39,21 @@ class Container:
     namespace: str | None = None  # containerd namespace
     whiteouts: str = "kernel"  # marker rules of this store's layers (fuse-overlayfs: "fuse")
     xattr_ns: str = "auto"
+    #: the image id the engine's own CLI shows for this store (docker images / podman images /
+    #: ctr images ls or crictl images), where the files say it
+    image_id: str | None = None
+    exit_code: int | None = None  # of the last run, where the engine's files keep it
+    started: str | None = None  # ISO 8601 (UTC), as the engine stored it
+    finished: str | None = None
+    #: why ``state`` is None (the files do not say), for the analyst
+    state_note: str | None = None
+    #: Kubernetes (containerd's CRI plugin, CRI-O): the pod and the container's name in it;
+    #: ``role`` is "sandbox" (the pod's pause container) or "container"
+    pod: str | None = None
+    pod_namespace: str | None = None
+    pod_uid: str | None = None
+    container_name: str | None = None
+    role: str | None = None
 
 
 @dataclass

@@ -25,9 +25,25 @@ The container's upperdir is its active snapshot's ``fs``; the lowerdirs are the 
 ``fs``, immediate parent first, exactly the ``lowerdir=`` containerd mounts. Image layers are
 committed snapshots whose key is the layer's chain ID.
 
-Container state is never known from the disk: whether a task runs lives under containerd's
-``state`` directory (``/run/containerd``, a tmpfs that is not part of a disk image), so
-``state`` is ``None``.
+Container state is never known from containerd's own files: whether a task runs lives under
+its ``state`` directory (``/run/containerd``, a tmpfs that is not part of a disk image), so
+``state`` is ``None`` and ``state_note`` says why.
+
+Kubernetes (the CRI plugin, namespace ``k8s.io``): each pod is a sandbox (pause) container plus
+its containers. Their labels name them: ``io.kubernetes.pod.name``, ``.pod.namespace``,
+``.pod.uid``, ``io.kubernetes.container.name`` and ``io.cri-containerd.kind`` (``sandbox`` or
+``container``); these become :attr:`Container.pod`, ``pod_namespace``, ``pod_uid``,
+``container_name`` and ``role``. The pod's name is not a name of the container (a pod holds
+several): ``diff POD/CONTAINER`` names one.
+
+Docker with the containerd image store keeps its containers' layers here, in namespace ``moby``
+(snapshot key = the container id, its parent ``<id>-init``, then the image's chain): the docker
+reader lists those containers (:class:`SnapshotReader`); this reader skips namespace ``moby``'s
+container records, which are Docker's.
+
+Image ids, as each CLI shows them: ``ctr images ls`` (and nerdctl, Docker in this mode) show
+the image's target digest (its index or manifest); ``crictl images`` (namespace ``k8s.io``)
+shows the config digest.
 """
 from __future__ import annotations
 
@@ -56,7 +72,14 @@ SNAPSHOTTER = "overlayfs"
 
 KINDS = {1: "view", 2: "active", 3: "committed"}
 #: labels whose values are also names of the container (nerdctl, the CRI plugin)
-NAME_LABELS = ("nerdctl/name", "io.kubernetes.pod.name", "io.kubernetes.container.name")
+NAME_LABELS = ("nerdctl/name", "io.kubernetes.container.name")
+#: the CRI plugin's labels: Container field -> label
+K8S_LABELS = {"pod": "io.kubernetes.pod.name", "pod_namespace": "io.kubernetes.pod.namespace",
+              "pod_uid": "io.kubernetes.pod.uid", "container_name": "io.kubernetes.container.name",
+              "role": "io.cri-containerd.kind"}
+K8S_NAMESPACE = "k8s.io"
+STATE_NOTE = ("containerd keeps task state under /run/containerd (tmpfs), not in its data root: "
+              "not knowable from the disk")
 #: Docker (with its classic graph drivers) registers every container in namespace "moby" with
 #: no snapshot and this label; its layers are Docker's own (the docker reader lists them)
 DOCKER_NAMESPACE = "moby"
@@ -164,6 +187,10 @@ class _Damaged(Exception):
         self.why = why
 
 
+class _NoSnapshot(_Damaged):
+    """The container's own snapshot is not in the metadata database (its message says which)."""
+
+
 class _Store:
     """One containerd data root under an evidence root; opens the snapshotter database on demand."""
 
@@ -228,42 +255,96 @@ class _Store:
             raise _Damaged(host, f"snapshot {sid}: not a directory")
         return host
 
-    def diff_ids(self, namespace: str, ns_bucket: bbolt.Bucket, image: str | None) -> dict[str, str]:
-        """chain ID -> diff ID for the image's layers, from its manifest(s) and config(s) in the
-        content store; empty when the content is not there (never an error)."""
+    def image_target(self, ns_bucket: bbolt.Bucket, image: str | None) -> str | None:
+        """The target digest (index or manifest) of image ``image`` in a namespace, or None."""
         if not image:
-            return {}
-        cache_key = (namespace, image)
-        if cache_key in self._diff_ids:
-            return self._diff_ids[cache_key]
-        out: dict[str, str] = {}
+            return None
         try:
             images = ns_bucket.bucket("images")
             img = images.bucket(image) if images is not None else None
             target = img.bucket("target") if img is not None else None
-            digest = text(target.value("digest")) if target is not None else None
-            todo, seen = [digest] if digest else [], set()
-            while todo and len(seen) < 64:
-                d = todo.pop()
-                if d in seen:
-                    continue
-                seen.add(d)
-                doc = self._blob_json(d)
-                if not isinstance(doc, dict):
-                    continue
-                if isinstance(doc.get("manifests"), list):  # an index: every platform's manifest
-                    todo += [m.get("digest") for m in doc["manifests"]
-                             if isinstance(m, dict) and isinstance(m.get("digest"), str)]
-                elif isinstance(doc.get("config"), dict) and isinstance(doc["config"].get("digest"), str):
-                    todo.append(doc["config"]["digest"])
-                elif isinstance(doc.get("rootfs"), dict):
-                    diffs = doc["rootfs"].get("diff_ids")
-                    if isinstance(diffs, list) and all(isinstance(x, str) for x in diffs):
-                        out.update(zip(chain_ids(diffs), diffs))
+            return text(target.value("digest")) if target is not None else None
         except BoltError:
-            pass
-        self._diff_ids[cache_key] = out
-        return out
+            return None
+
+    def _walk_image(self, digest: str | None) -> tuple[str | None, dict[str, str]]:
+        """(config digest, chain ID -> diff ID) from an image's index or manifest in the content
+        store; (None, {}) when the content is not there (never an error). An index's manifests
+        are all read: their configs' chain ids are merged, the first config digest kept."""
+        cached = self._diff_ids.get(("", digest or ""))
+        if cached is not None:
+            return cached
+        out: dict[str, str] = {}
+        config = None
+        todo, seen = [digest] if digest else [], set()
+        while todo and len(seen) < 64:
+            d = todo.pop(0)
+            if d in seen:
+                continue
+            seen.add(d)
+            doc = self._blob_json(d)
+            if not isinstance(doc, dict):
+                continue
+            if isinstance(doc.get("manifests"), list):  # an index: every platform's manifest
+                todo += [m.get("digest") for m in doc["manifests"]
+                         if isinstance(m, dict) and isinstance(m.get("digest"), str)]
+            elif isinstance(doc.get("config"), dict) and isinstance(doc["config"].get("digest"), str):
+                todo.append(doc["config"]["digest"])
+            elif isinstance(doc.get("rootfs"), dict):
+                config = config or d
+                diffs = doc["rootfs"].get("diff_ids")
+                if isinstance(diffs, list) and all(isinstance(x, str) for x in diffs):
+                    out.update(zip(chain_ids(diffs), diffs))
+        self._diff_ids[("", digest or "")] = (config, out)
+        return config, out
+
+    def diff_ids(self, digest: str | None) -> dict[str, str]:
+        """chain ID -> diff ID for the image whose target digest is ``digest``."""
+        return self._walk_image(digest)[1]
+
+    def config_digest(self, digest: str | None) -> str | None:
+        """The config digest of the image whose target digest is ``digest`` (crictl's id)."""
+        return self._walk_image(digest)[0]
+
+    def stack(self, namespace: str, ns_bucket: bbolt.Bucket, key: str,
+              image_digest: str | None) -> tuple[LayerInfo, list[LayerInfo]]:
+        """The upper and lowers (topmost first) of the active snapshot ``key``: what containerd
+        (or dockerd) hands the kernel as ``upperdir``/``lowerdir``. A ``<id>-init`` snapshot in
+        the chain is an init layer (Docker's: ``/etc/hosts`` and the like); the others are the
+        image's layers, ``image_index`` counted from its bottom one. Raises :class:`_Damaged`
+        or :class:`BoltError`."""
+        snaps = ns_bucket.bucket("snapshots")
+        snaps = snaps.bucket(SNAPSHOTTER) if snaps is not None else None
+        own = snaps.bucket(key) if snaps is not None else None
+        if own is None:
+            raise _NoSnapshot(self.meta_host, f"snapshot {key!r} is not in v1/{namespace}/snapshots/"
+                              f"{SNAPSHOTTER} (removed?)")
+        name = text(own.value("name"))
+        if not name:
+            raise _NoSnapshot(self.meta_host, f"snapshot {key!r} has no backend name")
+        sid, _kind, parent = self.backend(name)
+        upper = LayerInfo(role="upper", dir=self.layer_dir(sid), id=key)
+        chain: list[tuple[str, int]] = []
+        seen = {name}
+        while parent:
+            if parent in seen or len(chain) > MAX_CHAIN:
+                raise _Damaged(self.snap_host, f"snapshot {parent!r}: the parent chain loops")
+            seen.add(parent)
+            psid, _pkind, next_parent = self.backend(parent)
+            chain.append((parent, psid))
+            parent = next_parent
+        diff_ids = self.diff_ids(image_digest)
+        lowers = []
+        for pname, psid in chain:
+            pkey = _key_of(pname)
+            init = pkey.endswith("-init")
+            lowers.append(LayerInfo(role="init" if init else "image", dir=self.layer_dir(psid), id=pkey,
+                                    chain_id=pkey if pkey.startswith("sha256:") else None,
+                                    diff_id=diff_ids.get(pkey)))
+        images = [info for info in lowers if info.role == "image"]
+        for i, info in enumerate(images):
+            info.image_index = len(images) - 1 - i
+        return upper, lowers
 
     def _blob_json(self, digest: str):
         m = re.fullmatch(r"(sha256|sha512):([0-9a-f]{64,128})", digest or "")
@@ -385,42 +466,21 @@ def _container(store: _Store, namespace: str, ns_bucket: bbolt.Bucket, cid: str,
     if snapshotter != SNAPSHOTTER:
         return broken(_db_name(c), f"snapshotter {snapshotter or '(none)'!r} (snapshot {key!r}): only "
                       "the overlayfs snapshotter is handled")
-    snaps = ns_bucket.bucket("snapshots")
-    snaps = snaps.bucket(SNAPSHOTTER) if snaps is not None else None
-    own = snaps.bucket(key) if snaps is not None else None
-    if own is None:
-        return broken(_db_name(c), f"snapshot {key!r} is not in v1/{namespace}/snapshots/{SNAPSHOTTER} "
-                      "(removed?)")
-    name = text(own.value("name"))
-    if not name:
-        return broken(_db_name(c), f"snapshot {key!r} has no backend name")
-
+    target = store.image_target(ns_bucket, image)
     try:
-        sid, _kind, parent = store.backend(name)
-        upper = LayerInfo(role="upper", dir=store.layer_dir(sid), id=key)
-        chain: list[tuple[str, int]] = []
-        seen = {name}
-        while parent:
-            if parent in seen or len(chain) > MAX_CHAIN:
-                raise _Damaged(store.snap_host, f"snapshot {parent!r}: the parent chain loops")
-            seen.add(parent)
-            psid, _pkind, next_parent = store.backend(parent)
-            chain.append((parent, psid))
-            parent = next_parent
-        diff_ids = store.diff_ids(namespace, ns_bucket, image)
-        lowers = []
-        for i, (pname, psid) in enumerate(chain):
-            pkey = _key_of(pname)
-            lowers.append(LayerInfo(role="image", dir=store.layer_dir(psid), id=pkey,
-                                    chain_id=pkey if pkey.startswith("sha256:") else None,
-                                    diff_id=diff_ids.get(pkey), image_index=len(chain) - 1 - i))
+        upper, lowers = store.stack(namespace, ns_bucket, key, target)
     except BoltError as exc:
         return broken(exc.path, f"snapshot {key!r}: {exc.detail}")
     except _Damaged as exc:
+        if isinstance(exc, _NoSnapshot):
+            return broken(_db_name(c), exc.why)
         return broken(exc.where, f"snapshot {key!r}: {exc.why}")
+    k8s = {field: labels.get(label) or None for field, label in K8S_LABELS.items()}
+    image_id = store.config_digest(target) if namespace == K8S_NAMESPACE else target
     return Container(engine=ENGINE, id=cid, names=names, image=image, state=None, created=created,
                      store=store.host, upper=upper, lowers=lowers, namespace=namespace,
-                     whiteouts="kernel", xattr_ns="auto")
+                     whiteouts="kernel", xattr_ns="auto", image_id=image_id or None,
+                     state_note=STATE_NOTE, **k8s)
 
 
 def _db_name(bucket: bbolt.Bucket) -> str:
@@ -431,3 +491,117 @@ def _key_of(name: str) -> str:
     """The namespace's key of a snapshot from its backend name ``<namespace>/<n>/<key>``."""
     m = re.fullmatch(r"([^/]+)/(\d+)/(.+)", name, re.S)
     return m[3] if m else name
+
+
+# -- for engines that keep their layers in containerd (Docker's containerd image store) -----------
+class SnapshotError(Exception):
+    """A snapshot stack that cannot be read; ``where`` is the host path at fault."""
+
+    def __init__(self, where: str, why: str):
+        super().__init__(f"{where}: {why}")
+        self.where = where
+        self.why = why
+
+
+def system_data_root(root: Root) -> tuple[str, str | None, list[Broken]]:
+    """(data root, overlayfs snapshotter root or None, warnings) of the host's containerd, from
+    ``/etc/containerd/config.toml`` inside ``root`` (default ``/var/lib/containerd``)."""
+    broken: list[Broken] = []
+    config = _config(root, broken)
+    configured = config.get("root")
+    data_root = configured if isinstance(configured, str) and configured else DEFAULT_ROOT
+    return data_root, _overlay_root_path(config), broken
+
+
+class SnapshotReader:
+    """Snapshot stacks by key from the first of several containerd data roots that holds them
+    (an evidence path each, with its overlayfs snapshotter root or None for the default).
+    Each data root's databases are opened once, on first use, and closed by :meth:`close`."""
+
+    def __init__(self, root: Root, candidates: list[tuple[str, str | None]]):
+        self.root = root
+        self.candidates = candidates
+        self._opened: list[tuple[_Store, bbolt.DB]] | None = None
+        self.problems: list[str] = []  # "host path: why" for data roots that could not be opened
+
+    def _stores(self) -> list[tuple[_Store, bbolt.DB]]:
+        if self._opened is None:
+            self._opened = []
+            seen: set[str] = set()
+            for data_root, overlay_root in self.candidates:
+                try:
+                    store = _Store(self.root, data_root, overlay_root or _join(data_root, OVERLAY_PLUGIN))
+                except _UNRESOLVABLE as exc:
+                    self.problems.append(f"{self.root.host_path(data_root)}: cannot resolve ({exc})")
+                    continue
+                if store.host in seen or not os.path.isfile(store.meta_host):
+                    continue
+                seen.add(store.host)
+                try:
+                    self._opened.append((store, bbolt.open_db(store.meta_host)))
+                except BoltError as exc:
+                    self.problems.append(f"{exc.path}: {exc.detail}")
+        return self._opened
+
+    def _namespace(self, db: bbolt.DB, namespace: str) -> bbolt.Bucket | None:
+        v1 = db.bucket("v1")
+        return v1.bucket(namespace) if v1 is not None else None
+
+    def locate(self, namespace: str, key: str) -> tuple[_Store, bbolt.Bucket] | None:
+        """The data root whose namespace has an overlayfs snapshot ``key``."""
+        for store, db in self._stores():
+            try:
+                ns = self._namespace(db, namespace)
+                snaps = ns.bucket("snapshots") if ns is not None else None
+                snaps = snaps.bucket(SNAPSHOTTER) if snaps is not None else None
+                if snaps is not None and snaps.bucket(key) is not None:
+                    return store, ns
+            except BoltError as exc:
+                self.problems.append(f"{exc.path}: {exc.detail}")
+        return None
+
+    def looked_in(self) -> str:
+        where = [store.meta_host for store, _ in self._stores()]
+        if not where:
+            where = [f"no containerd metadata database under "
+                     f"{', '.join(self.root.host_path(d) for d, _ in self.candidates)}"]
+        return "; ".join(where + self.problems)
+
+    def stack(self, namespace: str, key: str,
+              image_digest: str | None = None) -> tuple[str, LayerInfo, list[LayerInfo]]:
+        """(store host path, upper, lowers) of snapshot ``key``; raises :class:`SnapshotError`."""
+        found = self.locate(namespace, key)
+        if found is None:
+            raise SnapshotError(self.looked_in(), f"no overlayfs snapshot {key!r} in namespace "
+                                f"{namespace} (removed, or its containerd data root is elsewhere)")
+        store, ns = found
+        try:
+            upper, lowers = store.stack(namespace, ns, key, image_digest)
+        except BoltError as exc:
+            raise SnapshotError(exc.path, f"snapshot {key!r}: {exc.detail}") from None
+        except _Damaged as exc:
+            raise SnapshotError(exc.where, exc.why if isinstance(exc, _NoSnapshot)
+                                else f"snapshot {key!r}: {exc.why}") from None
+        return store.host, upper, lowers
+
+    def image_names(self, namespace: str) -> dict[str, list[str]]:
+        """target digest -> the image names (``docker.io/library/x:1``) pointing at it."""
+        out: dict[str, list[str]] = {}
+        for store, db in self._stores():
+            try:
+                ns = self._namespace(db, namespace)
+                images = ns.bucket("images") if ns is not None else None
+                for raw, _bucket in (images.buckets() if images is not None else ()):
+                    name = text(raw)
+                    digest = store.image_target(ns, name)
+                    if digest:
+                        out.setdefault(digest, []).append(name)
+            except BoltError as exc:
+                self.problems.append(f"{exc.path}: {exc.detail}")
+        return out
+
+    def close(self) -> None:
+        for store, db in self._opened or ():
+            db.close()
+            store.close()
+        self._opened = None

@@ -16,6 +16,19 @@ Where a container's stack comes from (``<data root>`` below):
 - ``overlay2/<mount-id>/lower``: ``l/SHORT:l/SHORT:...``, topmost first: what the kernel was
   given as ``lowerdir=``. Each ``overlay2/l/SHORT`` is a relative link ``../<id>/diff``.
 
+With Docker's **containerd image store** (Docker 29's default; ``"containerd-snapshotter":
+true`` in daemon.json's ``features`` for Docker 24-28) a container's config.v2.json says
+``"Driver": "overlayfs"`` (a containerd snapshotter) and has no layerdb entry: its layers are
+containerd snapshots in namespace ``moby`` (daemon.json's ``containerd-namespace``), key = the
+container id, parent ``<id>-init``, then the image's chain (a ``docker build`` image keeps each
+build step's ``-init`` snapshot in it). They are read from the containerd data root that holds
+them: dockerd's own (``<data root>/containerd/daemon``, when it runs without a system
+containerd) or the system containerd's (``root`` of /etc/containerd/config.toml, default
+``/var/lib/containerd``). ``Image`` is then the image's manifest or index digest (what
+``docker images`` shows in this mode), and the image's names come from containerd's
+``images`` of that namespace. BuildKit's leases and snapshots there are not containers: only
+Docker's ``containers/`` directory lists containers.
+
 The two must agree. When they do not, the ``lower`` file wins for the directories (it is what
 the kernel mounted) and layerdb supplies the ids of the directories it knows; the disagreement
 is reported as a :class:`Broken` warning next to the container. A ``lower`` entry or ``l/`` link
@@ -40,6 +53,9 @@ ENGINE = "docker"
 DEFAULT_DATA_ROOT = "/var/lib/docker"
 DAEMON_JSON = "/etc/docker/daemon.json"
 DRIVER = "overlay2"
+#: storage drivers that are containerd snapshotters (Docker's containerd image store)
+SNAPSHOTTERS = ("overlayfs",)
+CONTAINERD_NAMESPACE = "moby"
 
 MAX_FILE = 32 << 20  # no store file we read is anywhere near this
 MAX_LAYERS = 4096  # chain-walk guard (overlay2 itself stops at 128 lowers)
@@ -69,11 +85,21 @@ def find(root: Root, data_root: str | None = None) -> Iterator[Container | Broke
     """Every Docker container of the overlay2 store under ``root`` (and a :class:`Broken`
     for every entry that could not be read, or whose files disagree)."""
     warnings: list[Broken] = []
-    inside = _pick_data_root(root, data_root, warnings)
+    config: dict = {}
+    inside = _pick_data_root(root, data_root, warnings, config)
     yield from warnings
     store = _Store(root, inside)
     if store.host is None:
         return
+    namespace = config.get("containerd-namespace")
+    store.namespace = namespace if isinstance(namespace, str) and namespace else CONTAINERD_NAMESPACE
+    try:
+        yield from _containers(store)
+    finally:
+        store.close()
+
+
+def _containers(store: "_Store") -> Iterator[Container | Broken]:
     try:
         containers = store.host_of("containers")
     except _Bad as bad:
@@ -100,8 +126,10 @@ def find(root: Root, data_root: str | None = None) -> Iterator[Container | Broke
 
 
 # -- the data root -------------------------------------------------------------------------
-def _pick_data_root(root: Root, data_root: str | None, warnings: list[Broken]) -> str:
-    """The data root as an evidence path: the argument, daemon.json's, or the default."""
+def _pick_data_root(root: Root, data_root: str | None, warnings: list[Broken],
+                    config_out: dict | None = None) -> str:
+    """The data root as an evidence path: the argument, daemon.json's, or the default.
+    ``config_out`` receives daemon.json's settings (when it is readable)."""
     if data_root:
         return "/" + data_root.strip("/") if data_root.strip("/") else "/"
     try:
@@ -121,6 +149,8 @@ def _pick_data_root(root: Root, data_root: str | None, warnings: list[Broken]) -
     if not isinstance(config, dict):
         warnings.append(Broken(ENGINE, host, f"expected a JSON object; using {DEFAULT_DATA_ROOT}"))
         return DEFAULT_DATA_ROOT
+    if config_out is not None:
+        config_out.update(config)
     for key in ("data-root", "graph"):  # "graph" is the name before Docker 17.05
         value = config.get(key)
         if isinstance(value, str) and value.strip():
@@ -170,6 +200,34 @@ class _Store:
         self._dirs: dict[str, str] = {}  # a directory under the data root -> its host path
         self._shorts: dict[str, str | None] = {}  # an l/ short name -> the layer id it names
         self._chains: dict[str, list[LayerInfo]] = {}  # an image's top chain id -> its layers
+        self.namespace = CONTAINERD_NAMESPACE
+        self._snapshots = None  # containerd.SnapshotReader, for the containerd image store
+        self._cd_names: dict[str, list[str]] | None = None
+
+    def close(self) -> None:
+        if self._snapshots is not None:
+            self._snapshots.close()
+
+    def snapshots(self):
+        """The containerd data roots that may hold this Docker's snapshots, opened on first use."""
+        if self._snapshots is None:
+            from . import containerd
+
+            system, overlay, _warnings = containerd.system_data_root(self.root)
+            own = self.inside.rstrip("/") + "/containerd/daemon"
+            self._snapshots = containerd.SnapshotReader(self.root, [(own, None), (system, overlay)])
+        return self._snapshots
+
+    def containerd_image_names(self) -> dict[str, list[str]]:
+        """digest -> Docker's names (``repo:tag`` as ``docker images`` shows them) of the images
+        in containerd's namespace; dangling images (``moby-dangling@...``) have none."""
+        if self._cd_names is None:
+            self._cd_names = {}
+            for digest, refs in self.snapshots().image_names(self.namespace).items():
+                named = [familiar(r) for r in refs if not r.startswith("moby-dangling@")]
+                if named:
+                    self._cd_names[digest] = sorted(named)
+        return self._cd_names
 
     # paths -------------------------------------------------------------------------------
     def lexical(self, rel: str) -> str:
@@ -324,29 +382,44 @@ class _Store:
                                                      f"name {entry}; the ID is used for layerdb"))
         name = field("Name", str)
         driver = field("Driver", str)
-        if driver != DRIVER:
-            hint = (" (a containerd snapshotter: with Docker's containerd image store the layers "
-                    "are containerd snapshots, namespace moby)" if driver == "overlayfs" else "")
-            raise _Bad(cfg_host, f"storage driver {driver!r}{hint}: only {DRIVER} is read here")
+        if driver != DRIVER and driver not in SNAPSHOTTERS:
+            raise _Bad(cfg_host, f"storage driver {driver!r}: only {DRIVER} and the containerd "
+                                 f"snapshotter {', '.join(SNAPSHOTTERS)} are read here")
         state = field("State", dict)
         image_id = field("Image", str, required=False)
         inner = config.get("Config")
         typed = inner.get("Image") if isinstance(inner, dict) else None
         created = field("Created", str, required=False)
+        names_out = [name[1:] if name.startswith("/") else name] if name else []
 
         yield from warnings
-        upper, lowers, stack_warnings = self.stack(cid)
-        yield from stack_warnings
+        if driver in SNAPSHOTTERS:
+            from .containerd import SnapshotError
+
+            try:
+                _host, upper, lowers = self.snapshots().stack(self.namespace, cid, image_id)
+            except SnapshotError as exc:
+                raise _Bad(exc.where, f"container {cid[:12]} ({', '.join(names_out) or 'no name'}), "
+                                      f"storage driver {driver}: {exc.why}") from None
+            names = self.containerd_image_names()
+        else:
+            upper, lowers, stack_warnings = self.stack(cid)
+            yield from stack_warnings
+        exit_code = state.get("ExitCode")
         yield Container(
             engine=ENGINE,
             id=cid,
-            names=[name[1:] if name.startswith("/") else name] if name else [],
+            names=names_out,
             image=_image_name(image_id, typed if isinstance(typed, str) else None, names),
             state=_state(state),
             created=created,
             store=self.host,
             upper=upper,
             lowers=lowers,
+            image_id=image_id or None,
+            exit_code=exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
+            started=_time(state.get("StartedAt")),
+            finished=_time(state.get("FinishedAt")),
         )
 
     # the stack -----------------------------------------------------------------------------
@@ -564,6 +637,21 @@ def _image_name(image_id: str | None, typed: str | None, names: dict[str, list[s
         if not retagged:
             return typed
     return image_id or typed
+
+
+def _time(value) -> str | None:
+    """A State time as Docker stored it; Go's zero time (never happened) is None."""
+    if not isinstance(value, str) or not value or value.startswith(_ZERO_TIME[:10]):
+        return None
+    return value
+
+
+def familiar(ref: str) -> str:
+    """A reference as the docker CLI shows it: ``docker.io/library/x:1`` -> ``x:1``,
+    ``docker.io/ovf/x:1`` -> ``ovf/x:1``; other registries keep their name."""
+    if ref.startswith("docker.io/library/") and "/" not in ref[len("docker.io/library/"):]:
+        return ref[len("docker.io/library/"):]
+    return ref.removeprefix("docker.io/")
 
 
 def _short_ids(ids: list[str | None]) -> str:

@@ -39,13 +39,26 @@ What a store holds, and what this reader takes from it:
   ``layers.json`` is unreadable (reported once) or lacks a layer, the ``lower`` file alone gives
   the stack (layer ids from the link targets, no ``diff_id``).
 * ``overlay/<id>/link``: the layer's short name (:attr:`LayerInfo.link`).
-* The container's state is libpod's, not containers-storage's: ``libpod/db.sql`` (SQLite,
-  Podman >= 4.8 can use it; read with ``mode=ro&immutable=1``, so a pending ``-wal`` is not seen)
-  or ``libpod/bolt_state.db`` (BoltDB, Podman <= 5; read with :mod:`ovforensics.bbolt`: bucket
-  ``ctr`` / <id> / key ``state``, a JSON with ``state`` as libpod's enum). States are named as
-  ``podman inspect`` names them (libpod's "configured" is "created", "created" is
-  "initialized"). No libpod database, or no entry (CRI-O, Buildah working containers): ``None``.
-  The database is looked for in ``<store>/libpod`` (libpod's default ``static_dir``).
+* The container's state is libpod's, not containers-storage's, in one of two databases:
+  ``db.sql`` (SQLite: Podman 5's default, at the graph root; Podman 4.8+ could use it, looked
+  for in ``libpod/`` too) or ``libpod/bolt_state.db`` (BoltDB, Podman <= 5; read with
+  :mod:`ovforensics.bbolt`: bucket ``ctr`` / <id> / key ``state``). Each holds the container's
+  state as libpod's JSON: ``state`` (libpod's enum), ``exitCode``, ``startedTime``,
+  ``finishedTime``. In ``db.sql`` that JSON is table ``ContainerState``'s ``JSON`` column; its
+  ``State`` column is **not** kept current (1 for an exited container, seen with Podman 5.4)
+  and is not read. The database is data, never a program: :mod:`ovforensics.sqlitedb` reads
+  the one table with views, triggers and virtual tables refused and time bounded. Where both
+  databases exist, the one Podman itself uses wins: ``bolt_state.db`` when present (Podman 5
+  keeps using it on hosts upgraded from 4), else ``db.sql``. States are named as ``podman
+  inspect`` names them (libpod's "configured" is "created", "created" is "initialized"). No
+  libpod database, or no entry (CRI-O, Buildah working containers): ``None``, and
+  ``state_note`` says why.
+* Kubernetes (CRI-O): a pod's containers carry ``io.kubernetes.pod.name``,
+  ``io.kubernetes.pod.namespace``, ``io.kubernetes.pod.uid``, ``io.kubernetes.container.name``
+  and ``io.kubernetes.cri-o.ContainerType`` (``sandbox`` or ``container``) as annotations of
+  their OCI spec, ``overlay-containers/<id>/userdata/config.json``: read where present (CRI-O's
+  documented layout; tested with Podman, which writes the same file and takes the same
+  annotations with ``--annotation``).
 
 Marker rules (:attr:`Container.xattr_ns`, :attr:`Container.whiteouts`):
 
@@ -71,7 +84,6 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
 import stat
 import tomllib
 import urllib.parse
@@ -80,6 +92,7 @@ from typing import Iterator
 
 from .. import bbolt
 from .. import safeio
+from ..sqlitedb import SQLiteError, read_rows
 from ..rootfs import Root, RootEscape
 from .base import Broken, Container, LayerInfo, StoreError
 
@@ -97,6 +110,20 @@ STATES = {0: "unknown", 1: "created", 2: "initialized", 3: "running", 4: "stoppe
 #: a layer or container id as containers-storage makes them (hex), or a name given to it:
 #: never a path (no "/", not "." or "..")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+_ZERO_TIME = "0001-01-01"
+#: CRI-O's annotations (the same keys as containerd's CRI labels): Container field -> key
+K8S_ANNOTATIONS = {"pod": "io.kubernetes.pod.name", "pod_namespace": "io.kubernetes.pod.namespace",
+                   "pod_uid": "io.kubernetes.pod.uid", "container_name": "io.kubernetes.container.name",
+                   "role": "io.kubernetes.cri-o.ContainerType"}
+MAX_SPEC = 4 << 20  # an OCI spec is a few KB
+
+
+@dataclass
+class _State:
+    state: str | None
+    exit_code: int | None = None
+    started: str | None = None
+    finished: str | None = None
 
 
 #: what resolving a path found in the evidence may raise: it leaves the root (RootEscape), a
@@ -323,7 +350,7 @@ class _Store:
         entries = self.read_pair("containers")  # damaged: _Damaged for the whole store
         self.layers, layers_ok = self.load_layers()
         images = self.load_images()
-        states = self.load_states()
+        states, self.state_note = self.load_states()
         self.fuse = self.spec.mount_program or self.has_mount_program()
         yield from self.warnings
         seen: set[str] = set()
@@ -369,9 +396,11 @@ class _Store:
             return False
         return data is not None and data.strip() == b"true"
 
-    def load_states(self) -> dict[str, str]:
-        states: dict[str, str] = {}
-        for rel, reader in (("libpod/bolt_state.db", _bolt_states), ("libpod/db.sql", _sqlite_states)):
+    def load_states(self) -> tuple[dict[str, _State], str | None]:
+        """Container id -> state from libpod's database, and why states are unknown (or None)."""
+        found: list[tuple[str, dict[str, _State]]] = []
+        for rel, reader in (("db.sql", _sqlite_states), ("libpod/db.sql", _sqlite_states),
+                            ("libpod/bolt_state.db", _bolt_states)):
             try:
                 host = self.path(rel)
             except _UNRESOLVABLE as exc:
@@ -380,11 +409,31 @@ class _Store:
             if not os.path.isfile(host):
                 continue
             try:
-                states.update(reader(host))  # db.sql last: it wins where both know a container
-            except (StoreError, sqlite3.Error, OSError, ValueError) as exc:
+                found.append((rel, reader(host)))
+            except (StoreError, SQLiteError, OSError, ValueError) as exc:
                 self.warnings.append(Broken(ENGINE, host, f"libpod database unreadable ({exc}); "
                                             "container states unknown"))
-        return states
+        states: dict[str, _State] = {}
+        for _rel, part in found:  # bolt_state.db last: Podman uses it when it is there
+            states.update(part)
+        if found:
+            return states, "not in libpod's database (not a Podman container: CRI-O or Buildah?)"
+        return states, ("no libpod database (db.sql, libpod/bolt_state.db) in the store: state "
+                        "unknown (CRI-O and Buildah keep none)")
+
+    def k8s(self, cid: str) -> dict:
+        """CRI-O's Kubernetes annotations of a container (its userdata/config.json), or {}."""
+        try:
+            data, _host = self.read_bytes(f"overlay-containers/{cid}/userdata/config.json", limit=MAX_SPEC)
+            spec = json.loads(data) if data is not None else None
+        except (_Damaged, ValueError, RecursionError):
+            return {}
+        notes = spec.get("annotations") if isinstance(spec, dict) else None
+        if not isinstance(notes, dict):
+            return {}
+        out = {field: notes[key] for field, key in K8S_ANNOTATIONS.items()
+               if isinstance(notes.get(key), str) and notes[key]}
+        return out if "pod" in out or "role" in out else {}
 
     # one container -----------------------------------------------------------------------------
     def container(self, entry, images: dict, states: dict, layers_ok: bool) -> Container:
@@ -413,11 +462,19 @@ class _Store:
         if image is None:
             image = image_id or None
         upper, lowers = self.stack(layer, layers_ok)
+        state = states.get(cid)
         return Container(
-            engine=ENGINE, id=cid, names=list(names), image=image, state=states.get(cid),
+            engine=ENGINE, id=cid, names=list(names), image=image,
+            state=state.state if state else None,
             created=created, store=self.host, upper=upper, lowers=lowers,
             whiteouts="fuse" if self.fuse else "kernel",
             xattr_ns="user" if self.spec.rootless else "auto",
+            image_id=image_id or None,
+            exit_code=state.exit_code if state else None,
+            started=state.started if state else None,
+            finished=state.finished if state else None,
+            state_note=None if state else self.state_note,
+            **self.k8s(cid),
         )
 
     def layer_dir(self, lid: str) -> str:
@@ -579,26 +636,44 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-# -- libpod state: SQLite ---------------------------------------------------------------------------
+# -- libpod state -----------------------------------------------------------------------------------
 
-def _sqlite_states(host: str) -> dict[str, str]:
-    """Container id -> state from libpod's ``db.sql``, opened read-only and immutable."""
-    uri = "file:" + urllib.parse.quote(host) + "?mode=ro&immutable=1"
-    con = sqlite3.connect(uri, uri=True)
-    try:
-        rows = con.execute("SELECT ID, State FROM ContainerState").fetchall()
-    finally:
-        con.close()
-    return {str(cid): STATES.get(state, f"state {state}") for cid, state in rows
-            if isinstance(state, int)}
+def _state_of(doc) -> _State | None:
+    """libpod's ContainerState JSON -> a state, or None when it has no ``state``."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("state"), int) or isinstance(doc["state"], bool):
+        return None
+    code = doc.get("exitCode")
+
+    def when(key: str) -> str | None:
+        value = doc.get(key)
+        return value if isinstance(value, str) and value and not value.startswith(_ZERO_TIME) else None
+
+    return _State(STATES.get(doc["state"], f"state {doc['state']}"),
+                  exit_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
+                  started=when("startedTime"), finished=when("finishedTime"))
 
 
-# -- libpod state: BoltDB ---------------------------------------------------------------------------
+def _sqlite_states(host: str) -> dict[str, _State]:
+    """Container id -> state from libpod's ``db.sql``: table ``ContainerState``, column ``JSON``
+    (its ``State`` column is stale), read as data (:func:`ovforensics.sqlitedb.read_rows`)."""
+    rows, _more = read_rows(host, "ContainerState", ("ID", "JSON"))
+    out: dict[str, _State] = {}
+    for cid, raw in rows:
+        if not isinstance(cid, bytes) or not isinstance(raw, bytes):
+            continue
+        try:
+            state = _state_of(json.loads(raw))
+        except (ValueError, RecursionError):
+            continue
+        if state is not None:
+            out[cid.decode("utf-8", "replace")] = state
+    return out
 
-def _bolt_states(host: str) -> dict[str, str]:
+
+def _bolt_states(host: str) -> dict[str, _State]:
     """Container id -> state from libpod's ``bolt_state.db``: bucket ``ctr`` / <id>, key ``state``
-    (a JSON object whose ``state`` is libpod's enum). Raises :class:`BoltError` when damaged."""
-    out: dict[str, str] = {}
+    (libpod's ContainerState JSON). Raises :class:`BoltError` when damaged."""
+    out: dict[str, _State] = {}
     with bbolt.open_db(host) as db:
         ctrs = db.bucket(b"ctr")
         if ctrs is None:
@@ -606,9 +681,9 @@ def _bolt_states(host: str) -> dict[str, str]:
         for key, bucket in ctrs.buckets():
             raw = bucket.value(b"state")
             try:
-                state = json.loads(raw).get("state") if raw is not None else None
-            except (ValueError, AttributeError, RecursionError):
+                state = _state_of(json.loads(raw)) if raw is not None else None
+            except (ValueError, RecursionError):
                 continue
-            if isinstance(state, int):
-                out[key.decode("utf-8", "replace")] = STATES.get(state, f"state {state}")
+            if state is not None:
+                out[key.decode("utf-8", "replace")] = state
     return out
