@@ -712,7 +712,8 @@ def image_cmd(
     gates = _bloat_gates("image", rows, max_wasted, max_wasted_percent, min_efficiency, ignore,
                          config, no_config, top, depth)
     try:
-        with open_image(image, root=root, engine=engine, data_root=data_root, select=select) as img:
+        with open_image(image, root=root, engine=engine, data_root=data_root, select=select,
+                        namespace=namespace) as img:
             report = audit_image(img, gates=gates)
             evidence = list(img.evidence)
     except (ImageError, LayerError, BloatError, ValueError) as exc:

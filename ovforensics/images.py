@@ -668,6 +668,9 @@ class _Candidate:
     id: str  # the image id (config digest, or the engine's own id)
     where: str
     open: Callable[[], Image]
+    namespace: str | None = None  # containerd's
+    all_ids: list[str] = field(default_factory=list)  # every id accepted as a query (else [id])
+    target: str | None = None  # containerd: the target digest, the same in every namespace
 
 
 def _docker_candidates(root: Root, data_root: str | None, query: str, warnings: list[str]):
@@ -698,6 +701,30 @@ def _docker_candidates(root: Root, data_root: str | None, query: str, warnings: 
         refs = names.get(image_id, [])
         out.append(_Candidate("docker", refs, image_id, store.host,
                               lambda i=image_id, r=refs: _docker_open(store, query, i, r)))
+    out += _docker_containerd_candidates(root, store, inside, query, warnings)
+    return out
+
+
+def _docker_containerd_candidates(root: Root, store, inside: str, query: str, warnings: list[str]):
+    """Docker's images in its containerd image store: containerd images of namespace ``moby``
+    (daemon.json's ``containerd-namespace``), in dockerd's own containerd data root or the
+    system one; their id is the target (index or manifest) digest, as ``docker images`` shows."""
+    from .engines import containerd as cd
+    from .engines import docker
+
+    config: dict = {}
+    docker._pick_data_root(root, None if inside == docker.DEFAULT_DATA_ROOT else inside, [], config)
+    namespace = config.get("containerd-namespace")
+    namespace = namespace if isinstance(namespace, str) and namespace else docker.CONTAINERD_NAMESPACE
+    system, overlay, _ = cd.system_data_root(root)
+    out = []
+    for data_root, overlay_root in ((store.inside.rstrip("/") + "/containerd/daemon", None), (system, overlay)):
+        for c in _containerd_candidates(root, data_root, query, warnings, overlay_root=overlay_root,
+                                        only_namespace=namespace, crictl_ids=False):
+            c.engine = "docker"
+            c.names = sorted({docker.familiar(n) for n in c.names} | set(c.names))
+            c.names = [n for n in c.names if not n.startswith("moby-dangling@")]
+            out.append(c)
     return out
 
 
@@ -811,12 +838,16 @@ def _podman_open(store, query: str, entry: dict, names: list[str]) -> Image:
     return image
 
 
-def _containerd_candidates(root: Root, data_root: str | None, query: str, warnings: list[str]):
+def _containerd_candidates(root: Root, data_root: str | None, query: str, warnings: list[str],
+                           overlay_root: str | None = None, only_namespace: str | None = None,
+                           crictl_ids: bool = True):
+    """containerd's images (every namespace, or ``only_namespace``). The id is what the
+    namespace's CLI shows: the config digest in ``k8s.io`` (crictl), else the target digest
+    (ctr, nerdctl); both are accepted as a query."""
     from . import bbolt
     from .engines import containerd as cd
 
     broken: list = []
-    overlay_root = None
     if data_root is None:
         config = cd._config(root, broken)
         configured = config.get("root")
@@ -839,6 +870,8 @@ def _containerd_candidates(root: Root, data_root: str | None, query: str, warnin
         v1 = db.bucket("v1")
         for raw_ns, ns_bucket in (v1.buckets() if v1 is not None else ()):
             namespace = cd.text(raw_ns)
+            if only_namespace is not None and namespace != only_namespace:
+                continue
             images = ns_bucket.bucket("images")
             for raw_name, img in (images.buckets() if images is not None else ()):
                 name = cd.text(raw_name)
@@ -847,20 +880,17 @@ def _containerd_candidates(root: Root, data_root: str | None, query: str, warnin
                 if not digest:
                     continue
                 ids = [digest]
-                if _hex_query(query) or ref_matches(query, name):  # the config digest is the image id
-                    try:
-                        manifest, _ = _manifest_from(lambda d: store._blob_json(d),
-                                                     {"digest": digest}, store.host)
-                        cfg = manifest.get("config", {}).get("digest")
-                        if isinstance(cfg, str):
-                            ids.insert(0, cfg)
-                    except ImageError:
-                        pass
+                if _hex_query(query) or ref_matches(query, name) or \
+                        (crictl_ids and namespace == cd.K8S_NAMESPACE):
+                    cfg = store.config_digest(digest)
+                    if cfg:
+                        crictl = crictl_ids and namespace == cd.K8S_NAMESPACE
+                        ids = [cfg, digest] if crictl else [digest, cfg]
                 out.append(_Candidate(
                     "containerd", [name], ids[0], f"{store.host} (namespace {namespace})",
-                    lambda n=name, ns=namespace, d=digest: _containerd_open(
-                        root, data_root, overlay_root, query, ns, n, d)))
-                out[-1].all_ids = ids  # type: ignore[attr-defined]
+                    lambda n=name, ns=namespace, d=digest, i=ids[0]: _containerd_open(
+                        root, data_root, overlay_root, query, ns, n, d, i), namespace=namespace,
+                    all_ids=ids, target=digest))
     except bbolt.BoltError as exc:
         warnings.append(f"containerd: {exc}")
     finally:
@@ -870,7 +900,7 @@ def _containerd_candidates(root: Root, data_root: str | None, query: str, warnin
 
 
 def _containerd_open(root: Root, data_root: str, overlay_root: str, query: str, namespace: str,
-                     name: str, digest: str) -> Image:
+                     name: str, digest: str, shown_id: str | None = None) -> Image:
     from . import bbolt
     from .engines import containerd as cd
 
@@ -896,7 +926,7 @@ def _containerd_open(root: Root, data_root: str, overlay_root: str, query: str, 
         manifest, _ = _manifest_from(read_blob, {"digest": digest}, store.host)
         config_digest = (manifest.get("config") or {}).get("digest")
         config = read_blob(config_digest)
-        image.id = config_digest
+        image.id = shown_id or config_digest
         diff_ids = _apply_config(image, config)
         descs = manifest.get("layers") or []
         if len(descs) != len(diff_ids):
@@ -947,8 +977,10 @@ _FINDERS = {"docker": _docker_candidates, "podman": _podman_candidates,
 
 
 def find_image(query: str, root: str = "/", engine: str | None = None,
-               data_root: str | None = None) -> Image:
-    """The image ``query`` names in the local stores under ``root`` (offline)."""
+               data_root: str | None = None, namespace: str | None = None) -> Image:
+    """The image ``query`` names in the local stores under ``root`` (offline): a name, or the
+    id (full or a prefix) the engine's CLI shows; ``namespace`` keeps one containerd namespace
+    (Docker's containerd image store is namespace ``moby``)."""
     if engine is not None and engine not in ENGINES:
         raise ImageError(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
     if data_root is not None and engine is None:
@@ -964,25 +996,32 @@ def find_image(query: str, root: str = "/", engine: str | None = None,
             candidates += _FINDERS[name](rootfs, data_root, query, warnings)
         except ImageError as exc:
             warnings.append(str(exc))
+    if namespace is not None:
+        candidates = [c for c in candidates if c.namespace == namespace]
     found = [c for c in candidates if any(ref_matches(query, n) for n in c.names)]
     if not found:
         hexq = _hex_query(query)
         if hexq:
             found = [c for c in candidates
                      if any(i.split(":")[-1].startswith(hexq)
-                            for i in getattr(c, "all_ids", [c.id]))]
+                            for i in c.all_ids or [c.id])]
     if not found:
         if parse_ref(query) is None and not _hex_query(query):
             raise ImageError(f"{query}: neither an image archive, an OCI layout nor an image "
                              f"reference")
         hint = f" ({'; '.join(warnings)})" if warnings else ""
         raise ImageError(f"{query}: no such image (looked in: {', '.join(engines)}){hint}")
-    distinct = {c.id for c in found}
+    # one image, whatever id each namespace's CLI shows for it: containerd candidates are the
+    # same image when their target digest is
+    distinct = {c.target or c.id for c in found}
     if len(distinct) > 1:
-        listed = "; ".join(f"{c.engine} {c.id.split(':')[-1][:12]} {','.join(c.names) or '<none>'}"
+        listed = "; ".join(f"{c.engine}{' namespace ' + c.namespace if c.namespace else ''} "
+                           f"{c.id.split(':')[-1][:12]} {','.join(c.names) or '<none>'}"
                            for c in found)
-        raise ImageError(f"{query}: ambiguous, matches {listed} (use --engine, a longer id or "
-                         f"a full name)")
+        hints = (["--engine"] if len({c.engine for c in found}) > 1 else []) + \
+            (["--namespace"] if len({c.namespace for c in found}) > 1 else [])
+        raise ImageError(f"{query}: ambiguous, matches {listed} (use "
+                         f"{', '.join(hints + ['a longer id or a full name'])})")
     chosen = found[0]  # the same image in several stores: the first engine's copy
     image = chosen.open()
     image.warnings = warnings + image.warnings
@@ -996,7 +1035,8 @@ def find_image(query: str, root: str = "/", engine: str | None = None,
 
 
 def open_image(ref: str, root: str = "/", engine: str | None = None,
-               data_root: str | None = None, select: str | None = None) -> Image:
+               data_root: str | None = None, select: str | None = None,
+               namespace: str | None = None) -> Image:
     """An image from an archive or layout directory (a path that exists on this host), or from
     a local store (a name, full id or id prefix). Raises :class:`ImageError`."""
     if engine is None and data_root is None and os.path.lexists(ref):  # an archive on this host
@@ -1007,4 +1047,4 @@ def open_image(ref: str, root: str = "/", engine: str | None = None,
     if select is not None:
         raise ImageError("--select picks an image inside an archive or OCI layout; "
                          f"{ref!r} is not a path")
-    return find_image(ref, root=root, engine=engine, data_root=data_root)
+    return find_image(ref, root=root, engine=engine, data_root=data_root, namespace=namespace)
