@@ -73,6 +73,17 @@ def read_rows(path: str, table: str, columns: tuple[str, ...], *, max_rows: int 
                 f"a {kind.decode('utf-8', 'replace')}" if len(kinds) == 1 else "defined twice")
             raise SQLiteError(f"{table} is {what}, not a plain table: not read (a store database "
                               "is data; this one holds code)")
+        try:  # (cid, name, type, notnull, default, pk, hidden): hidden 2 and 3 are generated
+            info = {row[1].decode("utf-8", "replace").lower(): row[6]
+                    for row in con.execute(f"PRAGMA table_xinfo({_quote(table)})")}
+        except sqlite3.Error as exc:
+            raise SQLiteError(_why(exc, steps[0], max_steps)) from None
+        for column in columns:  # a missing "name" would be read as a string literal: check
+            if column.lower() not in info:
+                raise SQLiteError(f"no such column: {table}.{column}")
+            if info[column.lower()] in (2, 3):
+                raise SQLiteError(f"{table}.{column} is a generated column (an expression, not "
+                                  "data): not read")
         allowed = {c.lower() for c in columns}
 
         def authorize(action, arg1, arg2, _db, _trigger):

@@ -436,21 +436,29 @@ def test_storage_conf_graphroot_and_damage(world, tmp_path):
 
 
 def test_sqlite_state_db(world, tmp_path):
-    """Podman >= 4.8 may keep its state in libpod/db.sql; read read-only, it wins over bolt."""
+    """libpod's db.sql (Podman 5's default; at the graph root, or in libpod/): the state is its
+    ContainerState JSON (the State column is stale); read read-only. Where bolt_state.db is
+    there too, Podman itself uses bolt (hosts upgraded from 4), so bolt wins."""
     ev, store = _copy(world, tmp_path)
-    db = store / "libpod/db.sql"
+    db = store / "db.sql"
     con = sqlite3.connect(db)
     con.execute("CREATE TABLE ContainerState(ID TEXT PRIMARY KEY NOT NULL, State INTEGER NOT NULL, "
                 "ExitCode INTEGER, JSON TEXT NOT NULL)")
-    con.execute("INSERT INTO ContainerState VALUES (?, 5, 0, '{}')", (world.info["c1"]["Id"],))
+    con.execute("INSERT INTO ContainerState VALUES (?, 1, 0, ?)",  # State 1: stale, as Podman 5 leaves it
+                (world.info["c1"]["Id"], '{"state": 5, "exitCode": 7, "finishedTime": "2026-01-02T03:04:05Z"}'))
     con.commit()
     con.close()
     before = db.read_bytes()
     containers, broken = _split(list(reader.find(Root(str(ev)))))
     assert broken == []
-    assert [containers[n].state for n in ("c1", "c3", "c4")] == ["paused", "created", "running"]
+    assert [containers[n].state for n in ("c1", "c3", "c4")] == [world.info["c1"]["State"]["Status"], "created", "running"]
     assert db.read_bytes() == before  # and no -wal, -shm or journal appeared beside it
-    assert sorted(p.name for p in db.parent.iterdir()) == ["bolt_state.db", "db.sql"]
+    assert sorted(p.name for p in store.iterdir() if p.name.startswith("db.sql")) == ["db.sql"]
+    (store / "libpod/bolt_state.db").unlink()  # a Podman 5 store: db.sql alone
+    containers, broken = _split(list(reader.find(Root(str(ev)))))
+    c1 = containers["c1"]
+    assert (c1.state, c1.exit_code, c1.finished) == ("paused", 7, "2026-01-02T03:04:05Z")
+    assert containers["c3"].state is None and "not in libpod's database" in containers["c3"].state_note
 
 
 def test_no_store_is_silent(tmp_path):
