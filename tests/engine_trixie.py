@@ -129,13 +129,17 @@ class Trixie:
     def start_containerd(self) -> None:
         self.start("containerd", "containerd", ready=["ctr", "version"])
 
-    def start_dockerd(self, snapshotter: bool) -> None:
-        """dockerd on the chroot's containerd; ``snapshotter``: Docker's containerd image store."""
+    def start_dockerd(self, snapshotter: bool, own_containerd: bool = False,
+                      data_root: str | None = None) -> None:
+        """dockerd on the chroot's containerd (or, ``own_containerd``, on the one dockerd starts
+        itself, whose root is ``<data root>/containerd/daemon``); ``snapshotter``: Docker's
+        containerd image store."""
         self.write("/etc/docker/daemon.json",
                    '{"features": {"containerd-snapshotter": true}}\n' if snapshotter else "{}\n")
+        extra = [] if own_containerd else ["--containerd=/run/containerd/containerd.sock"]
+        extra += ["--data-root", data_root] if data_root else []
         self.start("dockerd", "dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none",
-                   "--exec-opt", "native.cgroupdriver=cgroupfs",
-                   "--containerd=/run/containerd/containerd.sock", ready=["docker", "info"])
+                   "--exec-opt", "native.cgroupdriver=cgroupfs", *extra, ready=["docker", "info"])
 
     def docker(self, *args: str, **kw) -> str:
         return self.run("docker", *args, **kw).stdout.decode()

@@ -51,6 +51,15 @@ def today(tmp_path_factory):
         # Docker in containerd-store mode no longer shows overlay2 containers: inspect it now
         t.classic = json.loads(t.docker("inspect", "classic"))[0]
         t.stop("dockerd")
+        # dockerd with no system containerd starts its own, rooted in its data root
+        t.stop("containerd")
+        t.start_dockerd(snapshotter=True, own_containerd=True, data_root="/var/lib/docker-own")
+        t.import_busybox("docker")
+        t.docker("run", "--name", "own1", "--network", "none", "ovf-test/busybox:1",
+                 "sh", "-c", "echo o > /own")
+        t.own1 = json.loads(t.docker("inspect", "own1"))[0]
+        t.stop("dockerd")
+        t.start_containerd()
         t.start_dockerd(snapshotter=True)
         assert "io.containerd.snapshotter" in t.docker("info", "-f", "{{json .DriverStatus}}")
         t.import_busybox("docker")
@@ -195,6 +204,24 @@ def test_docker_cli_by_name_and_image_id(today, found):
         assert done.returncode == 0, (query, done.stderr)
         report = json.loads(done.stdout)
         assert report["image"]["id"] == image_id and report["image"]["namespace"] == "moby"
+
+
+def test_docker_with_its_own_containerd(today, tmp_path):
+    """No system containerd: dockerd's own keeps the snapshots under <data root>/containerd/daemon."""
+    assert (today.root / "var/lib/docker-own/containerd/daemon/io.containerd.metadata.v1.bolt/meta.db").is_file()
+    items = list(ovforensics.containers(str(today.root), engine="docker", data_root="/var/lib/docker-own"))
+    own = [c for c in items if isinstance(c, Container)]
+    assert [(c.id, c.names, c.state) for c in own] == [(today.own1["Id"], ["own1"], "exited")], items
+    assert "/var/lib/docker-own/containerd/daemon/" in own[0].upper.dir
+    records = _kernel_check(own[0], tmp_path)
+    assert _paths(records, "added") - RUNC_DIRS == {"/own"}
+
+
+def test_docker_recover_from_the_containerd_store(today, tmp_path):
+    dest = tmp_path / "out"
+    done = _cli(today, "recover", "stopped", "/data/a", "/srv/tree/1/f", "--to", str(dest))
+    assert done.returncode == 0, done.stderr
+    assert (dest / "data/a").read_text() == "a\n" and (dest / "srv/tree/1/f").read_text() == "f\n"
 
 
 def test_docker_container_whose_snapshot_is_gone_is_reported(today, found, tmp_path):
