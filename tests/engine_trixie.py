@@ -110,9 +110,9 @@ class Trixie:
 
     # -- daemons -------------------------------------------------------------------------------
     def start(self, name: str, *argv: str, ready: list[str], timeout: float = 60) -> None:
-        log = open(self.base / f"{name}.log", "ab")
-        self.daemons[name] = subprocess.Popen(self.argv(*argv), stdout=log, stderr=log,
-                                              stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(self.base / f"{name}.log", "ab") as log:  # the daemon keeps its own copy
+            self.daemons[name] = subprocess.Popen(self.argv(*argv), stdout=log, stderr=log,
+                                                  stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.daemons[name].poll() is not None:

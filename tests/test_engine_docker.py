@@ -352,7 +352,8 @@ def test_damaged_containers_are_broken_the_others_listed(dockerd, live, tmp_path
     assert why[config("c1")].startswith("not valid JSON (")
     assert why[config("c2")] == "not text: expected the container's configuration (JSON)"
     assert why[mount_id].startswith("missing: expected the id of the container's overlay2 directory")
-    assert why[config("c5")] == "storage driver 'vfs': only overlay2 is read here"
+    assert why[config("c5")] == ("storage driver 'vfs': only overlay2 and the containerd snapshotter "
+                                  "overlayfs are read here")
 
 
 def test_layerdb_and_lower_file_disagree(dockerd, live, tmp_path):
