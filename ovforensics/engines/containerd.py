@@ -370,10 +370,7 @@ def find(root: Root, data_root: str | None = None) -> Iterator[Container | Broke
     broken: list[Broken] = []
     overlay_root = None
     if data_root is None:
-        config = _config(root, broken)
-        configured = config.get("root")
-        data_root = configured if isinstance(configured, str) and configured else DEFAULT_ROOT
-        overlay_root = _overlay_root_path(config)
+        data_root, overlay_root, broken = system_data_root(root)
     yield from broken
     overlay_root = overlay_root or _join(data_root, OVERLAY_PLUGIN)
     try:
