@@ -335,8 +335,13 @@ class DirLayer:
                 fd = open_file(where)
             else:
                 walker = self._walker
-                with walker.lock:
-                    fd = open_file(entry.path[-1], dir_fd=walker.parent(entry.path))
+                held = walker.holding  # False: the scan has left this part (forget)
+                try:
+                    with walker.lock:
+                        fd = open_file(entry.path[-1], dir_fd=walker.parent(entry.path))
+                finally:
+                    if not held:  # a late open (--hash's pool) keeps no waypoint fds behind it
+                        walker.close()
         except OSError as exc:
             raise EntryError(f"{os.fsdecode(where)}: {exc.strerror or exc}") from None
         return os.fdopen(fd, "rb")
