@@ -1,0 +1,213 @@
+"""Package databases against a real dockerd: a debootstrapped Debian 12 image, a layer that
+installs two .debs, and a container doing what an intruder and an admin do. Every expectation
+is held against ``dpkg --verify`` run inside the committed container itself (the engine's own
+truth), minus what the image alone already reports.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import engine_docker as ed  # noqa: E402
+import packages_env as pe  # noqa: E402
+from conftest import need, need_container_runtime  # noqa: E402
+
+import ovforensics  # noqa: E402
+
+BASE, PKGS, CHECK = "ovf-bookworm:base", "ovf-bookworm:pkgs", "ovf-bookworm:check"
+SHELL = b'<?php system($_GET["c"]); ?>\n'
+PREP = "set -e; cd /tmp; tar -xf -; dpkg -i ovf-old_1.0_all.deb ovf-up_1.0_all.deb; rm -f /tmp/*.deb"
+INTRUDE = r"""set -e
+cd /tmp; tar -xf -
+dpkg -i ovf-tool_1.0_all.deb ovf-up_2.0_all.deb >/dev/null
+dpkg -r ovf-old >/dev/null
+rm -f /tmp/*.deb
+cp /usr/bin/true /usr/bin/ls                       # a replaced packaged binary
+chmod 4755 /usr/bin/cat                            # a chmod of a packaged file
+rm /usr/bin/tail                                   # a deleted packaged file
+echo '# admin was here' >> /etc/login.defs         # an edited conffile of the image
+echo 'listen=0.0.0.0' >> /etc/ovf-tool.conf        # an edited conffile of a new package
+echo tampered >> /usr/bin/ovf-tool                 # an altered file of a new package
+printf '#!/bin/sh\nexec /bin/sh -i\n' > /usr/local/bin/backdoor; chmod 755 /usr/local/bin/backdoor
+mkdir -p /var/www/html; cat > /var/www/html/shell.php <<'EOS'
+<?php system($_GET["c"]); ?>
+EOS
+"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    why = ed.missing()
+    need(why is None, why or "")
+    need_container_runtime()
+    need(shutil.which("dpkg-deb") is not None, "needs dpkg-deb")
+    root, why = pe.bookworm_root()
+    need(root is not None, why)
+    base = tmp_path_factory.mktemp("pkg-dockerd")
+    daemon = ed.DockerD(base / "d")
+    try:
+        error = daemon.start()
+        need(error is None, f"dockerd does not come up here: {error}")
+        tar = subprocess.run(["tar", "-C", str(root), "--exclude=./.ovf-ready", "-c", "."],
+                             capture_output=True, check=True)
+        daemon.cli("import", "-", BASE, input=tar.stdout, timeout=300)
+        debs = base / "debs"
+        debs.mkdir()
+        old = pe.build_deb(debs, "ovf-old", "1.0", {"/usr/share/ovf-old/file": b"old\n"})
+        up1 = pe.build_deb(debs, "ovf-up", "1.0", {"/usr/share/ovf-up/VERSION": b"1.0\n"})
+        up2 = pe.build_deb(debs, "ovf-up", "2.0", {"/usr/share/ovf-up/VERSION": b"2.0\n"})
+        tool = pe.build_deb(debs, "ovf-tool", "1.0",
+                            {"/usr/bin/ovf-tool": b"#!/bin/sh\necho tool\n",
+                             "/etc/ovf-tool.conf": b"listen=127.0.0.1\n"},
+                            conffiles=("/etc/ovf-tool.conf",), modes={"/usr/bin/ovf-tool": 0o755})
+
+        def bundle(*paths) -> bytes:
+            out = io.BytesIO()
+            with tarfile.open(fileobj=out, mode="w") as tf:
+                for p in paths:
+                    tf.add(p, arcname=p.name)
+            return out.getvalue()
+
+        daemon.cli("run", "-i", "--name", "prep", "--network", "none", BASE, "sh", "-c", PREP,
+                   input=bundle(old, up1))
+        daemon.cli("commit", "prep", PKGS)
+        daemon.cli("run", "-i", "--name", "intruder", "--network", "none", PKGS, "sh", "-c",
+                   INTRUDE, input=bundle(tool, up2))
+        daemon.cli("commit", "intruder", CHECK)
+
+        def verify(image: str) -> dict[str, str]:
+            proc = daemon.cli("run", "--rm", "--network", "none", image, "dpkg", "--verify",
+                              check=False)
+            assert proc.returncode in (0, 1), proc.stderr
+            return pe.parse_dpkg_verify(proc.stdout.decode())
+
+        image_truth, container_truth = verify(PKGS), verify(CHECK)
+        found = ovforensics.find_container("intruder", engine="docker", data_root=str(daemon.data))
+        yield {"daemon": daemon, "found": found, "truth": container_truth,
+               "image_truth": image_truth, "base": base}
+    finally:
+        daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _canonical(path: str) -> str:
+    """dpkg names /bin/ls where merged /usr keeps usr/bin/ls (bookworm's /bin -> usr/bin)."""
+    for alias in ("/bin/", "/sbin/", "/lib/", "/lib64/"):
+        if path.startswith(alias):
+            return "/usr" + path
+    return path
+
+
+@pytest.fixture(scope="module")
+def records(world):
+    return {r.path_text: r for r in ovforensics.scan_container(world["found"], packages=True)}
+
+
+def test_altered_and_missing_are_what_dpkg_verify_says_inside_the_container(world, records):
+    truth = {_canonical(p): s for p, s in world["truth"].items() if p not in world["image_truth"]}
+    ours = {p: r.extra["package_status"] for p, r in records.items()
+            if r.extra.get("package_status") in ("altered", "missing")}
+    assert ours == truth
+    # and dpkg --verify did see each planted change (the oracle is not vacuous)
+    for path in ("/usr/bin/ls", "/usr/bin/tail", "/etc/login.defs", "/etc/ovf-tool.conf",
+                 "/usr/bin/ovf-tool"):
+        assert path in truth, (path, sorted(truth))
+
+
+def test_each_planted_change(records):
+    def rec(path):
+        r = records[path]
+        return r.change, r.extra.get("package"), r.extra.get("package_status")
+
+    assert rec("/usr/bin/ls")[0::2] == ("modified", "altered")
+    assert rec("/usr/bin/ls")[1].startswith("coreutils ")
+    cat = records["/usr/bin/cat"]
+    assert (cat.change, cat.extra["package_status"]) == ("modified", "intact")
+    assert "mode" in cat.what and "content" not in cat.what
+    assert rec("/usr/bin/tail")[0::2] == ("deleted", "missing")
+    assert rec("/etc/login.defs")[0::2] == ("modified", "altered")
+    assert records["/etc/login.defs"].extra.get("package_conffile") is True
+    assert rec("/etc/ovf-tool.conf") == ("added", "ovf-tool 1.0", "altered")
+    assert rec("/usr/bin/ovf-tool") == ("added", "ovf-tool 1.0", "altered")
+    assert rec("/usr/local/bin/backdoor") == ("added", None, "unowned")
+    assert rec("/var/www/html/shell.php") == ("added", None, "unowned")
+    # an upgrade inside the container is legitimate: intact against the container's database
+    version = records["/usr/share/ovf-up/VERSION"]
+    assert (version.change, version.extra["package"], version.extra["package_status"]) == \
+        ("modified", "ovf-up 1.0", "intact")
+    assert version.extra["package_now"] == "ovf-up 2.0"
+    assert rec("/usr/share/ovf-old/file") == ("deleted", "ovf-old 1.0", "removed")
+    assert records["/usr/share/ovf-old"].extra["package_status"] == "removed"
+    # dpkg's own files are nobody's
+    assert records["/var/lib/dpkg/status"].extra["package_status"] == "unowned"
+
+
+def test_a_diff_without_packages_is_unchanged(world, records):
+    plain = {r.path_text: r.to_dict() for r in ovforensics.scan_container(world["found"])}
+    assert set(plain) == set(records)
+    keys = ("package", "package_status", "package_manager", "package_now", "package_conffile")
+    for path, d in plain.items():
+        assert not set(keys) & set(d)
+        mine = {k: v for k, v in records[path].to_dict().items() if k not in keys}
+        assert mine == d
+
+
+def _cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "ovforensics", *args], capture_output=True,
+                          text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+EXPECTED_PACKAGES = {
+    ("ovf-tool", "installed", None, "1.0", 2, 0),
+    ("ovf-old", "removed", "1.0", None, 0, 0),
+    ("ovf-up", "upgraded", "1.0", "2.0", 0, 0),
+}
+
+
+def test_packages_command_every_format(world):
+    data = str(world["daemon"].data)
+    common = ["intruder", "--engine", "docker", "--data-root", data]
+    rows = [json.loads(line) for line in _cli("packages", *common, "-f", "jsonl").stdout.splitlines()]
+    got = {(r["package"], r["change"], r["version_before"], r["version_after"], r["altered"],
+            r["missing"]) for r in rows}
+    assert EXPECTED_PACKAGES <= got
+    by_name = {r["package"]: r for r in rows}
+    assert by_name["coreutils"]["change"] == "altered"
+    assert (by_name["coreutils"]["altered"], by_name["coreutils"]["missing"]) == (1, 1)
+    assert by_name["login"]["altered"] == 1
+    assert {r["manager"] for r in rows} == {"dpkg"}
+    assert json.loads(_cli("packages", *common, "-f", "json").stdout) == rows
+    table = list(csv.DictReader(io.StringIO(_cli("packages", *common, "-f", "csv").stdout)))
+    assert [r["package"] for r in table] == [r["package"] for r in rows]
+    assert table[0]["altered"] == str(rows[0]["altered"])
+    for fmt in ("table", "docker"):
+        text = _cli("packages", *common, "-f", fmt).stdout
+        assert "ovf-tool" in text and "upgraded" in text and "removed" in text
+    every = _cli("packages", *common, "--all", "-f", "jsonl").stdout.splitlines()
+    assert len(every) > len(rows) + 50  # minbase has ~90 packages
+
+
+def test_diff_packages_csv_and_table(world):
+    data = str(world["daemon"].data)
+    common = ["intruder", "--engine", "docker", "--data-root", data, "--packages"]
+    rows = list(csv.DictReader(io.StringIO(_cli("diff", *common, "-f", "csv").stdout)))
+    by_path = {r["path"]: r for r in rows}
+    assert by_path["/usr/bin/ls"]["package_status"] == "altered"
+    assert by_path["/usr/bin/ls"]["package_manager"] == "dpkg"
+    table = _cli("diff", *common, "-f", "table").stdout
+    line = next(ln for ln in table.splitlines() if "/usr/local/bin/backdoor" in ln)
+    assert line.split()[-1] == "unowned"
+    deleted = list(csv.DictReader(io.StringIO(_cli("deleted", *common[:-1], "--packages").stdout)))
+    assert {r["path"]: r["package_status"] for r in deleted}["/usr/bin/tail"] == "missing"
