@@ -65,3 +65,49 @@ def parse_dpkg_verify(text: str) -> dict[str, str]:
         elif len(checks) == 9 and checks[2] == "5":
             out[path] = "altered"
     return out
+
+
+def build_rpm(where: Path, name: str, version: str, files: dict[str, bytes],
+              config: tuple[str, ...] = (), links: dict[str, str] | None = None) -> Path:
+    """A noarch .rpm made by rpmbuild (Debian's rpm package) holding ``files`` and ``links``."""
+    lines = [f"Name: {name}", f"Version: {version}", "Release: 1", "Summary: t", "License: MIT",
+             "BuildArch: noarch", "%description", "t", "%install"]
+    for path, body in files.items():
+        lines.append(f"mkdir -p %{{buildroot}}{os.path.dirname(path)}")
+        text = body.decode().replace("\n", "\\n")  # plain test bodies: no ' or %
+        lines.append(f"printf '{text}' > %{{buildroot}}{path}")
+    for path, target in (links or {}).items():
+        lines.append(f"mkdir -p %{{buildroot}}{os.path.dirname(path)}")
+        lines.append(f"ln -s {target} %{{buildroot}}{path}")
+    lines.append("%files")
+    lines += [f"%config {p}" if p in config else p for p in [*files, *(links or {})]]
+    spec = where / f"{name}-{version}.spec"
+    spec.write_text("\n".join(lines) + "\n")
+    top = where / "top"
+    subprocess.run(["rpmbuild", "--define", f"_topdir {top}", "-bb", str(spec)], check=True,
+                   capture_output=True)
+    return top / "RPMS" / "noarch" / f"{name}-{version}-1.noarch.rpm"
+
+
+def rpm(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """Debian's rpm on a tree the test made (never on evidence)."""
+    return subprocess.run(["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", *args],
+                          capture_output=True, text=True)
+
+
+def parse_rpm_verify(text: str) -> dict[str, str]:
+    """``rpm -V`` lines -> {path: "altered" | "missing"}: ``5`` (digest) or ``L`` (link target)
+    in the 9-character check column is altered; ``missing`` is missing."""
+    import re
+
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^(\S+) +(?:[cdglr] +)?(/.*)$", line)
+        if m is None:
+            continue
+        checks, path = m.groups()
+        if checks == "missing":
+            out[path] = "missing"
+        elif len(checks) == 9 and (checks[2] == "5" or checks[4] == "L"):
+            out[path] = "altered"
+    return out

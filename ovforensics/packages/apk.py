@@ -84,6 +84,10 @@ def load(view, aliases: dict[bytes, bytes]) -> Database | None:
 
     try:
         text = viewfs.read(view, INSTALLED)
+    except viewfs.SymlinkedParent as exc:
+        db = Database("apk", "/lib/apk/db/installed", complete=False)
+        db.problems.append(f"/lib/apk/db/installed: {exc}")
+        return db
     except viewfs.NotFound:
         return None
     except OSError as exc:

@@ -84,6 +84,10 @@ def load(view, aliases: dict[bytes, bytes]) -> Database | None:
 
     try:
         status = viewfs.read(view, STATUS)
+    except viewfs.SymlinkedParent as exc:
+        db = Database("dpkg", "/var/lib/dpkg/status", complete=False)
+        db.problems.append(f"/var/lib/dpkg/status: {exc}")
+        return db
     except viewfs.NotFound:
         return None
     except OSError as exc:

@@ -138,6 +138,14 @@ def load(view, aliases: dict[bytes, bytes]) -> Database | None:
         where = "/" + b"/".join(dbdir).decode()
         if viewfs.exists(view, dbdir + (SQLITE,)):
             db = Database("rpm", f"{where}/rpmdb.sqlite")
+            try:
+                wal = viewfs.lookup(view, dbdir + (SQLITE + b"-wal",)).top
+            except viewfs.NotFound:
+                wal = None
+            if wal is not None and (wal.kind != "file" or wal.size > 0):
+                db.problems.append(f"{db.source}-wal: transactions not yet written back to the "
+                                   "database (rpm was interrupted or is running): not read")
+                db.complete = False
             with tempfile.TemporaryDirectory(prefix="ovf-rpmdb-") as tmp:
                 try:
                     copy = viewfs.copy_out(view, dbdir + (SQLITE,), tmp)

@@ -21,6 +21,10 @@ class NotFound(Exception):
     """The path is not in the view, or a parent of it is not a directory there (a symlink)."""
 
 
+class SymlinkedParent(NotFound):
+    """A parent of the path is a symlink in this view: never followed (it could lead anywhere)."""
+
+
 def lookup(view: View, path: tuple[bytes, ...]) -> Resolved:
     """The view's entry at ``path`` (components below the root)."""
     frames = view.root_frames
@@ -34,8 +38,10 @@ def lookup(view: View, path: tuple[bytes, ...]) -> Resolved:
             raise NotFound(f"/{os.fsdecode(b'/'.join(path[:depth + 1]))}: not in this view")
         if depth < len(path) - 1:
             if found.top.kind != "dir":
-                what = "a symlink (not followed)" if found.top.kind == "symlink" else "not a directory"
-                raise NotFound(f"/{os.fsdecode(b'/'.join(path[:depth + 1]))}: {what}")
+                where = "/" + os.fsdecode(b"/".join(path[:depth + 1]))
+                if found.top.kind == "symlink":
+                    raise SymlinkedParent(f"{where}: a symlink (not followed)")
+                raise NotFound(f"{where}: not a directory")
             frames = found.frames
     if found is None:
         raise NotFound("the root is no file")
@@ -53,8 +59,8 @@ def exists(view: View, path: tuple[bytes, ...]) -> bool:
 def read(view: View, path: tuple[bytes, ...], limit: int = MAX_DB_FILE) -> bytes:
     """A regular file's bytes; raises :class:`NotFound` or ``OSError`` (named by the caller)."""
     found = lookup(view, path)
-    if found.top.kind != "file":
-        raise NotFound(f"/{os.fsdecode(b'/'.join(path))}: a {found.top.kind}, not a regular file")
+    if found.top.kind != "file":  # a FIFO, device, symlink...: reported, never opened
+        raise OSError(f"a {found.top.kind}, not a regular file: not read")
     if found.data is None:
         raise NotFound(f"/{os.fsdecode(b'/'.join(path))}: no layer holds its data")
     return read_entry(found, limit)
@@ -87,7 +93,7 @@ def listdir(view: View, path: tuple[bytes, ...]) -> dict[bytes, Resolved]:
 def read_entry(found: Resolved, limit: int = MAX_DB_FILE) -> bytes:
     """The bytes of a file found by :func:`listdir`."""
     if found.top.kind != "file" or found.data is None:
-        raise NotFound(f"{os.fsdecode(found.top.physical)}: not a regular file")
+        raise OSError(f"a {found.top.kind}, not a regular file: not read")
     chunks, size = [], 0
     try:
         with found.data.open() as fh:
