@@ -499,6 +499,55 @@ def packages_cmd(
                output, stack.evidence)
 
 
+@app.command("triage")
+def triage_cmd(
+    container: Optional[str] = _S["container"],
+    upper: Optional[str] = _S["upper"],
+    lowers: List[str] = _S["lowers"],
+    lower: List[str] = _S["lower"],
+    root: str = _root_opt(),
+    engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
+    data_root: Optional[str] = _data_root_opt(),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
+                                      help="table, json or html. Default: from -o's extension "
+                                           "(.html, .json), else table."),
+    output: Optional[str] = _output_opt(),
+    whiteouts: str = _F["whiteouts"],
+    xattr_ns: str = _F["xattr_ns"],
+    yara: Optional[str] = _Y["yara"],
+    yara_originals: bool = _Y["yara_originals"],
+) -> None:
+    """What to look at first: altered packaged files, unowned executables, rule matches and
+    changed packages; then every other change."""
+    from . import triage
+
+    if fmt is None:
+        ext = os.path.splitext(output or "")[1].lower()
+        fmt = {".html": "html", ".htm": "html", ".json": "json"}.get(ext, "table")
+    if fmt not in triage.FORMATS:
+        raise fail(f"--format: unknown triage format {fmt!r}; expected one of "
+                   f"{', '.join(triage.FORMATS)}")
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
+    holder: list = []
+    if stack.found is not None:
+        f = stack.found
+        target = {"engine": f.engine, "id": f.id, "name": ",".join(f.names) or f.id,
+                  "upper": f.upper.dir}
+    else:
+        target = {"engine": None, "name": stack.upper, "upper": stack.upper}
+    try:
+        records = stack.records(whiteouts, xattr_ns, packages=holder, yara=yara,
+                                yara_originals=yara_originals)
+        summary = triage.build(records, holder[0], target)
+        if output and output != "-":
+            refuse_inside(output, stack.evidence)
+        with report_stream(output) as stream:
+            triage.write(fmt, summary, stream)
+    except (LayerError, OutputError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
 def _warn(text: str) -> None:
     from .writers import visible
 

@@ -211,3 +211,34 @@ def test_diff_packages_csv_and_table(world):
     assert line.split()[-1] == "unowned"
     deleted = list(csv.DictReader(io.StringIO(_cli("deleted", *common[:-1], "--packages").stdout)))
     assert {r["path"]: r["package_status"] for r in deleted}["/usr/bin/tail"] == "missing"
+
+
+def test_triage_puts_what_matters_first(world, tmp_path):
+    if os.environ.get("OVF_REQUIRE_REAL") != "1":
+        pytest.importorskip("yara")
+    rules = tmp_path / "web.yar"
+    rules.write_text('rule php_webshell { strings: $a = "system($_GET" condition: $a }\n')
+    common = ["triage", "intruder", "--engine", "docker", "--data-root", str(world["daemon"].data),
+              "--yara", str(rules)]
+    summary = json.loads(_cli(*common, "-f", "json").stdout)
+    truth = {_canonical(p) for p in world["truth"] if p not in world["image_truth"]}
+    assert {r["path"] for r in summary["altered"]} == truth
+    assert {r["path"] for r in summary["unowned_executables"]} == {"/usr/local/bin/backdoor"}
+    assert summary["unowned_executables"][0]["exec_flags"] == ["script", "exec-bit"]
+    assert [(r["path"], r["yara"]) for r in summary["yara"]] == [("/var/www/html/shell.php",
+                                                                   ["php_webshell"])]
+    assert {"ovf-tool", "ovf-old", "ovf-up", "coreutils", "login"} <= \
+        {r["package"] for r in summary["packages"]}
+    first = {r["path"] for k in ("altered", "unowned_executables", "yara") for r in summary[k]}
+    assert not first & {r["path"] for r in summary["rest"]}
+    assert summary["rest_count"] == len(summary["rest"]) > 0
+    html_out = tmp_path / "triage.html"
+    _cli(*common, "-o", str(html_out))
+    page = html_out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "Content-Security-Policy" in page
+    order = [page.index(t) for t in ("Packaged files altered", "Unowned executables",
+                                     "YARA rule matches", "Packages changed", "Everything else")]
+    assert order == sorted(order)
+    assert "/usr/local/bin/backdoor" in page
+    table = _cli(*common).stdout
+    assert table.index("/usr/bin/ls") < table.index("Everything else")

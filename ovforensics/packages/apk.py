@@ -82,8 +82,11 @@ def _own(db, parts, info, aliases) -> None:
 def load(view, aliases: dict[bytes, bytes]) -> Database | None:
     from . import viewfs
 
+    where = INSTALLED
+    if where[0] in aliases:  # merged /usr: /lib -> usr/lib (the alias, not any symlink)
+        where = tuple(aliases[where[0]].split(b"/")) + where[1:]
     try:
-        text = viewfs.read(view, INSTALLED)
+        text = viewfs.read(view, where)
     except viewfs.SymlinkedParent as exc:
         db = Database("apk", "/lib/apk/db/installed", complete=False)
         db.problems.append(f"/lib/apk/db/installed: {exc}")

@@ -65,3 +65,20 @@ def clean_path(raw: bytes, base: bytes = b"") -> tuple[bytes, ...] | None:
     if any(p == b".." for p in parts):
         return None
     return parts
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def valid_digest(text: str | None, algorithm: str | None) -> str | None:
+    """``text`` lower-cased where it is hex of ``algorithm``'s length, else None."""
+    import hashlib
+
+    if not text or not algorithm:
+        return None
+    text = text.lower()
+    try:
+        size = hashlib.new(algorithm).digest_size * 2
+    except ValueError:
+        return None
+    return text if len(text) == size and set(text) <= _HEX else None

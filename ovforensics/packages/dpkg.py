@@ -9,7 +9,7 @@ running dpkg, so they are parsed here, bounded, and fuzzed (fuzz/fuzz_packages.p
 """
 from __future__ import annotations
 
-from .db import Database, FileInfo, Package, clean_path
+from .db import Database, FileInfo, Package, clean_path, valid_digest
 
 STATUS = (b"var", b"lib", b"dpkg", b"status")
 INFO = (b"var", b"lib", b"dpkg", b"info")
@@ -127,7 +127,7 @@ def load(view, aliases: dict[bytes, bytes]) -> Database | None:
     for key, items in conffiles.items():
         pkg = by_key[key]
         for raw, digest in items:
-            known = digest if len(digest) == 32 else None  # "newconffile": none recorded yet
+            known = valid_digest(digest, "md5")  # "newconffile": none recorded yet
             _own(db, raw, FileInfo(pkg, known, "md5" if known else None, conffile=True), aliases,
                  "status")
     return db

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from .db import Database, FileInfo, Package, clean_path
+from .db import Database, FileInfo, Package, clean_path, valid_digest
 
 DBDIRS = ((b"var", b"lib", b"rpm"), (b"usr", b"lib", b"sysimage", b"rpm"))
 SQLITE = b"rpmdb.sqlite"
@@ -80,36 +80,50 @@ def _text(value) -> str:
     return (value or b"").decode("utf-8", "surrogateescape") if isinstance(value, bytes) else ""
 
 
+def _ints(header: dict, tag: int) -> list[int]:
+    value = header.get(tag) or []
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise HeaderError(f"tag {tag}: not an integer array")
+    return value
+
+
+def _strs(header: dict, tag: int) -> list[bytes]:
+    value = header.get(tag) or []
+    if not isinstance(value, list) or not all(isinstance(v, bytes) for v in value):
+        raise HeaderError(f"tag {tag}: not a string array")
+    return value
+
+
 def add_header(db: Database, header: dict, aliases: dict[bytes, bytes]) -> None:
     name = _text(header.get(TAG_NAME))
     if not name:
         raise HeaderError("no name")
     version = _text(header.get(TAG_VERSION))
     release = _text(header.get(TAG_RELEASE))
-    epoch = header.get(TAG_EPOCH)
-    full = (f"{epoch[0]}:" if isinstance(epoch, list) and epoch else "") + version + \
+    epoch = _ints(header, TAG_EPOCH)
+    full = (f"{epoch[0]}:" if epoch else "") + version + \
         (f"-{release}" if release else "")
     arch = _text(header.get(TAG_ARCH))
     pkg = Package("rpm", name, full, arch)
     db.packages[f"{name}.{arch}" if arch else name] = pkg
-    basenames = header.get(TAG_BASENAMES) or []
+    basenames = _strs(header, TAG_BASENAMES)
     if basenames:
-        dirnames = header.get(TAG_DIRNAMES) or []
-        indexes = header.get(TAG_DIRINDEXES) or []
+        dirnames = _strs(header, TAG_DIRNAMES)
+        indexes = _ints(header, TAG_DIRINDEXES)
         if len(indexes) != len(basenames) or any(i >= len(dirnames) for i in indexes):
             raise HeaderError(f"{name}: file lists of different lengths")
         paths = [dirnames[i] + b for i, b in zip(indexes, basenames)]
     else:
-        paths = list(header.get(TAG_OLDFILENAMES) or [])
+        paths = list(_strs(header, TAG_OLDFILENAMES))
     n = len(paths)
 
     def column(tag, default):
-        values = header.get(tag) or []
+        values = _ints(header, tag) if isinstance(default, int) else _strs(header, tag)
         return values if len(values) == n else [default] * n
 
     digests = column(TAG_FILEDIGESTS, b"")
     modes, flags, links = column(TAG_FILEMODES, 0), column(TAG_FILEFLAGS, 0), column(TAG_FILELINKTOS, b"")
-    algo_values = header.get(TAG_FILEDIGESTALGO) or [1]
+    algo_values = _ints(header, TAG_FILEDIGESTALGO) or [1]
     algorithm = DIGEST_ALGOS.get(algo_values[0])
     for path, digest, mode, flag, link in zip(paths, digests, modes, flags, links):
         parts = clean_path(path)
@@ -119,7 +133,10 @@ def add_header(db: Database, header: dict, aliases: dict[bytes, bytes]) -> None:
         if parts and parts[0] in aliases:
             parts = tuple(aliases[parts[0]].split(b"/")) + parts[1:]
         kind = {0o040000: "dir", 0o120000: "symlink", 0o100000: "file"}.get(mode & 0o170000)
-        text = digest.decode("ascii", "replace").lower() if digest else None
+        text = digest.decode("ascii", "replace") if digest else None
+        if text and valid_digest(text, algorithm) is None:
+            db.problems.append(f"{name}: damaged digest for {path!r}: not used")
+        text = valid_digest(text, algorithm)
         ghost = bool(flag & RPMFILE_GHOST)
         info = FileInfo(pkg, None if ghost or not algorithm else text,
                         None if ghost or not text else algorithm,
