@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (once) a Debian 12 (bookworm) minbase root for the package-database tests
-# (tests/test_packages_docker.py imports it into a hermetic dockerd as an image).
+# (tests/test_packages_engines.py imports it into a hermetic dockerd and podman).
 # Idempotent: a finished root has .ovf-ready. ~30 s, ~200 MB.
 # Usage: tests/bookworm/build.sh DIR     (as root; needs debootstrap and Debian's package mirror)
 set -euo pipefail

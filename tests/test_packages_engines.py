@@ -1,4 +1,4 @@
-"""Package databases against a real dockerd: a debootstrapped Debian 12 image, a layer that
+"""Package databases against a real dockerd and a real podman: a debootstrapped Debian 12 image, a layer that
 installs two .debs, and a container doing what an intruder and an admin do. Every expectation
 is held against ``dpkg --verify`` run inside the committed container itself (the engine's own
 truth), minus what the image alone already reports.
@@ -44,22 +44,100 @@ EOS
 """
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    why = ed.missing()
-    need(why is None, why or "")
+class DockerEngine:
+    name = "docker"
+
+    def __init__(self, base):
+        self.daemon = ed.DockerD(base / "d")
+        self.data_root = str(self.daemon.data)
+
+    def start(self):
+        why = ed.missing()
+        need(why is None, why or "")
+        error = self.daemon.start()
+        need(error is None, f"dockerd does not come up here: {error}")
+
+    def import_tar(self, tar: bytes, tag: str):
+        self.daemon.cli("import", "-", tag, input=tar, timeout=300)
+
+    def run_i(self, name, image, script, data: bytes):
+        self.daemon.cli("run", "-i", "--name", name, "--network", "none", image, "sh", "-c",
+                        script, input=data)
+
+    def commit(self, name, tag):
+        self.daemon.cli("commit", name, tag)
+
+    def run_rm(self, image, *cmd) -> subprocess.CompletedProcess:
+        return self.daemon.cli("run", "--rm", "--network", "none", image, *cmd, check=False)
+
+    def stop(self):
+        self.daemon.stop()
+
+
+class PodmanEngine:
+    name = "podman"
+
+    def __init__(self, base):
+        import engine_podman as ep
+
+        self.ep = ep
+        self.base = base / "pm"
+        self.pm = None
+
+    def start(self):
+        from conftest import _overlay_works
+
+        ok, why = _overlay_works()
+        need(ok, why)
+        why = self.ep.missing()
+        need(why is None, why or "")
+        self.pm = self.ep.Podman(self.base)
+        self.data_root = str(self.pm.storage)
+
+    def _run(self, *args, data: bytes | None = None, check=True):
+        proc = subprocess.run(self.pm.argv(*args), env=self.pm.env(), input=data,
+                              capture_output=True, timeout=300, cwd=self.pm.base)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"podman {args[:3]}: {proc.stderr.decode(errors='replace')}")
+        return proc
+
+    def import_tar(self, tar: bytes, tag: str):
+        path = self.base / "rootfs.tar"
+        path.write_bytes(tar)
+        self._run("import", str(path), tag)
+        path.unlink()
+
+    def run_i(self, name, image, script, data: bytes):
+        self._run("run", "-i", "--name", name, "--network", "none", image, "sh", "-c", script,
+                  data=data)
+        self.pm.started.append(name)
+        self.pm.wait_state(name, "exited")
+
+    def commit(self, name, tag):
+        self._run("commit", name, tag)
+
+    def run_rm(self, image, *cmd) -> subprocess.CompletedProcess:
+        return self._run("run", "--rm", "--network", "none", image, *cmd, check=False)
+
+    def stop(self):
+        if self.pm is not None:
+            self.pm.cleanup()
+
+
+@pytest.fixture(scope="module", params=["docker", "podman"])
+def world(request, tmp_path_factory):
     need_container_runtime()
     need(shutil.which("dpkg-deb") is not None, "needs dpkg-deb")
     root, why = pe.bookworm_root()
     need(root is not None, why)
-    base = tmp_path_factory.mktemp("pkg-dockerd")
-    daemon = ed.DockerD(base / "d")
+    base = tmp_path_factory.mktemp(f"pkg-{request.param}")
+    base.chmod(0o755)
+    engine = (DockerEngine if request.param == "docker" else PodmanEngine)(base)
     try:
-        error = daemon.start()
-        need(error is None, f"dockerd does not come up here: {error}")
+        engine.start()
         tar = subprocess.run(["tar", "-C", str(root), "--exclude=./.ovf-ready", "-c", "."],
                              capture_output=True, check=True)
-        daemon.cli("import", "-", BASE, input=tar.stdout, timeout=300)
+        engine.import_tar(tar.stdout, BASE)
         debs = base / "debs"
         debs.mkdir()
         old = pe.build_deb(debs, "ovf-old", "1.0", {"/usr/share/ovf-old/file": b"old\n"})
@@ -77,25 +155,23 @@ def world(tmp_path_factory):
                     tf.add(p, arcname=p.name)
             return out.getvalue()
 
-        daemon.cli("run", "-i", "--name", "prep", "--network", "none", BASE, "sh", "-c", PREP,
-                   input=bundle(old, up1))
-        daemon.cli("commit", "prep", PKGS)
-        daemon.cli("run", "-i", "--name", "intruder", "--network", "none", PKGS, "sh", "-c",
-                   INTRUDE, input=bundle(tool, up2))
-        daemon.cli("commit", "intruder", CHECK)
+        engine.run_i("prep", BASE, PREP, bundle(old, up1))
+        engine.commit("prep", PKGS)
+        engine.run_i("intruder", PKGS, INTRUDE, bundle(tool, up2))
+        engine.commit("intruder", CHECK)
 
         def verify(image: str) -> dict[str, str]:
-            proc = daemon.cli("run", "--rm", "--network", "none", image, "dpkg", "--verify",
-                              check=False)
+            proc = engine.run_rm(image, "dpkg", "--verify")
             assert proc.returncode in (0, 1), proc.stderr
             return pe.parse_dpkg_verify(proc.stdout.decode())
 
         image_truth, container_truth = verify(PKGS), verify(CHECK)
-        found = ovforensics.find_container("intruder", engine="docker", data_root=str(daemon.data))
-        yield {"daemon": daemon, "found": found, "truth": container_truth,
+        found = ovforensics.find_container("intruder", engine=engine.name,
+                                           data_root=engine.data_root)
+        yield {"engine": engine, "found": found, "truth": container_truth,
                "image_truth": image_truth, "base": base}
     finally:
-        daemon.stop()
+        engine.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -177,8 +253,8 @@ EXPECTED_PACKAGES = {
 
 
 def test_packages_command_every_format(world):
-    data = str(world["daemon"].data)
-    common = ["intruder", "--engine", "docker", "--data-root", data]
+    engine = world["engine"]
+    common = ["intruder", "--engine", engine.name, "--data-root", engine.data_root]
     rows = [json.loads(line) for line in _cli("packages", *common, "-f", "jsonl").stdout.splitlines()]
     got = {(r["package"], r["change"], r["version_before"], r["version_after"], r["altered"],
             r["missing"]) for r in rows}
@@ -200,8 +276,8 @@ def test_packages_command_every_format(world):
 
 
 def test_diff_packages_csv_and_table(world):
-    data = str(world["daemon"].data)
-    common = ["intruder", "--engine", "docker", "--data-root", data, "--packages"]
+    engine = world["engine"]
+    common = ["intruder", "--engine", engine.name, "--data-root", engine.data_root, "--packages"]
     rows = list(csv.DictReader(io.StringIO(_cli("diff", *common, "-f", "csv").stdout)))
     by_path = {r["path"]: r for r in rows}
     assert by_path["/usr/bin/ls"]["package_status"] == "altered"
@@ -218,7 +294,8 @@ def test_triage_puts_what_matters_first(world, tmp_path):
         pytest.importorskip("yara")
     rules = tmp_path / "web.yar"
     rules.write_text('rule php_webshell { strings: $a = "system($_GET" condition: $a }\n')
-    common = ["triage", "intruder", "--engine", "docker", "--data-root", str(world["daemon"].data),
+    engine = world["engine"]
+    common = ["triage", "intruder", "--engine", engine.name, "--data-root", engine.data_root,
               "--yara", str(rules)]
     summary = json.loads(_cli(*common, "-f", "json").stdout)
     truth = {_canonical(p) for p in world["truth"] if p not in world["image_truth"]}
