@@ -402,7 +402,8 @@ def timeline_cmd(
         raise fail(str(exc)) from None
     typer.echo(f"ovforensics: {timeline.UTC_NOTE[fmt]}", err=True)
     _emit(fmt, records, output, stack.evidence, run=run,
-          write=lambda f, recs, stream: timeline.write_timeline(f, recs, stream))
+          write=lambda f, recs, stream: timeline.write_timeline(
+              f, recs, stream, extra_columns=_more_columns(packages, None, False)))
 
 
 @app.command("recover")
