@@ -429,6 +429,9 @@ def recover_cmd(
     exclude: List[str] = _F["exclude"],
     whiteouts: str = _F["whiteouts"],
     xattr_ns: str = _F["xattr_ns"],
+    packages: bool = typer.Option(False, "--packages",
+                                  help="Check each original against the image's package "
+                                       "databases (manifest: package, package_status)."),
 ) -> None:
     """Copy the originals of deleted and modified paths out of the lower layers, with a manifest."""
     from .recover import recover, recover_container
@@ -439,7 +442,8 @@ def recover_cmd(
     if not (args or all_deleted or all_modified):
         raise fail("name the paths to recover, or give --all-deleted / --all-modified")
     options = dict(to=to, paths=args, all_deleted=all_deleted, all_modified=all_modified,
-                   include=include, exclude=exclude, evidence=stack.evidence, whiteouts=whiteouts)
+                   include=include, exclude=exclude, evidence=stack.evidence, whiteouts=whiteouts,
+                   packages=packages)
     try:
         if stack.found is not None:
             result = recover_container(stack.found, xattr_ns=None if xattr_ns == "auto" else xattr_ns,

@@ -319,3 +319,23 @@ def test_triage_puts_what_matters_first(world, tmp_path):
     assert "/usr/local/bin/backdoor" in page
     table = _cli(*common).stdout
     assert table.index("/usr/bin/ls") < table.index("Everything else")
+
+
+def test_recover_checks_the_originals(world, tmp_path):
+    engine = world["engine"]
+    common = ["recover", "intruder", "--engine", engine.name, "--data-root", engine.data_root,
+              "--all-deleted", "--all-modified"]
+    _cli(*common, "--packages", "--to", str(tmp_path / "with"))
+    rows = {r["path"]: r for r in csv.DictReader(open(tmp_path / "with" / "manifest.csv"))}
+    # the image's copies are what their packages shipped: the originals of the altered files
+    for path in ("/usr/bin/ls", "/usr/bin/tail", "/etc/login.defs", "/usr/bin/cat"):
+        assert (rows[path]["status"], rows[path]["package_status"]) == ("recovered", "intact"), path
+    assert rows["/usr/bin/ls"]["package"].startswith("coreutils ")
+    assert rows["/usr/share/ovf-up/VERSION"]["package"] == "ovf-up 1.0"
+    assert rows["/var/lib/dpkg/status"]["package_status"] == "unowned"
+    jsonl = [json.loads(line) for line in open(tmp_path / "with" / "manifest.jsonl")]
+    assert {r["path"]: r["package_status"] for r in jsonl} == \
+        {p: r["package_status"] for p, r in rows.items()}
+    _cli(*common, "--to", str(tmp_path / "without"))
+    header = open(tmp_path / "without" / "manifest.csv").readline()
+    assert "package" not in header

@@ -127,6 +127,22 @@ class PackageChecker:
             for name in dict.fromkeys((o.package.manager, o.package.name) for o in owners):
                 self.tally[(*name, status)] += 1
 
+    def check_original(self, path: bytes, top, data) -> dict:
+        """An original in the image (what ``recover`` copies) against the image's databases."""
+        owners = self.owners(self.base, path)
+        if not owners:
+            return {"package": None, "package_status": self._nobody(self.base),
+                    "package_manager": None}
+        probe = Change(path=path, change=MODIFIED, type=top.kind, target=top.target, entry=top,
+                       data=data)
+        status = self._status(probe, owners)
+        out = {"package": ", ".join(dict.fromkeys(o.package.label for o in owners)),
+               "package_status": status,
+               "package_manager": ",".join(dict.fromkeys(o.package.manager for o in owners))}
+        if probe.extra.get("read_errors"):
+            out["read_errors"] = probe.extra["read_errors"]
+        return out
+
     def _status(self, record: Change, owners: list[FileInfo]) -> str:
         kind = record.type
         with_digest = [o for o in owners if o.digest and o.algorithm]
