@@ -167,6 +167,10 @@ class PackageChecker:
         from ..layer import EntryError
 
         algorithms = tuple(dict.fromkeys(o.algorithm for o in with_digest))
+        known = {a: record.extra[a] for a in algorithms if isinstance(record.extra.get(a), str)}
+        if len(known) == len(algorithms):  # --hash already read the file: no second read
+            return "intact" if any(known[o.algorithm] == o.digest for o in with_digest) \
+                else "altered"
         source = record.data or record.entry
         if source is None:
             return "unreadable"
