@@ -184,8 +184,8 @@ class PackageChecker:
 
     # -- the stream ---------------------------------------------------------------------------
     def run(self, records: Iterable[Change]) -> Iterator[Change]:
-        """The records in order, each checked (files are read on a thread pool)."""
-        yield from self.problems()
+        """The records in order, each checked (files are read on a thread pool); then one
+        ``package-db`` anomaly per database problem (as the differ's unreadable entries, last)."""
         window: collections.deque = collections.deque()
         limit = self.workers * 8
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ovf-pkg") as pool:
@@ -195,3 +195,4 @@ class PackageChecker:
                     yield window.popleft().result()
             while window:
                 yield window.popleft().result()
+        yield from self.problems()
