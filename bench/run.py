@@ -33,7 +33,7 @@ from measure import Cmd, Result, at_least, at_most, compare, rss_at_most  # noqa
 
 OVF = [sys.executable, "-m", "ovforensics"]
 FORMATS = ("table", "csv", "json", "jsonl", "docker")
-GROUPS = ("docker", "mixed", "deep", "memory", "hashing", "containers")
+GROUPS = ("docker", "mixed", "deep", "memory", "hashing", "containers", "packages")
 
 
 @dataclass
@@ -156,6 +156,37 @@ class Bench:
                                               "-f", "jsonl"),
                          base, s.rounds, throughput=True, warm=True, check=at_least(0.8)))
 
+    def packages(self) -> None:
+        """The price of --packages: a debootstrapped Debian 12 root (tests/bookworm/build.sh's
+        cache) as the lower, an upper replacing packaged files (each one altered)."""
+        cache = Path(os.environ.get("OVF_BOOKWORM_CACHE", "/var/cache/ovforensics/bookworm"))
+        name = "diff --packages vs diff, altered packaged files over Debian 12"
+        if not (cache / ".ovf-ready").exists() and os.geteuid() == 0 and shutil.which("debootstrap"):
+            subprocess.run([str(HERE.parent / "tests" / "bookworm" / "build.sh"), str(cache)],
+                           capture_output=True, timeout=900)  # once per machine, ~30 s
+        if not (cache / ".ovf-ready").exists():
+            self.skip(name, "info", f"no {cache} (tests/bookworm/build.sh builds it, as root)")
+            return
+        upper = self.work / "packages-upper"
+        shutil.rmtree(upper, ignore_errors=True)
+        limit = 20 if self.sizes is QUICK else 10 ** 9
+        count = 0
+        for sub in ("usr/bin", "usr/lib/x86_64-linux-gnu"):
+            for entry in sorted(os.scandir(cache / sub), key=lambda e: e.name):
+                if count >= limit or not entry.is_file(follow_symlinks=False):
+                    continue
+                target = upper / sub / entry.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(entry.path, target)
+                with open(target, "ab") as fh:
+                    fh.write(b"\0")
+                count += 1
+        label = f"diff --packages vs diff, {count} altered packaged files over Debian 12"
+        self.add(compare(label, "info",
+                         ovf_diff(str(upper), [str(cache)], "--packages", "-f", "jsonl"),
+                         ovf_diff(str(upper), [str(cache)], "-f", "jsonl"),
+                         self.sizes.rounds, warm=self.sizes.warm))
+
     def engines(self, groups: set[str]) -> None:
         import dockerbench
 
@@ -250,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if groups & {"docker", "containers"}:
             bench.engines(groups)
-        for group in ("mixed", "deep", "memory", "hashing"):
+        for group in ("mixed", "deep", "memory", "hashing", "packages"):
             if group in groups:
                 getattr(bench, group)()
     finally:

@@ -21,7 +21,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: harness -> largest input libFuzzer makes (bytes)
 HARNESSES = {"bbolt": 32768, "tar": 65536, "docker": 8192, "podman": 8192, "containerd": 8192,
-             "lowerdir": 4096, "xattrs": 4096}
+             "lowerdir": 4096, "xattrs": 4096, "packages": 16384}
 
 
 def seed(name: str, corpus: str) -> None:

@@ -30,7 +30,8 @@ def _roots(layers):
 def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | Layer] = (), *,
          whiteouts: str = "auto", xattr_ns: str = "auto", only: Iterable[str] | None = None,
          include: Iterable[str] = (), exclude: Iterable[str] = (),
-         hashes: Iterable[str] | str = (), magic: bool = False, run=None) -> Iterator[Change]:
+         hashes: Iterable[str] | str = (), magic: bool = False, run=None, packages=False,
+         yara: str | None = None, yara_originals: bool = False) -> Iterator[Change]:
     """Yield a :class:`Change` for every difference between the lowers and upper-over-lowers.
 
     ``upper`` and ``lowers`` are directories or tar archives (or :class:`Layer` objects);
@@ -41,7 +42,11 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
     ``hashes`` (e.g. ``("sha256", "md5")``) adds digests of both versions of each changed file
     (``sha256``, ``lower_sha256``, ...) to ``extra``; ``magic`` adds libmagic's ``magic`` and
     ``mime`` and ``exec_flags``/``new_executable``. ``run`` (a :class:`~ovforensics.runrecord.RunRecord`)
-    is told the layers read and sees every record.
+    is told the layers read and sees every record. ``packages`` (True, or a list
+    the :class:`~ovforensics.packages.PackageChecker` is appended to) adds ``package``/``package_status``
+    from the stack's dpkg, rpm and apk databases (docs/packages.md); ``yara`` (a rules file or
+    directory) adds ``yara``, the rules matching each added/modified file (and with
+    ``yara_originals`` ``lower_yara`` for the shadowed originals).
     Raises :class:`LayerError` when a layer cannot be opened; a damaged entry inside a layer is
     reported as an ``anomaly`` record instead.
     """
@@ -61,6 +66,17 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
         run.add_layers([upper_layer, *lower_layers])
     records = _filtered(Differ(upper_layer, lower_layers, ns).changes(), only_set, include, exclude)
     records = Enricher(algorithms, magic, ns).run(records)
+    if yara:
+        from .yarascan import YaraScanner
+
+        records = YaraScanner(yara, yara_originals).run(records)
+    if packages or isinstance(packages, list):
+        from .packages import PackageChecker, load_stack_databases
+
+        checker = PackageChecker(*load_stack_databases(upper_layer, lower_layers, ns))
+        if isinstance(packages, list):
+            packages.append(checker)  # the caller reads its databases and tally afterwards
+        records = checker.run(records)
     return run.watch(records) if run is not None else records
 
 

@@ -216,6 +216,35 @@ def _hash_opt():
                              "(comma list).")
 
 
+def _packages_opt():
+    return typer.Option(False, "--packages",
+                        help="Check each change against the stack's package databases (dpkg, "
+                             "rpm, apk): package, package_status (intact, altered, unowned, ...).")
+
+
+def _yara_opts():
+    return dict(
+        yara=typer.Option(None, "--yara", metavar="RULES",
+                          help="Match YARA rules (a file, or a directory of *.yar) against every "
+                               "added and modified file: the yara field (needs yara-python)."),
+        yara_originals=typer.Option(False, "--yara-originals",
+                                    help="With --yara, match the shadowed originals too "
+                                         "(lower_yara)."),
+    )
+
+
+_Y = _yara_opts()
+
+
+def _more_columns(packages: bool, yara: Optional[str], originals: bool) -> tuple:
+    from .packages.verify import COLUMNS
+
+    cols = COLUMNS if packages else ()
+    if yara:
+        cols += ("yara", "lower_yara") if originals else ("yara",)
+    return cols
+
+
 def _filter_opts():
     return dict(
         include=typer.Option([], "--include", metavar="GLOB",
@@ -273,6 +302,9 @@ def diff_cmd(
                                                       "flag new executables (ELF, scripts with an "
                                                       "exec bit, setuid/setgid, capabilities)."),
     meta: bool = _meta_opt(),
+    packages: bool = _packages_opt(),
+    yara: Optional[str] = _Y["yara"],
+    yara_originals: bool = _Y["yara_originals"],
 ) -> None:
     """Report every added, modified and deleted path of a container or an overlay stack."""
     from .runrecord import RunRecord
@@ -280,10 +312,11 @@ def diff_cmd(
     fmt = _pick_format(fmt, output)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     run = RunRecord() if meta else None
-    extra = _extra_columns(hashes, magic)
+    extra = _extra_columns(hashes, magic) + _more_columns(packages, yara, yara_originals)
     try:
         records = stack.records(whiteouts, xattr_ns, run=run, only=_split_list(only) or None,
-                                include=include, exclude=exclude, hashes=hashes or (), magic=magic)
+                                include=include, exclude=exclude, hashes=hashes or (), magic=magic,
+                                packages=packages, yara=yara, yara_originals=yara_originals)
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
     _emit(fmt, records, output, stack.evidence, run=run, extra_columns=extra)
@@ -308,6 +341,7 @@ def deleted_cmd(
     xattr_ns: str = _F["xattr_ns"],
     hashes: Optional[str] = _hash_opt(),
     meta: bool = _meta_opt(),
+    packages: bool = _packages_opt(),
 ) -> None:
     """Every deleted path, with the lower layer and on-disk path of its recoverable original."""
     from .runrecord import RunRecord
@@ -315,10 +349,11 @@ def deleted_cmd(
     fmt = _pick_format(fmt or (None if output and output != "-" else "csv"), output)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     run = RunRecord() if meta else None
-    extra = ("atime", "ctime") + _extra_columns(hashes, False, deleted_only=True)
+    extra = ("atime", "ctime") + _extra_columns(hashes, False, deleted_only=True) + \
+        _more_columns(packages, None, False)
     try:
         records = stack.records(whiteouts, xattr_ns, run=run, only=["deleted"], include=include,
-                                exclude=exclude, hashes=hashes or ())
+                                exclude=exclude, hashes=hashes or (), packages=packages)
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
     _emit(fmt, _with_times(records), output, stack.evidence, run=run, extra_columns=extra)
@@ -345,6 +380,7 @@ def timeline_cmd(
     xattr_ns: str = _F["xattr_ns"],
     hashes: Optional[str] = _hash_opt(),
     meta: bool = _meta_opt(),
+    packages: bool = _packages_opt(),
 ) -> None:
     """One event per timestamp of every changed entry, upper and shadowed original both (UTC)."""
     from . import timeline
@@ -361,12 +397,13 @@ def timeline_cmd(
     run = RunRecord() if meta else None
     try:
         records = stack.records(whiteouts, xattr_ns, run=run, include=include, exclude=exclude,
-                                hashes=hashes or ())
+                                hashes=hashes or (), packages=packages)
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
     typer.echo(f"ovforensics: {timeline.UTC_NOTE[fmt]}", err=True)
     _emit(fmt, records, output, stack.evidence, run=run,
-          write=lambda f, recs, stream: timeline.write_timeline(f, recs, stream))
+          write=lambda f, recs, stream: timeline.write_timeline(
+              f, recs, stream, extra_columns=_more_columns(packages, None, False)))
 
 
 @app.command("recover")
@@ -392,6 +429,9 @@ def recover_cmd(
     exclude: List[str] = _F["exclude"],
     whiteouts: str = _F["whiteouts"],
     xattr_ns: str = _F["xattr_ns"],
+    packages: bool = typer.Option(False, "--packages",
+                                  help="Check each original against the image's package "
+                                       "databases (manifest: package, package_status)."),
 ) -> None:
     """Copy the originals of deleted and modified paths out of the lower layers, with a manifest."""
     from .recover import recover, recover_container
@@ -402,7 +442,8 @@ def recover_cmd(
     if not (args or all_deleted or all_modified):
         raise fail("name the paths to recover, or give --all-deleted / --all-modified")
     options = dict(to=to, paths=args, all_deleted=all_deleted, all_modified=all_modified,
-                   include=include, exclude=exclude, evidence=stack.evidence, whiteouts=whiteouts)
+                   include=include, exclude=exclude, evidence=stack.evidence, whiteouts=whiteouts,
+                   packages=packages)
     try:
         if stack.found is not None:
             result = recover_container(stack.found, xattr_ns=None if xattr_ns == "auto" else xattr_ns,
@@ -425,6 +466,97 @@ def _with_times(records):
             record.extra["atime"] = format_ns(shadow.atime_ns)
             record.extra["ctime"] = format_ns(shadow.ctime_ns)
         yield record
+
+
+@app.command("packages")
+def packages_cmd(
+    container: Optional[str] = _S["container"],
+    upper: Optional[str] = _S["upper"],
+    lowers: List[str] = _S["lowers"],
+    lower: List[str] = _S["lower"],
+    root: str = _root_opt(),
+    engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
+    data_root: Optional[str] = _data_root_opt(),
+    fmt: Optional[str] = _format_opt(),
+    output: Optional[str] = _output_opt(),
+    whiteouts: str = _F["whiteouts"],
+    xattr_ns: str = _F["xattr_ns"],
+    every: bool = typer.Option(False, "--all", help="List unchanged packages too."),
+) -> None:
+    """Packages installed, removed and upgraded in a container (its package databases against
+    the image's), per manager, each with the count of its files altered or missing."""
+    from .packages.changes import COLUMNS, package_rows
+
+    fmt = _pick_format(fmt, output)
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
+    holder: list = []
+    try:
+        for record in stack.records(whiteouts, xattr_ns, packages=holder):
+            if record.change == "anomaly" and record.anomaly == "package-db":
+                _warn(record.detail)
+    except (LayerError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    checker = holder[0]
+    if not checker.base and not checker.merged:
+        _warn("no package database (dpkg, rpm, apk) in the image or the container")
+    _emit_rows(fmt, package_rows(checker.base, checker.merged, checker.tally, every), COLUMNS,
+               output, stack.evidence)
+
+
+@app.command("triage")
+def triage_cmd(
+    container: Optional[str] = _S["container"],
+    upper: Optional[str] = _S["upper"],
+    lowers: List[str] = _S["lowers"],
+    lower: List[str] = _S["lower"],
+    root: str = _root_opt(),
+    engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
+    data_root: Optional[str] = _data_root_opt(),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
+                                      help="table, json or html. Default: from -o's extension "
+                                           "(.html, .json), else table."),
+    output: Optional[str] = _output_opt(),
+    whiteouts: str = _F["whiteouts"],
+    xattr_ns: str = _F["xattr_ns"],
+    yara: Optional[str] = _Y["yara"],
+    yara_originals: bool = _Y["yara_originals"],
+) -> None:
+    """What to look at first: altered packaged files, unowned executables, rule matches and
+    changed packages; then every other change."""
+    from . import triage
+
+    if fmt is None:
+        ext = os.path.splitext(output or "")[1].lower()
+        fmt = {".html": "html", ".htm": "html", ".json": "json"}.get(ext, "table")
+    if fmt not in triage.FORMATS:
+        raise fail(f"--format: unknown triage format {fmt!r}; expected one of "
+                   f"{', '.join(triage.FORMATS)}")
+    stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
+    holder: list = []
+    if stack.found is not None:
+        f = stack.found
+        target = {"engine": f.engine, "id": f.id, "name": ",".join(f.names) or f.id,
+                  "upper": f.upper.dir}
+    else:
+        target = {"engine": None, "name": stack.upper, "upper": stack.upper}
+    try:
+        records = stack.records(whiteouts, xattr_ns, packages=holder, yara=yara,
+                                yara_originals=yara_originals)
+        summary = triage.build(records, holder[0], target)
+        if output and output != "-":
+            refuse_inside(output, stack.evidence)
+        with report_stream(output) as stream:
+            triage.write(fmt, summary, stream)
+    except (LayerError, OutputError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _warn(text: str) -> None:
+    from .writers import visible
+
+    typer.echo(f"ovforensics: warning: {visible(text or '')}", err=True)
 
 
 @app.command("containers")

@@ -113,6 +113,7 @@ class ManifestRow:
     source_layer: LayerRef | None = None
     source_path: bytes | None = None  # the original entry on disk / in the archive
     data_path: bytes | None = None  # where the bytes came from, when not source_path (metacopy)
+    extra: dict = field(default_factory=dict)  # --packages: package, package_status, ...
 
     def to_dict(self) -> dict:
         out = {
@@ -137,6 +138,7 @@ class ManifestRow:
                          ("source_path", self.source_path), ("data_path", self.data_path)):
             if raw is not None and not is_utf8(raw):
                 out[key + "_b64"] = base64.b64encode(raw).decode("ascii")
+        out.update(self.extra)
         return out
 
 
@@ -161,8 +163,10 @@ class RecoverResult:
 class _Manifest:
     """Both manifests, written as rows arrive under temporary names inside ``TO``."""
 
-    def __init__(self, to_fd: int):
+    def __init__(self, to_fd: int, extra_columns: tuple[str, ...] = ()):
         from .writers import guard_formula, json_line
+
+        self.columns = MANIFEST_COLUMNS + tuple(extra_columns)
 
         self._guard, self._json_line = guard_formula, json_line
         self.to_fd = to_fd
@@ -172,7 +176,7 @@ class _Manifest:
         self.csv_fh = self._create(self.tmp_csv)
         self.jsonl_fh = self._create(self.tmp_jsonl)
         self.csv = csv.writer(self.csv_fh)
-        self.csv.writerow(MANIFEST_COLUMNS)
+        self.csv.writerow(self.columns)
 
     def _create(self, name: str):
         fd = os.open(name, _NEW_FILE, 0o600, dir_fd=self.to_fd)
@@ -185,7 +189,7 @@ class _Manifest:
         values = dict(record, what=";".join(record["what"]), source_layer=layer.get("index"),
                       source_layer_dir=layer.get("dir"), source_layer_id=layer.get("id"))
         cells = []
-        for col in MANIFEST_COLUMNS:
+        for col in self.columns:
             value = values.get(col)
             cells.append("" if value is None else
                          self._guard(value) if isinstance(value, str) else value)
@@ -390,8 +394,9 @@ class Recoverer:
     def __init__(self, differ, to: str, *, evidence: Iterable[str] = (),
                  include: Iterable[str] = (), exclude: Iterable[str] = (),
                  on_row: Callable[[ManifestRow], None] | None = None,
-                 keep_owner: bool | None = None):
+                 keep_owner: bool | None = None, packages=None):
         self.differ = differ
+        self.packages = packages  # a PackageChecker: each original checked against the image's
         self.base: View = differ.base
         self.merged: View = differ.merged
         self.ns: Namespaces = differ.ns
@@ -474,7 +479,9 @@ class Recoverer:
         self.result = RecoverResult(self.to, os.path.join(self.to, MANIFEST_CSV),
                                     os.path.join(self.to, MANIFEST_JSONL))
         self.dest = _Dest(to_fd)
-        self.manifest = _Manifest(to_fd)
+        from .packages.verify import COLUMNS as PACKAGE_COLUMNS
+
+        self.manifest = _Manifest(to_fd, PACKAGE_COLUMNS if self.packages is not None else ())
         try:
             for parts in named:
                 self._named(parts)
@@ -584,6 +591,8 @@ class Recoverer:
             row.data_path = data.physical
         if top.kind == "symlink":
             row.size = len(top.target or b"")
+        if self.packages is not None:
+            row.extra.update(self.packages.check_original(row.path, top, data))
         try:
             self._place(path, top, data, row)
         except _Blocked as exc:
@@ -769,13 +778,16 @@ def recover(upper, lowers=(), *, to: str, paths: Iterable[str | bytes] = (),
             all_deleted: bool = False, all_modified: bool = False,
             evidence: Iterable[str] = (), whiteouts: str = "auto", xattr_ns: str = "auto",
             include: Iterable[str] = (), exclude: Iterable[str] = (),
-            on_row: Callable[[ManifestRow], None] | None = None) -> RecoverResult:
+            on_row: Callable[[ManifestRow], None] | None = None,
+            packages: bool = False) -> RecoverResult:
     """Copy the originals (the lowers' version) of ``paths`` and/or of every deleted/modified
     path into ``to``, with a manifest there. ``upper``/``lowers`` as for :func:`ovforensics.scan`
     (directories, archives or layers); ``evidence``: more directories never to write into (an
     evidence root); every layer directory is one already. Raises :class:`RecoverError` before
     writing anything when the destination or a path is refused; an entry that cannot be
     recovered is a manifest row (``skipped``, ``not-found``, ``error``) and the run goes on.
+    ``packages``: each original is checked against the image's package databases (manifest
+    columns ``package``, ``package_status``, ``package_manager``; docs/packages.md).
     """
     from . import _roots, open_layer
     from .diff import Differ
@@ -793,8 +805,13 @@ def recover(upper, lowers=(), *, to: str, paths: Iterable[str | bytes] = (),
         lower_layers = [layer(spec, i) for i, spec in enumerate(lowers)]
         ns = Namespaces.parse(xattr_ns, roots=_roots([upper_layer, *lower_layers]))
         differ = Differ(upper_layer, lower_layers, ns)
+        checker = None
+        if packages:
+            from .packages import PackageChecker, load_stack_databases
+
+            checker = PackageChecker(*load_stack_databases(upper_layer, lower_layers, ns))
         recoverer = Recoverer(differ, to, evidence=evidence, include=include, exclude=exclude,
-                              on_row=on_row)
+                              on_row=on_row, packages=checker)
         return recoverer.run(paths, all_deleted=all_deleted, all_modified=all_modified)
     finally:
         for item in opened:

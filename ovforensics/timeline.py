@@ -476,12 +476,13 @@ def _csv_row(event: dict) -> list:
 
 # -- entry point ---------------------------------------------------------------------------
 def write_timeline(fmt: str, changes: Iterable[Change], stream: TextIO,
-                   hashes: bool = False) -> int:
+                   hashes: bool = False, extra_columns: tuple[str, ...] = ()) -> int:
     """Write the timeline of ``changes`` in ``fmt`` (:data:`FORMATS`) to ``stream``.
 
     Streams: each record is rendered as it arrives. Returns the number of bodyfile lines or
     Timesketch events written (the CSV header row not counted). ``hashes`` computes the MD5 of
-    regular files whose record has none in ``extra``. The stream is flushed, never closed.
+    regular files whose record has none in ``extra``. ``extra_columns`` (e.g. ``package_status``
+    with ``--packages``) are added to the CSV's columns. The stream is flushed, never closed.
     Unknown formats raise ``ValueError`` naming the valid ones.
     """
     if fmt not in FORMATS:
@@ -499,10 +500,11 @@ def write_timeline(fmt: str, changes: Iterable[Change], stream: TextIO,
                 count += 1
     else:
         out = csv.writer(stream)  # QUOTE_MINIMAL quotes cells with newlines
-        out.writerow(CSV_COLUMNS)
+        extra = tuple(c for c in extra_columns if c not in CSV_COLUMNS)
+        out.writerow(CSV_COLUMNS + extra)
         for change in changes:
             for event in timesketch_events(change, hashes):
-                out.writerow(_csv_row(event))
+                out.writerow(_csv_row(event) + [_csv_cell(event.get(c)) for c in extra])
                 count += 1
     stream.flush()
     return count

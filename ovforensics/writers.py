@@ -59,6 +59,8 @@ CSV_COLUMNS = (
 )
 
 TABLE_HEADERS = ("change", "path", "type", "what", "via", "lower layer", "size")
+#: ``extra`` fields the table shows as columns when the report carries them (--packages, --yara)
+TABLE_EXTRA = ("package", "package_status", "yara", "lower_yara")
 
 #: Leading characters that make a spreadsheet treat a cell as a formula (OWASP).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -321,13 +323,16 @@ class TableWriter(Writer):
     records stay a few MB of RSS), with each column's width kept on the way; :meth:`close`
     then prints tabulate's ``simple`` layout from the spool (``_table_lines``)."""
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO, extra_columns: tuple[str, ...] = ()):
         super().__init__(stream)
         self._spool: TextIO | None = None
-        self._widths = [_width(h) + 2 for h in TABLE_HEADERS]  # tabulate's header padding
+        self._extra = tuple(c for c in TABLE_EXTRA if c in extra_columns)
+        self._headers = TABLE_HEADERS + tuple(c.replace("_", " ") for c in self._extra)
+        self._widths = [_width(h) + 2 for h in self._headers]  # tabulate's header padding
 
     def _write(self, record: dict) -> None:
-        cells = _table_cells(record)
+        cells = _table_cells(record) + [visible(str(_row_cell(record.get(c), guard=False)))
+                                        for c in self._extra]
         widths = self._widths
         for i, cell in enumerate(cells):
             width = _width(cell)
@@ -349,7 +354,7 @@ class TableWriter(Writer):
             spool.seek(0)
             rows = (line[:-1].split("\0") for line in spool)
             self.stream.write("\n")
-            for line in _table_lines(TABLE_HEADERS, rows, self._widths):
+            for line in _table_lines(self._headers, rows, self._widths):
                 self.stream.write(line + "\n")
 
 
@@ -424,7 +429,7 @@ def open_writer(fmt: str, stream: TextIO, extra_columns: tuple[str, ...] = ()) -
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown output format {fmt!r}; valid formats: {', '.join(FORMATS)}") from None
-    return cls(stream, extra_columns) if cls is CsvWriter else cls(stream)
+    return cls(stream, extra_columns) if cls in (CsvWriter, TableWriter) else cls(stream)
 
 
 def write_all(fmt: str, changes: Iterable[Change], stream: TextIO) -> dict:

@@ -231,3 +231,21 @@ def test_docker_deeply_nested_daemon_json(tmp_path):
     _write(tmp_path, "etc/docker/daemon.json", DEEP)
     broken = _only_broken(list(docker.find(Root(str(tmp_path)))))
     assert len(broken) == 1 and "daemon.json" in broken[0].where
+
+
+# -- fuzz/fuzz_packages.py ------------------------------------------------------------------------
+PACKAGE_CRASHES = {
+    # an rpm file digest "80099" (not hex of MD5's length) was used as a digest
+    "rpm-short-digest": "AwAAAAgAAABUAAAD6AAAAAYAAAAAAAAAAQAAA+kAAAAGAAAABAAAAAEAAAPqAAAABgAAAAgAAAABAAAEXQAAAAgAAAAKAAAAAgAABF4AAAAIAAAAEgAAAAIAAARcAAAABAAAACIAAAACAAAECwAAAAgAAAAqAAAAAgAABA0AAAAEAAAATAAAAAJwa2cAMS4wADEAbHMAY29uZgAvdXNyL2Jpbi8AL2V0Yy8AAAAAAAAAAAFkNDFkOGNkOThmMDBiMjA0ZTk4MDA5OThlY2Y4NDI3ZQA4MDA5OQAAAAE=",
+    # DIRINDEXES stored as a string array: compared with an int (TypeError)
+    "rpm-dirindexes-as-strings": "AwAAAAgAAABUAAAD6AAAAAYAAAAAAAAAAAMBAOkAAAAGAAAABAAAAAEAAAPqAAAA3QAAAAgAAAABAAAEXQAAAAgAAAAKAAAAAgAABF4AAAAIAAAACgAAAAIAAAReAAAACAAAABIAAAACAAAEXAAAAAgAAAAqAAAAAgAABA0AAAAEAAAATAAAAAKQlJj/ztHPADEAbHMAY29uZgAvdXNyL2Jpbi8ALwEAAAAAAAAAAAAAAAFkNDFkOGNkOThmMDBiMjA0ZTk4MDA5OThlY2Y4NDI3ZQAAAAAAAAoKAAE=",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGE_CRASHES))
+def test_package_parsers_fuzz_crashes(name, deadline):
+    import base64
+
+    import fuzz_packages
+
+    fuzz_packages.TestOneInput(base64.b64decode(PACKAGE_CRASHES[name]))

@@ -1,0 +1,19 @@
+"""Package databases read from the layers themselves, and what a change means against them.
+
+This folder owns: reading dpkg, rpm and apk databases out of a view of a layer stack
+(:mod:`.viewfs`, :mod:`.dpkg`, :mod:`.rpm`, :mod:`.apk`; one :class:`~.db.Database` each),
+checking each changed file against the digest its package manager recorded (:mod:`.verify`:
+``package``/``package_status`` on records), and the packages installed, removed and upgraded
+in a container (:mod:`.changes`). Nothing here runs the image's tools or code the evidence chose.
+
+It may import: :mod:`ovforensics.layer`, :mod:`ovforensics.resolve`, :mod:`ovforensics.markers`,
+:mod:`ovforensics.record`, :mod:`ovforensics.enrich` (``read_digest``) and
+:mod:`ovforensics.sqlitedb`. Nothing outside this folder imports it except the pipeline's entry
+points (``ovforensics.scan``, the CLI, the triage report).
+"""
+from __future__ import annotations
+
+from .db import Database, Package
+from .verify import PackageChecker, load_stack_databases
+
+__all__ = ["Database", "Package", "PackageChecker", "load_stack_databases"]
