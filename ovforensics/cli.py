@@ -196,6 +196,26 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
         raise fail(str(exc)) from None
 
 
+def _set_max_decompressed(value: Optional[str]) -> Optional[str]:
+    from . import unpack
+    from .bloat import BloatError, parse_bytes
+
+    if value is not None:
+        try:
+            unpack.set_limit(parse_bytes(value, unpack.OPTION))
+        except (BloatError, ValueError) as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _max_decompressed_opt():
+    from .unpack import DEFAULT_LIMIT, ENV
+
+    return typer.Option(None, "--max-decompressed", metavar="SIZE", callback=_set_max_decompressed,
+                        help=f"Cap on a compressed archive's decompressed copy in $TMPDIR (default "
+                             f"{DEFAULT_LIMIT >> 30}GiB, or ${ENV}); past it the archive is refused.")
+
+
 def _meta_opt():
     return typer.Option(False, "--meta", help="Add the run record (tool, command line, host, times, "
                                               "layers read, counts, entries not read): first record "
@@ -264,6 +284,7 @@ def diff_cmd(
                                                       "flag new executables (ELF, scripts with an "
                                                       "exec bit, setuid/setgid, capabilities)."),
     meta: bool = _meta_opt(),
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Report every added, modified and deleted path of a container or an overlay stack."""
     from .runrecord import RunRecord
@@ -298,6 +319,7 @@ def deleted_cmd(
     xattr_ns: str = _F["xattr_ns"],
     hashes: Optional[str] = _hash_opt(),
     meta: bool = _meta_opt(),
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Every deleted path, with the lower layer and on-disk path of its recoverable original."""
     from .runrecord import RunRecord
@@ -334,6 +356,7 @@ def timeline_cmd(
     xattr_ns: str = _F["xattr_ns"],
     hashes: Optional[str] = _hash_opt(),
     meta: bool = _meta_opt(),
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """One event per timestamp of every changed entry, upper and shadowed original both (UTC)."""
     from . import timeline
@@ -380,6 +403,7 @@ def recover_cmd(
     exclude: List[str] = _F["exclude"],
     whiteouts: str = _F["whiteouts"],
     xattr_ns: str = _F["xattr_ns"],
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Copy the originals of deleted and modified paths out of the lower layers, with a manifest."""
     from .recover import recover, recover_container
@@ -620,6 +644,7 @@ def bloat_cmd(
     top: Optional[int] = _B["top"],
     depth: Optional[int] = _B["depth"],
     rows: Optional[str] = _B["rows"],
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Bytes a container's upper layer holds: added, copies with new content, copies with the
     same content (wasted: chmod, chown, touch, hard link), metacopy; allocated beside apparent."""
@@ -675,6 +700,7 @@ def image_cmd(
     top: Optional[int] = _B["top"],
     depth: Optional[int] = _B["depth"],
     rows: Optional[str] = _B["rows"],
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Stored, visible and wasted bytes of an image's layers, each wasted byte attributed to a
     path, the layer that stored it and the layer that made it waste."""

@@ -9,26 +9,24 @@ attacker-chosen names onto the analyst's disk, so :class:`TarLayer` answers the
 Compression (gzip, zstd; also xz and bzip2, which the standard library reads) is detected from the
 magic bytes, never from the file name. A compressed archive is decompressed once, at open, into an
 anonymous temporary file in the system temp dir (never next to the evidence), so that reading
-member bytes later is a seek instead of a re-decompression.
+member bytes later is a seek instead of a re-decompression; the stream is read in bounded chunks
+and the copy is capped (:mod:`ovforensics.unpack`). Extended headers (PAX, GNU long names) are
+bounded too (:data:`MAX_EXTENDED`): a larger one is an error naming the member, never read.
 """
 from __future__ import annotations
 
 import base64
 import bisect
 import binascii
-import bz2
-import gzip
 import io
-import lzma
 import os
 import re
-import shutil
 import stat
 import tarfile
-import tempfile
 import urllib.parse
 from typing import BinaryIO
 
+from . import unpack
 from .layer import Entry, EntryError, LayerError, Path, join
 
 _CHUNK = 1 << 20
@@ -54,7 +52,6 @@ _FMT_BY_KIND = {
     "block": stat.S_IFBLK,
 }
 _MTIME_RE = re.compile(r"(-?)(\d+)(?:\.(\d*))?")
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def _b(text: str) -> bytes:
@@ -213,41 +210,56 @@ def _segments(info: tarfile.TarInfo, name: str) -> list[tuple[int, int, int | No
     return segs
 
 
-def _compression(head: bytes) -> str | None:
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(_ZSTD_MAGIC):
-        return "zstd"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    # "BZh" is printable and could start a tar member name: also require a block/end magic.
-    if (head[:3] == b"BZh" and head[3:4] in b"123456789" and len(head) >= 10
-            and head[4:10] in (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")):
-        return "bzip2"
-    return None
+_compression = unpack.compression  # the names images.py and the fuzz harnesses use
 
 
-def _unzstd(src: BinaryIO, dst: BinaryIO) -> None:
-    """Decompress every zstd frame of ``src``; a stream that stops inside a frame is an error
-    (zstandard's stream_reader would silently return the short output)."""
-    import zstandard
+class HeaderTooLarge(tarfile.TarError):
+    """An extended header (PAX, GNU long name or link) larger than :data:`MAX_EXTENDED`."""
 
-    dctx = zstandard.ZstdDecompressor()
-    dobj = None
-    leftover = b""
-    while True:
-        chunk = leftover or src.read(_CHUNK)
-        leftover = b""
-        if not chunk:
-            break
-        if dobj is None:
-            dobj = dctx.decompressobj()
-        dst.write(dobj.decompress(chunk))
-        if dobj.eof:
-            leftover = dobj.unused_data
-            dobj = None
-    if dobj is not None:
-        raise EOFError("zstd stream ends inside a frame")
+
+MAX_EXTENDED = 16 << 20  # bytes of one PAX / GNU long-name header: 16 MiB holds any real one
+_EXTENDED = {tarfile.XHDTYPE: "PAX extended", tarfile.XGLTYPE: "PAX global",
+             tarfile.SOLARIS_XHDTYPE: "Solaris extended", tarfile.GNUTYPE_LONGNAME: "GNU long-name",
+             tarfile.GNUTYPE_LONGLINK: "GNU long-link"}
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """tarfile's TarInfo, refusing an extended header whose size field is past
+    :data:`MAX_EXTENDED` before tarfile reads it whole into memory (a 3 KB archive can claim a
+    1 TiB PAX header)."""
+
+    def _proc_member(self, tarfile_):
+        kind = _EXTENDED.get(self.type)
+        if kind is not None and self.size > MAX_EXTENDED:
+            raise HeaderTooLarge(
+                f"member {_member_after(tarfile_.fileobj, self)}: {kind} header of {self.size} "
+                f"bytes at byte {self.offset} (the limit is {MAX_EXTENDED})")
+        return super()._proc_member(tarfile_)
+
+
+def _member_after(fileobj, info: tarfile.TarInfo) -> str:
+    """The name of the member an extended header belongs to (its own name if unreadable)."""
+    from .record import escape_bytes
+
+    name = _b(info.name)
+    try:
+        here = fileobj.tell()
+        try:
+            fileobj.seek(info.offset + tarfile.BLOCKSIZE + info._block(info.size))
+            block = fileobj.read(tarfile.BLOCKSIZE)
+        finally:
+            fileobj.seek(here)
+        if len(block) == tarfile.BLOCKSIZE:
+            name = _b(tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape").name)
+    except (tarfile.HeaderError, OSError, ValueError, OverflowError):
+        pass
+    return repr(escape_bytes(name))
+
+
+def open_tar(fh: BinaryIO) -> tarfile.TarFile:
+    """A tarfile reader over ``fh`` with bounded extended headers (names as surrogate escapes)."""
+    return tarfile.open(fileobj=fh, mode="r:", encoding="utf-8", errors="surrogateescape",
+                        tarinfo=_BoundedInfo)
 
 
 class TarLayer:
@@ -315,27 +327,10 @@ class TarLayer:
             raw.close()
 
     def _decompress(self, raw: BinaryIO) -> BinaryIO:
-        tmp = tempfile.TemporaryFile(prefix="ovforensics-")  # unlinked at once, system temp dir
         try:
-            if self.compression == "zstd":
-                _unzstd(raw, tmp)
-            else:
-                opener = {"gzip": gzip.GzipFile, "xz": lzma.LZMAFile, "bzip2": bz2.BZ2File}
-                with opener[self.compression](fileobj=raw, mode="rb") as stream:
-                    shutil.copyfileobj(stream, tmp, _CHUNK)
-            tmp.flush()
-            tmp.seek(0)
-            return tmp
+            return unpack.decompress(raw, self.compression)
         except Exception as exc:  # zstandard.ZstdError, lzma.LZMAError, EOFError, OSError ...
-            tmp.close()
-            if isinstance(exc, EOFError):
-                why = f"truncated {self.compression} stream"
-            elif isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) \
-                    and exc.strerror:
-                why = exc.strerror
-            else:
-                why = f"corrupt {self.compression} stream ({exc})"
-            raise self._fail(why) from None
+            raise self._fail(unpack.why(exc, self.compression)) from None
 
     def _where(self) -> str:
         return f"{self.compression}-compressed " if self.compression else ""
@@ -344,10 +339,12 @@ class TarLayer:
         fh = self._fh
         assert fh is not None
         try:
-            tf = tarfile.open(fileobj=fh, mode="r:", encoding="utf-8", errors="surrogateescape")
+            tf = open_tar(fh)
             for info in tf:
                 self._add(info)
             end = tf.offset
+        except HeaderTooLarge as exc:
+            raise self._fail(str(exc)) from None
         except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
             raise self._fail(self._why(str(exc))) from None
         # tarfile stops quietly at a bad or short header after the first one, and at end of file:

@@ -1,0 +1,244 @@
+"""Hostile input, round 2 (issue 15): what an intruder plants in stores, archives and names.
+
+Every input is built by the test. Bombs stay small on disk and are proven harmless by running the
+CLI in a child whose address space is capped (``RLIMIT_AS``): streaming code fits, code that
+holds a whole decompressed chunk or header does not.
+"""
+from __future__ import annotations
+
+import base64
+import errno
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import need
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+def _cap(limit: int):
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return preexec
+
+
+def cli(*args, mem: int | None = None, timeout: float = 300, env=None, **kw):
+    """The CLI in a child (its address space capped at ``mem`` bytes when given)."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "ovforensics", *map(os.fspath, args)],
+                          capture_output=True, cwd=ROOT, timeout=timeout, env=full_env,
+                          preexec_fn=_cap(mem) if mem else None, **kw)
+
+
+def one_error_line(proc) -> str:
+    """The child failed cleanly: exit 2, one ``ovforensics: error:`` line, no traceback."""
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ovforensics: error: "), err
+    return lines[0]
+
+
+def jsonl(data: bytes) -> list[dict]:
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+# -- 2. zstd is streamed; the decompressed copy is capped --------------------------------------------
+
+def zstd_zero_tar(path: Path, size: int, name: str = "zeros") -> Path:
+    """A zstd tar holding one member of ``size`` zero bytes (~33 KB of zstd per GiB)."""
+    import zstandard
+
+    with open(path, "wb") as out:
+        writer = zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False)
+        info = tarfile.TarInfo(name)
+        info.size = size
+        writer.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        zeros = bytes(MiB)
+        for _ in range(size // MiB):
+            writer.write(zeros)
+        writer.write(bytes(size % MiB) + bytes(-size % 512) + bytes(1024))
+        writer.flush(zstandard.FLUSH_FRAME)
+        writer.close()
+    return path
+
+
+BOMB = 640 * MiB   # decompressed; the child may map 384 MiB in all
+MEM = 384 * MiB
+
+
+@pytest.fixture(scope="module")
+def zbomb(tmp_path_factory) -> Path:
+    return zstd_zero_tar(tmp_path_factory.mktemp("zbomb") / "bomb.tar.zst", BOMB)
+
+
+def test_zstd_layer_is_streamed_under_a_memory_cap(zbomb, tmp_path):
+    """640 MiB of zeros from 20 KB of zstd, read by a child that may map 384 MiB: before, one
+    decompress() call held the whole output ("corrupt zstd stream ()", a MemoryError)."""
+    assert zbomb.stat().st_size < 64 * 1024
+    proc = cli("diff", "--upper", zbomb, "-f", "jsonl", mem=MEM, env={"TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    (record,) = jsonl(proc.stdout)
+    assert (record["path"], record["change"], record["size"]) == ("/zeros", "added", BOMB)
+
+
+def test_decompressed_copy_is_capped_with_a_clear_error(zbomb, tmp_path):
+    proc = cli("diff", "--upper", zbomb, "--max-decompressed", "100MiB", mem=MEM,
+               env={"TMPDIR": str(tmp_path)})
+    line = one_error_line(proc)
+    assert str(zbomb) in line and "--max-decompressed" in line and "100 MiB" in line, line
+    assert list(tmp_path.iterdir()) == []  # the temporary copy went with the error
+    # the environment sets the same cap; the default (64 GiB) lets it through
+    proc = cli("diff", "--upper", zbomb, env={"TMPDIR": str(tmp_path), "OVF_MAX_DECOMPRESSED": "1MB"})
+    assert "more than 976.6 KiB" in one_error_line(proc)
+    proc = cli("diff", "--upper", zbomb, "--max-decompressed", "lots")
+    assert proc.returncode == 2 and b"--max-decompressed" in proc.stderr
+
+
+def _docker_save(path: Path, layer: Path) -> Path:
+    """An old-layout ``docker save`` archive around one layer file."""
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]},
+                         "history": [{"created_by": "bomb"}]}).encode()
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["bomb:1"],
+                            "Layers": ["l0/layer.tar"]}]).encode()
+    with tarfile.open(path, "w") as tf:
+        tf.add(layer, arcname="l0/layer.tar")
+        for name, data in (("config.json", config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_zstd_image_layer_and_zstd_image_archive_are_streamed(zbomb, tmp_path):
+    import zstandard
+
+    archive = _docker_save(tmp_path / "image.tar", zbomb)
+    packed = tmp_path / "image.tar.zst"
+    with open(archive, "rb") as src, open(packed, "wb") as dst:
+        zstandard.ZstdCompressor(level=1).copy_stream(src, dst)
+    work = tmp_path / "tmp"
+    work.mkdir()
+    for image in (archive, packed):
+        proc = cli("image", image, "-f", "json", "--no-config", mem=MEM,
+                   env={"TMPDIR": str(work)})
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        report = json.loads(proc.stdout)
+        assert report["totals"]["stored_bytes"] == BOMB, report["totals"]
+        proc = cli("image", image, "--no-config", "--max-decompressed", "10MiB",
+                   env={"TMPDIR": str(work)})
+        assert "--max-decompressed" in one_error_line(proc)
+
+
+@pytest.mark.parametrize("cut", [9, 40, -3])
+def test_truncated_zstd_is_an_error_not_a_short_layer(tmp_path, cut):
+    """zstandard's stream reader says nothing when a stream stops inside a frame: the frames'
+    structure is checked first. A complete tar in frame one, then zero padding (which tar
+    readers skip) in a second frame cut short: a silent reader would see a whole layer."""
+    import zstandard
+
+    whole = zstd_zero_tar(tmp_path / "small.tar.zst", 3 * MiB).read_bytes()
+    padding = zstandard.ZstdCompressor(level=3, write_content_size=False).compress(bytes(MiB))
+    cut_file = tmp_path / "cut.tar.zst"
+    cut_file.write_bytes(whole + padding[:cut])
+    line = one_error_line(cli("diff", "--upper", cut_file))
+    assert "truncated zstd stream" in line, line
+    (tmp_path / "ok.tar.zst").write_bytes(whole + padding)
+    assert cli("diff", "--upper", tmp_path / "ok.tar.zst").returncode == 0
+
+
+def test_zstd_frames_and_skippable_frames(tmp_path):
+    import zstandard
+
+    from ovforensics.tarlayer import TarLayer
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("f0")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    raw = buf.getvalue()
+    # one tar split over two frames, with a skippable frame between
+    half = len(raw) // 2
+    skippable = b"\x50\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"12345"
+    path = tmp_path / "frames.tar.zst"
+    path.write_bytes(zstandard.compress(raw[:half]) + skippable + zstandard.compress(raw[half:]))
+    with TarLayer(path) as layer:
+        assert set(layer.listdir(())) == {b"f0"}
+
+
+# -- 5. PAX / GNU long-name headers are bounded ---------------------------------------------------
+
+def _huge_extended(path: Path, kind: bytes, size: int = 1 << 40) -> Path:
+    """A 3 KB archive whose first header claims ``size`` bytes of extended header."""
+    ext = tarfile.TarInfo("././@LongLink" if kind in (b"L", b"K") else "PaxHeader/victim")
+    ext.type = kind
+    ext.size = size
+    victim = tarfile.TarInfo("victim")
+    victim.size = 5
+    path.write_bytes(ext.tobuf(format=tarfile.GNU_FORMAT) + victim.tobuf(format=tarfile.GNU_FORMAT)
+                     + b"hello".ljust(512, b"\0") + bytes(1024))
+    return path
+
+
+@pytest.mark.parametrize("kind", [b"x", b"g", b"L", b"K"])
+def test_terabyte_extended_header_is_refused_naming_the_member(tmp_path, kind):
+    """Before: tarfile read(1 TiB) -> MemoryError traceback, exit 1."""
+    archive = _huge_extended(tmp_path / "huge.tar", kind)
+    assert archive.stat().st_size < 4096
+    line = one_error_line(cli("diff", "--upper", archive, mem=512 * MiB))
+    assert str(archive) in line and "1099511627776 bytes" in line and "header" in line, line
+    assert "'././@LongLink'" in line or "'PaxHeader/victim'" in line, line
+    # the image reader refuses it the same way
+    line = one_error_line(cli("image", archive, "--no-config", mem=512 * MiB))
+    assert "1099511627776 bytes" in line, line
+
+
+def test_oversized_pax_header_names_the_member_it_precedes(tmp_path):
+    """A 17 MiB PAX header (past the 16 MiB bound, present in full): the member it describes
+    is named."""
+    from ovforensics.tarlayer import MAX_EXTENDED
+
+    big = "x" * (MAX_EXTENDED + MiB)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("evil\x1b]52;c;aGk=\x07name")
+        info.pax_headers = {"comment": big}
+        tf.addfile(info)
+    path = tmp_path / "pax.tar"
+    path.write_bytes(buf.getvalue())
+    line = one_error_line(cli("diff", "--upper", path))
+    assert "member 'evil\\x1b]52;c;aGk=\\x07name'" in line, line
+
+
+def test_large_but_real_extended_headers_still_read(tmp_path):
+    """A 60,000-byte name (GNU long name) and a 1 MiB PAX record are within the bound."""
+    name = "/".join(["d" * 20] * 3_000) + "/leaf"
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            if fmt == tarfile.PAX_FORMAT:
+                info.pax_headers = {"SCHILY.xattr.user.big": "v" * MiB}
+            tf.addfile(info, io.BytesIO(b"hi"))
+        path = tmp_path / f"deep-{fmt}.tar"
+        path.write_bytes(buf.getvalue())
+        from ovforensics.tarlayer import TarLayer
+
+        with TarLayer(path) as layer:
+            assert not layer.errors
+            parts = tuple(name.encode().split(b"/"))
+            listing = layer.listdir(parts[:-1])
+            assert listing[b"leaf"].size == 2
