@@ -197,6 +197,8 @@ def _segments(info: tarfile.TarInfo, name: str) -> list[tuple[int, int, int | No
     pos = 0
     data = info.offset_data
     for offset, numbytes in info.sparse:
+        if numbytes == 0 and 0 <= offset <= info.size:
+            continue  # an empty entry: GNU's end marker, or an unused slot of an old GNU header
         if offset < pos or numbytes < 0 or offset + numbytes > info.size:
             raise EntryError(f"{name}: corrupt sparse map in the archive")
         if offset > pos:
@@ -520,6 +522,16 @@ class TarLayer:
             if own:
                 return own
         return _xattrs(rec.info) if rec.info is not None else {}
+
+    def data_regions(self, entry: Entry) -> list[tuple[int, int]] | None:
+        """A sparse member's data regions ``(start, length)`` from the archive's own sparse map
+        (everything else is a hole); None for a member stored whole."""
+        rec = self._recs.get(entry.path)
+        if rec is None or rec.kind != "file" or rec.info is None or not rec.info.sparse:
+            return None
+        name = os.fsdecode(self.physical(entry.path))
+        return [(start, length) for start, length, where in _segments(rec.info, name)
+                if where is not None]
 
     def open(self, entry: Entry) -> BinaryIO:
         """The member's bytes as a read-only, seekable binary file (nothing lands on disk)."""
