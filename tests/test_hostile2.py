@@ -315,3 +315,65 @@ def test_petabyte_sparse_members_compare_by_their_sparse_maps(tmpfs, tmp_path, f
             assert fh.read(8) == b"\0\0tAil\0\0"
             fh.seek(PiB - 4)
             assert fh.read(10) == b"\0end"
+
+
+# -- hand-made containers-storage stores (the files podman writes, built here) ----------------------
+
+STORE = "var/lib/containers/storage"
+
+
+def lid(n: int) -> str:
+    return f"{n:064x}"
+
+
+def podman_store(root: Path, chain: int, containers: list[dict], raw_containers: bytes | None = None,
+                 dirs: bool = True) -> Path:
+    """A containers-storage overlay store under ``root``: an image of ``chain`` layers (each
+    the parent of the next), one read-write layer per container on top of it."""
+    store = root / STORE
+    for sub in ("overlay-containers", "overlay-layers", "overlay-images", "overlay"):
+        (store / sub).mkdir(parents=True, exist_ok=True)
+    layers = [{"id": lid(n), **({"parent": lid(n - 1)} if n else {})} for n in range(chain)]
+    for n, c in enumerate(containers):
+        c.setdefault("layer", lid(1_000_000 + n))
+        layers.append({"id": c["layer"], **({"parent": lid(chain - 1)} if chain else {})})
+    (store / "overlay-layers/layers.json").write_text(json.dumps(layers))
+    for layer in layers if dirs else layers[chain:]:
+        (store / "overlay" / layer["id"] / "diff").mkdir(parents=True, exist_ok=True)
+    (store / "overlay-containers/containers.json").write_bytes(
+        raw_containers if raw_containers is not None else json.dumps(containers).encode())
+    return store
+
+
+def cid(n: int) -> str:
+    return f"c{n:063x}"
+
+
+# -- 9. a podman parent chain is walked in linear time, capped at 4,096 ------------------------------
+
+def test_podman_parent_chain_is_capped_with_a_warning(tmp_path):
+    """A 100,000-layer chain (a 10 MB layers.json): before, a quadratic walk (~150 s here) and
+    no cap. Now the container past the cap is a warning naming layers.json, the others listed."""
+    podman_store(tmp_path, 100_000, [{"id": cid(1), "names": ["deep"]}], dirs=False)
+    store = tmp_path / STORE
+    # a second store file lists a sane container beside it: a short chain of its own
+    layers = json.loads((store / "overlay-layers/layers.json").read_text())
+    layers.append({"id": lid(2_000_000)})
+    (store / "overlay" / lid(2_000_000) / "diff").mkdir(parents=True)
+    (store / "overlay-layers/layers.json").write_text(json.dumps(layers))
+    (store / "overlay-containers/volatile-containers.json").write_text(json.dumps(
+        [{"id": cid(2), "names": ["fine"], "layer": lid(2_000_000)}]))
+    proc = cli("containers", "--root", tmp_path, "-f", "jsonl", timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [row["names"] for row in jsonl(proc.stdout)] == [["fine"]]
+    err = proc.stderr.decode()
+    assert "overlay-layers/layers.json" in err and "longer than 4096 layers" in err, err
+    assert err.count("\n") == 1, err
+
+
+def test_podman_parent_chain_under_the_cap_is_read_whole(tmp_path):
+    podman_store(tmp_path, 4095, [{"id": cid(1), "names": ["tall"]}])
+    proc = cli("layers", "tall", "--root", tmp_path, "-f", "jsonl", timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    rows = jsonl(proc.stdout)
+    assert len(rows) == 4096 and rows[-1]["id"] == lid(0) and rows[1]["id"] == lid(4094)

@@ -89,6 +89,7 @@ ROOTLESS_DEFAULT = ".local/share/containers/storage"
 SYSTEM_CONF = "/etc/containers/storage.conf"
 USER_CONF = ".config/containers/storage.conf"
 MAX_JSON = 256 << 20  # bytes: larger store files are refused, not read into memory
+MAX_CHAIN = 4096  # layers in one parent chain, as Docker's reader (overlay itself stops at 500)
 
 #: libpod's ContainerStatus enum, named as `podman inspect` / `podman ps` name it
 STATES = {0: "unknown", 1: "created", 2: "initialized", 3: "running", 4: "stopped", 5: "paused",
@@ -447,14 +448,20 @@ class _Store:
         if layer not in self.layers:
             return None
         out: list[str] = []
+        seen = {layer}  # a set: the walk is linear in the chain (a list made it quadratic)
         current = self.layers[layer].get("parent")
         while current:
-            if not isinstance(current, str) or current in out or current == layer:
+            if not isinstance(current, str) or current in seen:
                 raise _Damaged(self.show("overlay-layers/layers.json"),
                                f"layer {layer}: parent chain is not a chain of ids ({current!r})")
+            if len(out) >= MAX_CHAIN:
+                raise _Damaged(self.show("overlay-layers/layers.json"),
+                               f"layer {layer}: parent chain longer than {MAX_CHAIN} layers "
+                               "(Docker's reader stops there too); not followed")
             if current not in self.layers:
                 return None
             out.append(current)
+            seen.add(current)
             current = self.layers[current].get("parent")
         return out
 
