@@ -15,7 +15,7 @@ from .layer import LayerError
 from .markers import RULES
 from .output import OutputError, default_format, refuse_inside, report_stream
 from .stack import split_lowerdir
-from .writers import FORMATS, open_writer, write_rows
+from .writers import FORMATS, open_writer, visible, write_rows
 
 EXIT_OK, EXIT_ERROR = 0, 2
 
@@ -28,8 +28,15 @@ app = typer.Typer(
 )
 
 
+def say(message: str) -> None:
+    """One line on stderr, through the escaping the tables use: messages quote evidence (names,
+    ids, namespaces, tags, paths), and no byte of it may reach the analyst's terminal raw (OSC 52
+    writes the clipboard, ``ESC[2J`` clears the screen, ``\r`` and U+202E rewrite the line)."""
+    typer.echo(visible(message), err=True)
+
+
 def fail(message: str) -> "typer.Exit":
-    typer.echo(f"ovforensics: error: {message}", err=True)
+    say(f"ovforensics: error: {message}")
     return typer.Exit(EXIT_ERROR)
 
 
@@ -376,7 +383,7 @@ def timeline_cmd(
                                 hashes=hashes or ())
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
-    typer.echo(f"ovforensics: {timeline.UTC_NOTE[fmt]}", err=True)
+    say(f"ovforensics: {timeline.UTC_NOTE[fmt]}")
     _emit(fmt, records, output, stack.evidence, run=run,
           write=lambda f, recs, stream: timeline.write_timeline(f, recs, stream))
 
@@ -424,7 +431,7 @@ def recover_cmd(
     except (LayerError, OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items())
-    typer.echo(f"ovforensics: {counts}; manifest: {result.manifest_csv}", err=True)
+    say(f"ovforensics: {counts}; manifest: {result.manifest_csv}")
 
 
 def _with_times(records):
@@ -459,7 +466,7 @@ def containers_cmd(
     def rows():
         for item in containers(root, engine, data_root):
             if isinstance(item, Broken):
-                typer.echo(f"ovforensics: warning: {item.engine}: {item.where}: {item.why}", err=True)
+                say(f"ovforensics: warning: {item.engine}: {item.where}: {item.why}")
                 continue
             yield container_row(item)
 
@@ -614,11 +621,11 @@ def _bloat_emit(report, fmt: str, output: Optional[str], evidence: list, rows: O
     except (OutputError, BloatError, ValueError) as exc:
         raise fail(str(exc)) from None
     for warning in report.warnings:
-        typer.echo(f"ovforensics: warning: {warning}", err=True)
+        say(f"ovforensics: warning: {warning}")
     failed = report.failed
     if failed:
         for gate in failed:
-            typer.echo(f"ovforensics: gate failed: {gate['message']}", err=True)
+            say(f"ovforensics: gate failed: {gate['message']}")
         raise typer.Exit(EXIT_GATE)
 
 

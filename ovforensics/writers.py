@@ -81,7 +81,7 @@ def visible(text: str) -> str:
         return text
     out = []
     for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs"):  # Cs: a lone surrogate
             code = ord(ch)
             if ch in _NAMED_ESCAPES:
                 out.append(_NAMED_ESCAPES[ch])

@@ -377,3 +377,101 @@ def test_podman_parent_chain_under_the_cap_is_read_whole(tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     rows = jsonl(proc.stdout)
     assert len(rows) == 4096 and rows[-1]["id"] == lid(0) and rows[1]["id"] == lid(4094)
+
+
+# -- 3. messages that quote evidence never reach a terminal raw --------------------------------------
+
+HOSTILE = ["\x1b]52;c;b3ducWQ=\x07", "\x1b[2J", "a\rb", "\u202eevil", "\x9b31m", "bell\x07"]
+RAW = [b"\x1b", b"\x07", "\u202e".encode(), "\x9b".encode(), b"\x00"]
+
+
+def on_a_pty(*args, env=None) -> tuple[int, bytes]:
+    """Run the CLI with stderr on a real pseudo-terminal; what the terminal received."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "ovforensics", *map(os.fspath, args)],
+                                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=slave, env=dict(os.environ, **(env or {})))
+        os.close(slave)
+        slave = -1
+        out = b""
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            if not ready:
+                proc.kill()
+                raise AssertionError("no output from the CLI on the pty in 60 s")
+            try:
+                chunk = os.read(master, 65536)
+            except OSError as exc:  # EIO: the child closed its side
+                if exc.errno != errno.EIO:
+                    raise
+                break
+            if not chunk:
+                break
+            out += chunk
+        return proc.wait(60), out
+    finally:
+        if slave != -1:
+            os.close(slave)
+        os.close(master)
+
+
+def assert_escaped(out: bytes) -> str:
+    for raw in RAW:
+        assert raw not in out, (raw, out)
+    # the pty turns each "\n" into "\r\n" (onlcr): any other "\r" came from the evidence
+    assert b"\r" not in out.replace(b"\r\n", b""), out
+    return out.decode()
+
+
+def test_store_names_and_ids_in_errors_and_warnings_are_escaped_on_a_pty(tmp_path):
+    containers = [{"id": cid(1), "names": ["dup", HOSTILE[0], HOSTILE[1]]},
+                  {"id": cid(2), "names": ["dup", HOSTILE[2], HOSTILE[3]]},
+                  # a damaged entry: its id and name are quoted in the warning
+                  {"id": HOSTILE[1] + "x" * 20, "names": [HOSTILE[4] + HOSTILE[5]],
+                   "layer": "not/a/layer"}]
+    podman_store(tmp_path, 2, containers)
+    rc, out = on_a_pty("diff", "dup", "--root", tmp_path)
+    assert rc == 2
+    text = assert_escaped(out)
+    assert "ambiguous" in text and "\\x1b]52;c;b3ducWQ=\\x07" in text and "\\u202eevil" in text, text
+    rc, out = on_a_pty("containers", "--root", tmp_path, "-f", "jsonl")
+    assert rc == 0
+    text = assert_escaped(out)
+    assert "warning" in text and "not/a/layer" in text, text
+    rc, out = on_a_pty("diff", HOSTILE[0] + "nope", "--root", tmp_path)  # the analyst's own query
+    assert rc == 2 and "no such container" in assert_escaped(out)
+
+
+def test_archive_tags_and_member_names_in_errors_are_escaped_on_a_pty(tmp_path):
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w") as tf:
+        info = tarfile.TarInfo("f")
+        tf.addfile(info)
+    archive = tmp_path / "image.tar"
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]},
+                         "history": [{"created_by": "x"}]}).encode()
+    manifest = json.dumps([{"Config": "c.json", "RepoTags": [f"{HOSTILE[0]}:1", f"{HOSTILE[3]}:2"],
+                            "Layers": ["l.tar"]},
+                           {"Config": "c.json", "RepoTags": [f"{HOSTILE[2]}{HOSTILE[1]}:3"],
+                            "Layers": ["l.tar"]}]).encode()
+    with tarfile.open(archive, "w") as tf:
+        tf.add(layer, arcname="l.tar")
+        for name, data in (("c.json", config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    rc, out = on_a_pty("image", archive, "--no-config")
+    assert rc == 2
+    text = assert_escaped(out)
+    assert "holds 2 images" in text and "\\x1b[2J" in text, text
+    # a bad member name quoted in a tar layer's error
+    bad = tmp_path / "bad.tar"
+    ext = tarfile.TarInfo(HOSTILE[0] + HOSTILE[2])
+    ext.type, ext.size = b"L", 1 << 40
+    bad.write_bytes(ext.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))
+    rc, out = on_a_pty("diff", "--upper", bad)
+    assert rc == 2 and "GNU long-name header" in assert_escaped(out)
