@@ -44,7 +44,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
-from . import safeio, unpack
+from . import safeio, storetext, unpack
 from .layer import DirLayer, Layer, LayerError
 from .rootfs import Root, RootEscape
 from .tarlayer import HeaderTooLarge, TarLayer, _compression, normalise, open_tar
@@ -217,7 +217,7 @@ def _attach_history(image: Image) -> None:
 
 def _json(data: bytes, where: str) -> dict | list:
     try:
-        return json.loads(data)
+        return storetext.loads(data)  # bytes that are not UTF-8 kept as surrogate escapes
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ImageError(f"{where}: not valid JSON ({exc})") from None
 

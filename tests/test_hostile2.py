@@ -326,10 +326,11 @@ def lid(n: int) -> str:
     return f"{n:064x}"
 
 
-def podman_store(root: Path, chain: int, containers: list[dict], raw_containers: bytes | None = None,
+def podman_store(root: Path, chain: int, containers: list[dict], mangle=None,
                  dirs: bool = True) -> Path:
     """A containers-storage overlay store under ``root``: an image of ``chain`` layers (each
-    the parent of the next), one read-write layer per container on top of it."""
+    the parent of the next), one read-write layer per container on top of it. ``mangle``
+    rewrites containers.json's text (to plant what ``json.dumps`` would not write)."""
     store = root / STORE
     for sub in ("overlay-containers", "overlay-layers", "overlay-images", "overlay"):
         (store / sub).mkdir(parents=True, exist_ok=True)
@@ -340,13 +341,14 @@ def podman_store(root: Path, chain: int, containers: list[dict], raw_containers:
     (store / "overlay-layers/layers.json").write_text(json.dumps(layers))
     for layer in layers if dirs else layers[chain:]:
         (store / "overlay" / layer["id"] / "diff").mkdir(parents=True, exist_ok=True)
+    text = json.dumps(containers)
     (store / "overlay-containers/containers.json").write_bytes(
-        raw_containers if raw_containers is not None else json.dumps(containers).encode())
+        mangle(text) if mangle is not None else text.encode())
     return store
 
 
 def cid(n: int) -> str:
-    return f"c{n:063x}"
+    return f"{n:04x}" + "c" * 60
 
 
 # -- 9. a podman parent chain is walked in linear time, capped at 4,096 ------------------------------
@@ -475,3 +477,76 @@ def test_archive_tags_and_member_names_in_errors_are_escaped_on_a_pty(tmp_path):
     bad.write_bytes(ext.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))
     rc, out = on_a_pty("diff", "--upper", bad)
     assert rc == 2 and "GNU long-name header" in assert_escaped(out)
+
+
+# -- 4. store strings that are no valid text: carried exactly, never fatal -----------------------------
+
+def _bad_names_store(root: Path) -> Path:
+    """Three podman containers: a fine one, one named with a lone surrogate escape (as the JSON
+    text holds it), one whose name holds a raw 0xff byte (no UTF-8 writer makes that)."""
+    containers = [{"id": cid(1), "names": ["good"]}, {"id": cid(2), "names": ["SURR"]},
+                  {"id": cid(3), "names": ["RAWB"]}]
+    return podman_store(root, 2, containers, mangle=lambda text: text.replace(
+        "SURR", "/bad\\ud800name").encode().replace(b"RAWB", b"raw\xffbyte"))
+
+
+@pytest.mark.parametrize("env", [{}, {"LC_ALL": "C", "LANG": "C"},
+                                 {"PYTHONIOENCODING": "utf-8:surrogateescape"},
+                                 {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}])
+def test_surrogate_and_undecodable_names_in_every_format(tmp_path, env):
+    """Before: one such name hid every container from ``containers`` (an encode error) and,
+    where stdout's error handler is surrogateescape (the C locale), wrote a raw 0xff."""
+    _bad_names_store(tmp_path)
+    for fmt in ("jsonl", "json", "csv", "table"):
+        proc = cli("containers", "--root", tmp_path, "-f", fmt, env=env)
+        assert proc.returncode == 0 and not proc.stderr, (fmt, proc.stderr)
+        assert proc.stdout.isascii(), (fmt, proc.stdout)  # exact, and nothing a locale can mangle
+        text = proc.stdout.decode("ascii")
+        assert all(f"{cid(n)[:12]}" in text for n in (1, 2, 3)), (fmt, text)
+        if fmt == "jsonl":
+            rows = {r["id"][:4]: r for r in jsonl(proc.stdout)}
+            assert rows["0002"]["names"] == ["/bad\ud800name"]  # the same code units come back
+            assert rows["0003"]["names"] == ["raw\udcffbyte"]
+            assert [base64.b64decode(b) for b in rows["0002"]["names_b64"]] == [b"/bad\xed\xa0\x80name"]
+            assert [base64.b64decode(b) for b in rows["0003"]["names_b64"]] == [b"raw\xffbyte"]
+            assert "names_b64" not in rows["0001"]
+        else:
+            assert "/bad\\ud800name" in text and "raw\\udcffbyte" in text, (fmt, text)
+
+
+def test_surrogate_names_do_not_break_diff_meta_bloat_layers(tmp_path):
+    _bad_names_store(tmp_path)
+    for args in (("diff", "0002", "--meta", "-f", "jsonl"), ("diff", "good", "--meta", "-f", "json"),
+                 ("bloat", "0002", "-f", "json", "--no-config"), ("bloat", "0003", "-f", "table", "--no-config"),
+                 ("bloat", "0002", "-f", "html", "--no-config"), ("layers", "0002", "-f", "csv"),
+                 ("layers", b"/bad\xed\xa0\x80name", "-f", "jsonl"), ("layers", b"raw\xffbyte")):
+        proc = cli(*args, "--root", tmp_path, env={"LC_ALL": "C"})
+        assert proc.returncode == 0 and not proc.stderr, (args, proc.stderr)
+        assert proc.stdout.isascii() or b"\xff" not in proc.stdout, args
+        proc.stdout.decode("utf-8")
+    meta = jsonl(cli("diff", "0002", "--meta", "-f", "jsonl", "--root", tmp_path).stdout)[0]["meta"]
+    assert "/bad\ud800name" in json.dumps(meta, ensure_ascii=False)
+
+
+def test_image_history_with_a_lone_surrogate_gets_its_report(tmp_path):
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w") as tf:
+        info = tarfile.TarInfo("f")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    archive = _docker_save(tmp_path / "image.tar", layer)
+    # rewrite config.json with a surrogate escape and a raw 0xff in the history
+    with tarfile.open(archive) as tf:
+        members = {m.name: tf.extractfile(m).read() for m in tf.getmembers()}
+    members["config.json"] = members["config.json"].replace(
+        b'"created_by": "bomb"', b'"created_by": "/bin/sh -c #(nop) \\ud800 \xff"')
+    with tarfile.open(archive, "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    for fmt in ("json", "jsonl", "csv", "table", "html"):
+        rows = ("--rows", "layers") if fmt == "csv" else ()
+        proc = cli("image", archive, "-f", fmt, "--no-config", *rows, env={"LC_ALL": "C"})
+        assert proc.returncode == 0 and not proc.stderr, (fmt, proc.stderr)
+        assert b"\xff" not in proc.stdout and b"\\ud800" in proc.stdout, (fmt, proc.stdout[:3000])

@@ -80,6 +80,7 @@ from typing import Iterator
 
 from .. import bbolt
 from .. import safeio
+from .. import storetext
 from ..rootfs import Root, RootEscape
 from .base import Broken, Container, LayerInfo, StoreError
 
@@ -302,7 +303,7 @@ class _Store:
         if data is None:
             return [], host
         try:
-            value = json.loads(data)
+            value = storetext.loads(data)  # bytes that are not UTF-8: kept, not fatal to the file
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Damaged(host, f"not valid JSON ({exc}); expected a list of records") from None
         except RecursionError:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Iterator
 
+from .. import storetext
 from ..rootfs import Root
 from .base import Broken, Container, StoreError
 
@@ -32,10 +34,19 @@ def find_all(root: Root, engine: str | None = None,
             yield Broken(engine=name, where=str(exc).split(":", 1)[0], why=str(exc))
 
 
+def _same_bytes(name: str, names: list[str]) -> bool:
+    """A store name that is no valid text (storetext.py) answers to the bytes it stands for, as
+    a shell passes them (``$'/bad\\xed\\xa0\\x80name'`` for ``"/bad\\ud800name"``)."""
+    if not any(storetext.has_surrogates(n) for n in names):
+        return False
+    wanted = os.fsencode(name)
+    return any(storetext.exact_bytes(n.lstrip("/")) == wanted for n in names)
+
+
 def select(query: str, candidates: list[Container]) -> Container:
     """Full id, unique id prefix, or name (Docker's ``/name`` accepted); ambiguity is an error."""
     name = query.lstrip("/")
-    exact = [c for c in candidates if c.id == query or name in c.names]
+    exact = [c for c in candidates if c.id == query or name in c.names or _same_bytes(name, c.names)]
     if len(exact) == 1:
         return exact[0]
     matches = exact or [c for c in candidates if c.id.startswith(query)]
