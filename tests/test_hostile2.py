@@ -550,3 +550,70 @@ def test_image_history_with_a_lone_surrogate_gets_its_report(tmp_path):
         proc = cli("image", archive, "-f", fmt, "--no-config", *rows, env={"LC_ALL": "C"})
         assert proc.returncode == 0 and not proc.stderr, (fmt, proc.stderr)
         assert b"\xff" not in proc.stdout and b"\\ud800" in proc.stdout, (fmt, proc.stdout[:3000])
+
+
+# -- 7. recover onto a full disk, or one out of inodes ------------------------------------------------
+
+def _manifest_rows(to: Path) -> tuple[list[dict], list[dict]]:
+    import csv
+
+    with open(to / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return rows, jsonl((to / "manifest.jsonl").read_bytes())
+
+
+@pytest.mark.parametrize("limits, files, size", [
+    ({"size": "256k", "nr_inodes": "64"}, 20, 32 * 1024),   # out of blocks
+    ({"size": "16m", "nr_inodes": "24"}, 40, 100),          # out of inodes
+])
+def test_recover_onto_a_full_destination(tmpfs, tmp_path, limits, files, size):
+    """Before: an OSError traceback (exit 1) and truncated .ovf-manifest-*.partial files, the
+    files already recovered in no manifest. Now: exit 2 naming the cause, a complete manifest of
+    what was written (the failed entry's row included), no partial file of any kind."""
+    low, up = tmp_path / "low", tmp_path / "up"
+    (low / "d").mkdir(parents=True)
+    up.mkdir()
+    for n in range(files):
+        (low / "d" / f"f{n:02d}").write_bytes(os.urandom(size))
+    dest = tmpfs("dest", **limits)
+    to = dest / "out"
+    proc = cli("recover", "--upper", up, "--lower", low, "/d", "--to", to)
+    line = one_error_line(proc)
+    assert "No space left on device" in line and "recovery stopped at /d/f" in line, line
+    assert sorted(p.name for p in to.iterdir()) == ["d", "manifest.csv", "manifest.jsonl"]
+    rows, records = _manifest_rows(to)
+    assert [r["path"] for r in rows] == [r["path"] for r in records]
+    on_disk = {f"/d/{p.name}": p for p in (to / "d").iterdir()}
+    recovered = {r["path"]: r for r in rows if r["status"] == "recovered" and r["type"] == "file"}
+    assert set(on_disk) == set(recovered) and 0 < len(recovered) < files, (sorted(on_disk), rows)
+    import hashlib
+
+    for path, row in recovered.items():  # every file written is whole and in the manifest
+        assert hashlib.sha256(on_disk[path].read_bytes()).hexdigest() == row["sha256"]
+        assert on_disk[path].read_bytes() == (low / path.lstrip("/")).read_bytes()
+    assert rows[-1]["status"] == "error" and "No space left on device" in rows[-1]["detail"], rows[-1]
+    # a destination full before anything is written: exit 2, nothing left behind
+    proc = cli("recover", "--upper", up, "--lower", low, "/d", "--to", dest / "again")
+    assert "No space left on device" in one_error_line(proc)
+    assert not any(p.name.startswith(".ovf-") for p in dest.rglob("*"))
+
+
+def test_recover_keeps_holes_of_a_sparse_original(tmp_path):
+    """Before: a sparse original was written dense (a 1 TiB one would fill --to)."""
+    low, up, to = tmp_path / "low", tmp_path / "up", tmp_path / "to"
+    low.mkdir()
+    up.mkdir()
+    _sparse_file(low / "sparse", 256 * MiB, {5 * MiB: b"data", 256 * MiB - 4: b"tail"})
+    _sparse_file(low / "endhole", 64 * MiB + 7, {0: b"head"})
+    proc = cli("recover", "--upper", up, "--lower", low, "/sparse", "/endhole", "--to", to)
+    assert proc.returncode == 0, proc.stderr.decode()
+    for name in ("sparse", "endhole"):
+        copy, orig = to / name, low / name
+        assert copy.stat().st_size == orig.stat().st_size
+        assert copy.stat().st_blocks * 512 <= 2 * MiB, (name, copy.stat().st_blocks)  # 1 MiB grain
+        with open(copy, "rb") as a, open(orig, "rb") as b:
+            while True:
+                ca, cb = a.read(MiB), b.read(MiB)
+                assert ca == cb
+                if not ca:
+                    break
