@@ -152,8 +152,14 @@ class Stack:
             if xattr_ns != "auto":
                 options["xattr_ns"] = xattr_ns
             return scan_container(self.found, whiteouts=whiteouts, run=run, **options)
-        return scan(self.upper, self.layers, whiteouts=whiteouts, xattr_ns=xattr_ns, run=run,
-                    **options)
+        from . import open_layer
+
+        upper = open_layer(self.upper, -1, whiteouts)
+        layers = [open_layer(spec, i, whiteouts) for i, spec in enumerate(self.layers)]
+        for layer in (upper, *layers):
+            if getattr(layer, "rules_auto", None):
+                say(f"ovforensics: note: {layer.label}: {layer.rules_auto}")
+        return scan(upper, layers, whiteouts=whiteouts, xattr_ns=xattr_ns, run=run, **options)
 
 
 def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,

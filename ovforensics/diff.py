@@ -232,7 +232,8 @@ class Differ:
             return None
         return self._anomaly(path, "whiteout-lookalike",
                              "kernel rules: a .wh.* name in an upperdir is an ordinary file "
-                             "(use --whiteouts fuse for a fuse-overlayfs upper)", upper=entry)
+                             "(use --whiteouts oci for a layer in OCI/AUFS form, fuse for a "
+                             "fuse-overlayfs upper)", upper=entry)
 
     def _layer_errors(self) -> Iterator[Change]:
         for layer in (self.upper, *self.lowers):

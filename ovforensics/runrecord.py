@@ -36,6 +36,8 @@ class RunRecord:
                    "dir": layer.label, "rules": layer.rules}
             if position:
                 row["index"] = position - 1
+            if getattr(layer, "rules_auto", None):
+                row["rules_auto"] = layer.rules_auto  # why --whiteouts auto chose these rules
             if info is not None:
                 row.update({k: v for k, v in (("role", info.role), ("id", info.id),
                                               ("diff_id", info.diff_id)) if v is not None})

@@ -617,3 +617,76 @@ def test_recover_keeps_holes_of_a_sparse_original(tmp_path):
                 assert ca == cb
                 if not ca:
                     break
+
+
+# -- OCI-form directory layers under --whiteouts auto ------------------------------------------------
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _changes(stdout: bytes) -> list[tuple]:
+    return [(r["change"], r["path"], r["via"] or r.get("anomaly") or "") for r in jsonl(stdout)
+            if "meta" not in r]
+
+
+def test_hand_made_oci_layer_is_read_as_oci_in_auto_and_the_run_record_says_so(tmp_path):
+    """A directory layer in OCI/AUFS form (``.wh.`` files, ``.wh..wh..opq``; no 0/0 device, no
+    overlay xattr). Before: whiteout-lookalike anomalies, and a hint naming ``fuse``."""
+    lower = _tree(tmp_path / "lower", {"a/x": b"x", "b/y": b"y", "keep": b"k"})
+    upper = _tree(tmp_path / "upper", {".wh.a": b"", "b/.wh..wh..opq": b"", "b/new": b"n"})
+    want = [("deleted", "/a", "wh-file"), ("deleted", "/a/x", "parent"), ("added", "/b/new", ""),
+            ("deleted", "/b/y", "opaque")]
+    proc = cli("diff", "--upper", upper, "--lower", lower, "-f", "jsonl", "--meta")
+    assert proc.returncode == 0, proc.stderr
+    assert _changes(proc.stdout) == want
+    meta = jsonl(proc.stdout)[0]["meta"]
+    assert meta["layers"][0]["rules"] == "oci" and "OCI/AUFS" in meta["layers"][0]["rules_auto"]
+    assert meta["layers"][1]["rules"] == "kernel" and "rules_auto" not in meta["layers"][1]
+    assert b"note: " + os.fsencode(upper) + b": auto: OCI/AUFS markers" in proc.stderr
+    # the same layer as a tar gives the same records (tar layers are OCI in auto already)
+    with tarfile.open(tmp_path / "upper.tar", "w") as tf:
+        tf.add(upper, arcname=".")
+    proc = cli("diff", "--upper", tmp_path / "upper.tar", "--lower", lower, "-f", "jsonl")
+    assert _changes(proc.stdout) == want
+    # --whiteouts kernel reads the files as the kernel would, with a hint naming oci
+    proc = cli("diff", "--upper", upper, "--lower", lower, "-f", "jsonl", "--whiteouts", "kernel")
+    records = jsonl(proc.stdout)
+    assert ("anomaly", "/.wh.a", "whiteout-lookalike") in _changes(proc.stdout)
+    assert any("--whiteouts oci" in (r.get("detail") or "") for r in records), records
+
+
+def test_kernel_made_upper_with_wh_names_stays_kernel(tmp_path, overlay):
+    """The kernel is the judge: a container that creates ``.wh.a`` through a real overlay mount
+    makes an ordinary file, and the mount marks the upper root (``trusted.overlay.uuid``), so
+    auto keeps kernel rules and the merged view agrees."""
+    lower = _tree(tmp_path / "lower", {"a/x": b"x", "keep": b"k"})
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    merged = overlay.mount([lower], upper=upper)
+    (merged / ".wh.a").write_bytes(b"")
+    (merged / "new").write_bytes(b"n")
+    overlay.umount(merged)
+    assert sorted(os.listdir(upper)) == [".wh.a", "new"]
+    proc = cli("diff", "--upper", upper, "--lower", lower, "-f", "jsonl", "--meta")
+    assert _changes(proc.stdout) == [("added", "/.wh.a", ""), ("anomaly", "/.wh.a", "whiteout-lookalike"),
+                                     ("added", "/new", "")]
+    assert jsonl(proc.stdout)[0]["meta"]["layers"][0]["rules"] == "kernel"
+    assert b"note:" not in proc.stderr
+    merged = overlay.mount([upper, lower], ro=True)  # the kernel's view of the same stack
+    assert sorted(os.listdir(merged)) == [".wh.a", "a", "keep", "new"]
+
+
+def test_fuse_marks_in_a_hand_made_layer_are_read_with_fuse_rules(tmp_path):
+    lower = _tree(tmp_path / "lower", {"b/y": b"y", "c": b"c"})
+    upper = _tree(tmp_path / "upper", {".wh.c": b"", "b/n": b"n"})
+    os.setxattr(upper / "b", "user.fuseoverlayfs.opaque", b"y")
+    proc = cli("diff", "--upper", upper, "--lower", lower, "-f", "jsonl", "--meta")
+    assert _changes(proc.stdout) == [("added", "/b/n", ""), ("deleted", "/b/y", "opaque"),
+                                     ("deleted", "/c", "wh-file")]
+    assert jsonl(proc.stdout)[0]["meta"]["layers"][0]["rules"] == "fuse"
