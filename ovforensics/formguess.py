@@ -13,7 +13,10 @@ anomalies. So, before a directory layer is read in ``auto`` mode, its tree is lo
   there);
 - fuse-overlayfs' own marks (``user.fuseoverlayfs.*`` on a directory, a ``.wh..opq`` name):
   ``fuse``;
-- ``.wh.`` names, and none of the above anywhere: ``oci``;
+- ``.wh.`` names, each an empty regular file (what an OCI marker is), and none of the above
+  anywhere: ``oci``. A ``.wh.`` name of any other kind (a FIFO, a directory, a file with
+  data) is an ordinary entry the kernel made: ``kernel``. AUFS bookkeeping (``.wh..wh.plnk``
+  and the like) counts for neither;
 - nothing: ``kernel`` (no marker at all reads the same under every rule set).
 
 The guess and its reason are kept on the layer (``rules_auto``) and written in the run record;
@@ -25,7 +28,8 @@ from __future__ import annotations
 import os
 import stat
 
-from .markers import FUSE_OPAQUE, FUSE_PREFIX, TRUSTED, USER, WH_PREFIX
+from .markers import (AUFS_META_PREFIX, FUSE_OPAQUE, FUSE_PREFIX, TRUSTED, USER, WH_OPAQUE,
+                      WH_PREFIX)
 from .safeio import PATH_LONG, open_dir
 
 MAX_DIRS = 1_000_000  # directories looked at, at most: a guess must stay cheap
@@ -59,6 +63,21 @@ def guess_rules(root: bytes) -> tuple[str, str | None]:
                 for dent in it:
                     name = os.fsencode(dent.name)
                     try:
+                        if name.startswith(WH_PREFIX):
+                            if name.startswith(AUFS_META_PREFIX) and name != WH_OPAQUE:
+                                continue  # AUFS bookkeeping (.wh..wh.plnk ...): no marker
+                            if name == FUSE_OPAQUE and fuse_seen is None:
+                                fuse_seen = os.fsdecode(where + b"/" + name)
+                                continue
+                            # an OCI marker is an empty regular file; a .wh. name of any other
+                            # kind (a FIFO, a directory, a file with data) is the kernel's
+                            # ordinary entry, and the layer is in the kernel's form
+                            if not dent.is_file(follow_symlinks=False) or \
+                                    dent.stat(follow_symlinks=False).st_size != 0:
+                                return "kernel", None
+                            if wh_seen is None:
+                                wh_seen = where + b"/" + name
+                            continue
                         if dent.is_dir(follow_symlinks=False):
                             child = where + b"/" + name
                             if len(child) < PATH_LONG:
@@ -70,11 +89,6 @@ def guess_rules(root: bytes) -> tuple[str, str | None]:
                                 return "kernel", None
                     except OSError:
                         continue
-                    if name.startswith(WH_PREFIX):
-                        if name == FUSE_OPAQUE and fuse_seen is None:
-                            fuse_seen = os.fsdecode(where + b"/" + name)
-                        elif wh_seen is None:
-                            wh_seen = where + b"/" + name
         except OSError:
             pass
         finally:

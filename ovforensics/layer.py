@@ -13,9 +13,12 @@ import stat
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, Protocol
 
+from .deeppath import child
+from .deeppath import join as join_deep
 from .safeio import PATH_LONG, FdWalker, open_dir, open_file, xattrs_at
 
-Path = tuple[bytes, ...]  # components of a path inside a layer; () is the layer root
+Path = tuple[bytes, ...]  # components of a path inside a layer; () is the layer root (past
+# deeppath.DEEP components, a DeepPath: the same tuple, sharing its prefix; made by child())
 
 KIND_BY_FMT = {
     stat.S_IFREG: "file",
@@ -123,7 +126,7 @@ class Layer(Protocol):
 
 
 def join(path: Path) -> bytes:
-    return b"/".join(path)
+    return b"/".join(path) if type(path) is tuple else join_deep(path)
 
 
 def statx_btime_ns(where: bytes, dir_fd: int = -100) -> int | None:
@@ -280,7 +283,7 @@ class DirLayer:
                         self.errors.append((where + b"/" + name, exc.strerror or str(exc)))
                         continue
                     kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "unknown")
-                    out[name] = DiskEntry(self, path + (name,), kind, st)
+                    out[name] = DiskEntry(self, child(path, name), kind, st)
         except OSError as exc:
             self.errors.append((where, exc.strerror or str(exc)))
         finally:

@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .compare import differences, same_entry
+from .deeppath import child
 from .layer import Entry, EntryError, Layer, Path, join
 from .markers import Namespaces
 from .output import OutputError, refuse_inside
@@ -687,7 +688,7 @@ class Recoverer:
             b = self.base.lookup(bframes, name)
             if b is None:
                 continue
-            out.append((path + (name,), b, self.merged.lookup(mframes, name) if mframes else None))
+            out.append((child(path, name), b, self.merged.lookup(mframes, name) if mframes else None))
         self.base.forget(bframes)
         self.merged.forget(mframes)
         return out

@@ -27,6 +27,7 @@ import urllib.parse
 from typing import BinaryIO
 
 from . import unpack
+from .deeppath import DEEP, DeepPath, child
 from .layer import Entry, EntryError, LayerError, Path, join
 
 _CHUNK = 1 << 20
@@ -288,6 +289,7 @@ class TarLayer:
         self._recs: dict[Path, _Rec] = {}
         self._children: dict[Path, dict[bytes, None]] = {(): {}}  # ordered name sets
         self._cache: dict[Path, dict[bytes, Entry] | None] = {}
+        self._nodes: dict[Path, Path] = {}  # deep paths, one node each (_canonical)
         self._fh = self._open_archive()
         try:
             self._index()
@@ -359,6 +361,7 @@ class TarLayer:
             raise self._fail(f"corrupt {self._where()}tar archive (bad header at byte {end})")
         tf.members = []  # the index below holds what is needed
         self._finish()
+        self._nodes = {}  # the index's keys hold the deep nodes now
 
     def _why(self, why: str) -> str:
         """Name a tarfile error: not a tar at all, a truncated one, or a corrupt one."""
@@ -379,6 +382,8 @@ class TarLayer:
         if path is None:
             self.errors.append((name, "name escapes the archive root ('..')"))
             return
+        if len(path) > DEEP:
+            path = self._canonical(path)
         if info.type == tarfile.LNKTYPE:
             link = normalise(_b(info.linkname))
             target = self._recs.get(link) if link is not None else None
@@ -402,12 +407,26 @@ class TarLayer:
                 return
             self._recs[()] = rec
             return
-        for i in range(len(path) - 1, -1, -1):  # register the name with every ancestor
-            kids = self._children.setdefault(path[:i], {})
-            if path[i] in kids:
+        node = path
+        while node:  # register the name with every ancestor, walking up by parent
+            parent = node[:-1]  # a deep path's parent is a node it holds: no copy
+            kids = self._children.setdefault(parent, {})
+            if node[-1] in kids:
                 break  # and so are the ancestors above
-            kids[path[i]] = None
+            kids[node[-1]] = None
+            node = parent
         self._recs[path] = rec  # a later member of the same name wins, as on extraction
+
+    def _canonical(self, parts: Path) -> Path:
+        """A deep member name as the archive's one node chain for it: every member below a
+        deep directory shares its ancestors' nodes (memory linear in depth, and comparing two
+        of its paths stops at their common parent)."""
+        node = parts[:DEEP]
+        nodes = self._nodes
+        for name in parts[DEEP:]:
+            new = DeepPath(node, name)
+            node = nodes.setdefault(new, new)
+        return node
 
     def _check_numbers(self, name: bytes, kind: str, info: tarfile.TarInfo) -> None:
         """Note (the member is kept) a time or device number no filesystem could hold."""
@@ -452,7 +471,7 @@ class TarLayer:
         for rec in self._recs.values():
             if rec.kind == "dir":  # as a filesystem counts it: ".", the parent's name, each ".."
                 kids = self._children.get(rec.path, ())
-                subdirs = (self._recs.get(rec.path + (n,)) for n in kids)
+                subdirs = (self._recs.get(child(rec.path, n)) for n in kids)
                 rec.nlink = 2 + sum(1 for r in subdirs if r is not None and r.kind == "dir")
             else:
                 rec.nlink = counts[id(rec.info) if rec.info is not None else id(rec)]
@@ -475,7 +494,7 @@ class TarLayer:
         else:
             listing = {}
             for name in names:
-                rec = self._recs.get(path + (name,))
+                rec = self._recs.get(child(path, name))
                 if rec is not None:
                     listing[name] = self._entry(rec)
         self._cache[path] = listing

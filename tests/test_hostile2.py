@@ -690,3 +690,84 @@ def test_fuse_marks_in_a_hand_made_layer_are_read_with_fuse_rules(tmp_path):
     assert _changes(proc.stdout) == [("added", "/b/n", ""), ("deleted", "/b/y", "opaque"),
                                      ("deleted", "/c", "wh-file")]
     assert jsonl(proc.stdout)[0]["meta"]["layers"][0]["rules"] == "fuse"
+
+
+# -- 8. deep paths: memory linear in depth, in directories and in tars --------------------------------
+
+from test_hostile import chain, deep_tmp, rmtree_deep  # noqa: E402,F401  (deep_tmp: a fixture)
+
+DEPTH = 10_000
+
+
+def test_10000_deep_directories_under_a_memory_cap(deep_tmp):
+    """A 10,000-deep chain in an upper and a lower, the bottom file changed: before, each level
+    held its path as a tuple of its components (1.3 GB peak here, docs/evidence.md's "still
+    open"); now deep paths share their prefixes and the child may map 384 MiB."""
+    for layer, data in (("lower", b"old"), ("upper", b"new")):
+        with chain(deep_tmp / layer, [b"d"] * DEPTH) as fd:
+            with open(os.open(b"leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as fh:
+                fh.write(data)
+            os.utime(b"leaf", ns=(10**18, 10**18), dir_fd=fd)
+    proc = cli("diff", "--upper", deep_tmp / "upper", "--lower", deep_tmp / "lower", "-f", "jsonl",
+               mem=384 * MiB)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    (record,) = jsonl(proc.stdout)
+    assert record["path"] == "/d" * DEPTH + "/leaf" and record["what"] == ["content"], record["what"]
+
+
+def test_20000_deep_tar_member_under_a_memory_cap(tmp_path):
+    """One member 20,000 directories deep (a 51 KB archive, 234 bytes gzipped): before, the index
+    held a tuple per ancestor (3.2 GB peak, 26 s here)."""
+    import gzip
+
+    depth = 20_000
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("/".join(["d"] * depth) + "/leaf")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"hi"))
+    archive = tmp_path / "deep.tar.gz"
+    archive.write_bytes(gzip.compress(buf.getvalue()))
+    assert archive.stat().st_size < 4096
+    proc = cli("diff", "--upper", archive, "-f", "jsonl", mem=512 * MiB)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == depth + 1
+    last = json.loads(lines[-1])
+    assert last["path"] == "/d" * depth + "/leaf" and last["size"] == 2
+    assert json.loads(lines[123])["path"] == "/d" * 124 and json.loads(lines[123])["type"] == "dir"
+
+
+def test_deep_paths_behave_as_the_tuples_they_stand_for():
+    from ovforensics.deeppath import DEEP, DeepPath, child, deep, join
+
+    parts = tuple(b"n%d" % i for i in range(3 * DEEP))
+    node = ()
+    for name in parts:
+        node = child(node, name)
+    assert type(node) is DeepPath and node == parts and parts == node
+    assert hash(node) == hash(parts) and {parts: 1}[node] == 1 and {node: 2}[parts] == 2
+    assert node[:-1] is node.parent and node[:DEEP] == parts[:DEEP] and node[:5] == parts[:5]
+    assert node[7] == parts[7] and node[-1] == parts[-1] and node[DEEP + 3] == parts[DEEP + 3]
+    assert list(node) == list(parts) and node[2:9] == parts[2:9] and b"n40" in node
+    assert join(node) == b"/".join(parts) and join(node[:-1]) == b"/".join(parts[:-1])
+    assert node + (b"x",) == parts + (b"x",) and sorted([node, parts[:40]]) == [parts[:40], node]
+    other = deep(parts[:-1] + (b"zz",))
+    assert other != node and node != other and not (other == parts)
+
+
+@pytest.mark.parametrize("make, rules", [
+    (lambda d: os.mkfifo(d / ".wh.a"), "kernel"),            # the oracle's case: a FIFO named .wh.a
+    (lambda d: (d / ".wh.d").mkdir(), "kernel"),             # a directory named .wh.d
+    (lambda d: (d / ".wh.f").write_bytes(b"data"), "kernel"),  # a .wh. file with data
+    (lambda d: (d / ".wh.f").write_bytes(b""), "oci"),       # what an OCI marker is
+    (lambda d: (d / ".wh..wh.plnk").mkdir(), "kernel"),      # AUFS bookkeeping alone: no marker
+])
+def test_only_empty_regular_wh_files_make_a_layer_oci(tmp_path, make, rules):
+    """Found by the kernel oracle (tests/test_kernel_oracle.py): a plain lower holding a FIFO
+    named ``.wh.a`` was read as OCI, and the kernel's whiteout over it went unreported."""
+    from ovforensics.formguess import guess_rules
+
+    layer = _tree(tmp_path / "layer", {"keep": b"k"})
+    make(layer)
+    assert guess_rules(os.fsencode(layer))[0] == rules
