@@ -723,7 +723,7 @@ def _podman_big_data_name(key: str) -> str:
         return key
     import base64
 
-    return "=" + base64.b64encode(key.encode()).decode("ascii")
+    return "=" + base64.b64encode(storetext.exact_bytes(key)).decode("ascii")
 
 
 def _podman_candidates(root: Root, data_root: str | None, query: str, warnings: list[str]):

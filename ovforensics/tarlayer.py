@@ -26,7 +26,7 @@ import tarfile
 import urllib.parse
 from typing import BinaryIO
 
-from . import unpack
+from . import bigdir, unpack
 from .deeppath import DEEP, DeepPath, child
 from .layer import Entry, EntryError, LayerError, Path, join
 
@@ -125,6 +125,26 @@ def _xattrs(info: tarfile.TarInfo) -> dict[str, bytes]:
     return out
 
 
+class _Member:
+    """What the index keeps of one member: the fields a layer answers with, nothing of
+    tarfile's TarInfo (which is dropped as soon as it is read: a million TarInfo objects, their
+    PAX dicts and strings, held ~0.9 GB)."""
+
+    __slots__ = ("mode", "uid", "gid", "size", "mtime_ns", "rdev", "target", "offset_data",
+                 "sparse", "xattrs")
+
+    def __init__(self, info: tarfile.TarInfo, kind: str):
+        self.mode = info.mode & 0o7777
+        self.uid, self.gid = info.uid, info.gid
+        self.size = info.size
+        self.mtime_ns = _mtime_ns(info)
+        self.rdev = _makedev(info.devmajor, info.devminor) if kind in ("char", "block") else 0
+        self.target = _b(info.linkname) if kind == "symlink" else None
+        self.offset_data = info.offset_data
+        self.sparse = info.sparse or None
+        self.xattrs = _xattrs(info) or None
+
+
 class _Rec:
     """One name in the archive. ``info`` is the member holding the metadata (for a hard link:
     the member it links to); ``own`` is the member that carries this very name."""
@@ -134,8 +154,8 @@ class _Rec:
     def __init__(self, path: Path, kind: str, info, own, ino: int = 0):
         self.path = path
         self.kind = kind
-        self.info: tarfile.TarInfo | None = info  # None for an implied parent directory
-        self.own: tarfile.TarInfo | None = own
+        self.info: _Member | None = info  # None for an implied parent directory
+        self.own: _Member | None = own
         self.nlink = 1
         self.ino = ino
 
@@ -265,6 +285,20 @@ def open_tar(fh: BinaryIO) -> tarfile.TarFile:
                         tarinfo=_BoundedInfo)
 
 
+class _TarNames(bigdir.NameListing):
+    """A directory of more than ``bigdir.BIG`` members, listed by name: each entry is made
+    from the index when a lookup asks for it (as :class:`bigdir.NameListing` stats a big
+    directory's entries on disk), so a million-member directory is never a million Entry
+    objects at once."""
+
+    def __init__(self, layer: "TarLayer", path: Path, names):
+        super().__init__(layer, path, -1, list(names))
+
+    def _stat(self, name: bytes) -> Entry | None:
+        rec = self.layer._recs.get(child(self.path, name))
+        return self.layer._entry(rec) if rec is not None else None
+
+
 class TarLayer:
     """A layer that is a tar archive (plain, gzip or zstd). Read without root, never extracted.
 
@@ -290,6 +324,7 @@ class TarLayer:
         self._children: dict[Path, dict[bytes, None]] = {(): {}}  # ordered name sets
         self._cache: dict[Path, dict[bytes, Entry] | None] = {}
         self._nodes: dict[Path, Path] = {}  # deep paths, one node each (_canonical)
+        self._dirpaths: dict[Path, Path] = {}  # parent paths, one tuple each, while indexing
         self._fh = self._open_archive()
         try:
             self._index()
@@ -344,8 +379,12 @@ class TarLayer:
         assert fh is not None
         try:
             tf = open_tar(fh)
-            for info in tf:
+            while True:
+                info = tf.next()
+                if info is None:
+                    break
                 self._add(info)
+                tf.members.clear()  # kept in the index, compactly (_Member)
             end = tf.offset
         except HeaderTooLarge as exc:
             raise self._fail(str(exc)) from None
@@ -361,7 +400,7 @@ class TarLayer:
             raise self._fail(f"corrupt {self._where()}tar archive (bad header at byte {end})")
         tf.members = []  # the index below holds what is needed
         self._finish()
-        self._nodes = {}  # the index's keys hold the deep nodes now
+        self._nodes, self._dirpaths = {}, {}  # the index's keys hold what they kept
 
     def _why(self, why: str) -> str:
         """Name a tarfile error: not a tar at all, a truncated one, or a corrupt one."""
@@ -384,6 +423,9 @@ class TarLayer:
             return
         if len(path) > DEEP:
             path = self._canonical(path)
+        elif len(path) > 1:  # share the parent's components with every sibling's path
+            parent = self._dirpaths.setdefault(path[:-1], path[:-1])
+            path = parent + path[-1:]
         if info.type == tarfile.LNKTYPE:
             link = normalise(_b(info.linkname))
             target = self._recs.get(link) if link is not None else None
@@ -391,7 +433,7 @@ class TarLayer:
                 self.errors.append((name, f"hard link to {_b(info.linkname)!r}, "
                                           "which is no earlier non-directory member"))
                 return
-            rec = _Rec(path, target.kind, target.info, info)
+            rec = _Rec(path, target.kind, target.info, _Member(info, target.kind))
         elif info.type == b"V":  # GNU volume label: names the archive, not a file
             return
         else:
@@ -399,7 +441,8 @@ class TarLayer:
             if kind is None:
                 self.errors.append((name, f"unsupported member type {info.type!r}"))
                 return
-            rec = _Rec(path, kind, info, info)
+            member = _Member(info, kind)
+            rec = _Rec(path, kind, member, member)
             self._check_numbers(name, kind, info)
         if not path:
             if rec.kind != "dir":
@@ -457,7 +500,7 @@ class TarLayer:
             for path in [p for p in self._recs if p and p[:-1] in dead]:
                 rec = self._recs.pop(path)
                 if rec.own is not None:
-                    self.errors.append((_b(rec.own.name), "parent is not a directory"))
+                    self.errors.append((join(path), "parent is not a directory"))
             for path in dead:
                 del self._children[path]
         if () not in self._recs:
@@ -491,6 +534,8 @@ class TarLayer:
         if names is None:
             rec = self._recs.get(path)
             listing = {} if rec is not None and rec.kind == "dir" else None
+        elif len(names) > bigdir.BIG:  # a huge directory: entries made when looked up
+            listing = _TarNames(self, path, names)
         else:
             listing = {}
             for name in names:
@@ -513,18 +558,17 @@ class TarLayer:
         if info is None:
             return Entry(layer=self, path=rec.path, kind="dir", mode=stat.S_IFDIR | 0o755, uid=0,
                          gid=0, size=0, mtime_ns=0, nlink=rec.nlink, ino=rec.ino)
-        target = _b(info.linkname) if rec.kind == "symlink" else None
+        target = info.target if rec.kind == "symlink" else None
         if rec.kind == "file":
             size = info.size
         elif rec.kind == "symlink":
             size = len(target)
         else:
             size = 0
-        rdev = _makedev(info.devmajor, info.devminor) if rec.kind in ("char", "block") else 0
         return Entry(
             layer=self, path=rec.path, kind=rec.kind,
-            mode=_FMT_BY_KIND[rec.kind] | (info.mode & 0o7777), uid=info.uid, gid=info.gid,
-            size=size, mtime_ns=_mtime_ns(info), rdev=rdev, nlink=rec.nlink, ino=rec.ino,
+            mode=_FMT_BY_KIND[rec.kind] | info.mode, uid=info.uid, gid=info.gid,
+            size=size, mtime_ns=info.mtime_ns, rdev=info.rdev, nlink=rec.nlink, ino=rec.ino,
             target=target,
         )
 
@@ -536,11 +580,9 @@ class TarLayer:
 
     def read_xattrs(self, entry: Entry) -> dict[str, bytes]:
         rec = self._rec(entry)
-        if rec.own is not None and rec.own is not rec.info:
-            own = _xattrs(rec.own)  # a hard link may carry its own copy; else the target's
-            if own:
-                return own
-        return _xattrs(rec.info) if rec.info is not None else {}
+        if rec.own is not None and rec.own is not rec.info and rec.own.xattrs:
+            return dict(rec.own.xattrs)  # a hard link may carry its own copy; else the target's
+        return dict(rec.info.xattrs) if rec.info is not None and rec.info.xattrs else {}
 
     def data_regions(self, entry: Entry) -> list[tuple[int, int]] | None:
         """A sparse member's data regions ``(start, length)`` from the archive's own sparse map

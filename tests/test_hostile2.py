@@ -771,3 +771,50 @@ def test_only_empty_regular_wh_files_make_a_layer_oci(tmp_path, make, rules):
     layer = _tree(tmp_path / "layer", {"keep": b"k"})
     make(layer)
     assert guess_rules(os.fsencode(layer))[0] == rules
+
+
+def test_undecodable_bytes_in_a_layer_digest_are_no_crash(tmp_path):
+    """Found by fuzz/fuzz_podman.py once store files kept bad bytes: a ``diff-digest`` holding
+    one went into the ChainID's ``.encode()`` (an exception out of ``find``). A digest that is
+    not ASCII is no digest: the container is listed without it."""
+    podman_store(tmp_path, 2, [{"id": cid(1), "names": ["web"]}])
+    path = tmp_path / STORE / "overlay-layers/layers.json"
+    layers = json.loads(path.read_text())
+    layers[0]["diff-digest"] = "sha256:BAD"
+    layers[1]["diff-digest"] = "sha256:" + "5" * 64
+    path.write_bytes(json.dumps(layers).encode().replace(b"BAD", b"\xb3\xff"))
+    from ovforensics import containers
+    from ovforensics.engines.base import Container
+
+    (found,) = [c for c in containers(str(tmp_path)) if isinstance(c, Container)]
+    assert [info.diff_id for info in found.lowers] == ["sha256:" + "5" * 64, None]
+    proc = cli("layers", "web", "--root", tmp_path, "-f", "jsonl")
+    assert proc.returncode == 0, proc.stderr
+
+
+# -- Also: a tar of very many members ----------------------------------------------------------------
+
+def test_200000_member_tar_is_indexed_compactly(tmp_path):
+    """200,000 members in one directory (1.9 MB gzipped), read by a child that may map
+    288 MiB. Before: every member's TarInfo (PAX dict, strings) stayed in the index and the
+    directory was listed as 200,000 Entry objects at once (322 MB peak; MemoryError under the
+    cap). Now: a compact record per member, siblings share their parent's components, and a
+    directory of more than bigdir.BIG members makes its entries when looked up (170 MB peak)."""
+    import gzip
+
+    count = 200_000
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for i in range(count):
+            info = tarfile.TarInfo("big/f%06d" % i)
+            info.mtime = 1_700_000_000
+            tf.addfile(info)
+    archive = tmp_path / "many.tar.gz"
+    archive.write_bytes(gzip.compress(buf.getvalue(), 1))
+    proc = cli("diff", "--upper", archive, "-f", "jsonl", mem=288 * MiB,
+               env={"TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == count + 1
+    assert json.loads(lines[1])["path"] == "/big/f000000"
+    assert json.loads(lines[-1])["path"] == "/big/f%06d" % (count - 1)

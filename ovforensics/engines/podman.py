@@ -554,7 +554,7 @@ class _Store:
 
     def diff_id(self, lid: str) -> str | None:
         value = self.layers.get(lid, {}).get("diff-digest")
-        return value if isinstance(value, str) and value else None
+        return value if isinstance(value, str) and value and value.isascii() else None
 
 
 def _ident(entry) -> str:
