@@ -48,6 +48,8 @@ class NameListing:
         names = list(seen)
         names.append(os.fsencode(current.name))
         names.extend(os.fsencode(dent.name) for dent in rest)
+        if getattr(layer, "guess_rules", False):
+            layer.check_rules(names)
         return cls(layer, path, os.dup(fd), names)
 
     # -- the mapping --------------------------------------------------------------------------

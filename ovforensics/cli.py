@@ -156,10 +156,8 @@ class Stack:
 
         upper = open_layer(self.upper, -1, whiteouts)
         layers = [open_layer(spec, i, whiteouts) for i, spec in enumerate(self.layers)]
-        for layer in (upper, *layers):
-            if getattr(layer, "rules_auto", None):
-                say(f"ovforensics: note: {layer.label}: {layer.rules_auto}")
-        return scan(upper, layers, whiteouts=whiteouts, xattr_ns=xattr_ns, run=run, **options)
+        records = scan(upper, layers, whiteouts=whiteouts, xattr_ns=xattr_ns, run=run, **options)
+        return _noted(records, [upper, *layers])
 
 
 def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
@@ -248,7 +246,8 @@ def _filter_opts():
         exclude=typer.Option([], "--exclude", metavar="GLOB",
                              help="Drop paths matching GLOB (repeatable)."),
         whiteouts=typer.Option("auto", "--whiteouts", metavar="RULES",
-                               help="Marker rules: auto (kernel for directories, oci for tar, the "
+                               help="Marker rules: auto (oci for tar; kernel for directories, unless "
+                                    "one carries only OCI/AUFS or fuse-overlayfs marks; the "
                                     f"store's own for a container), {', '.join(RULES)}."),
         xattr_ns=typer.Option("auto", "--xattr-ns", metavar="NS",
                               help="Control xattr namespace honoured: auto (from the layer roots), "
@@ -438,6 +437,15 @@ def recover_cmd(
         raise fail(str(exc)) from None
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items())
     say(f"ovforensics: {counts}; manifest: {result.manifest_csv}")
+
+
+def _noted(records, layers):
+    """The records, then a note for each layer whose rules ``--whiteouts auto`` chose from its
+    markers (known once the scan has read them)."""
+    yield from records
+    for layer in layers:
+        if getattr(layer, "rules_auto", None):
+            say(f"ovforensics: note: {layer.label}: {layer.rules_auto}")
 
 
 def _with_times(records):

@@ -4,9 +4,10 @@ The kernel reads ``.wh.NAME`` in an upperdir as an ordinary file, but a layer ca
 made by hand in OCI/AUFS form (an unpacked ``docker save`` layer, ``umoci``'s output, a layer
 rebuilt for analysis): ``.wh.`` files and ``.wh..wh..opq`` markers, and none of the kernel's
 forms. Read with kernel rules, its deletions would be reported as ``whiteout-lookalike``
-anomalies. So, before a directory layer is read in ``auto`` mode, its tree is looked over
-(names and ``d_type`` only: no entry is stat-ed but a character device, no file is opened; one
-``listxattr`` per directory):
+anomalies. So, in ``auto`` mode, the first time the scan lists a ``.wh.`` name in a directory
+layer (until then no rule set reads the layer differently), the layer's whole tree is looked
+over once (names and ``d_type`` only: no entry is stat-ed but a ``.wh.`` one or a device, no
+file is opened; one ``listxattr`` per directory), and its rules set:
 
 - a 0/0 character device (a kernel whiteout) or a directory with an overlay control xattr
   (``trusted.overlay.*``/``user.overlay.*``) is the kernel's form: ``kernel`` (the walk stops

@@ -195,6 +195,8 @@ class DirLayer:
         self.index = index
         self.label = os.fsdecode(self.root)
         self.rules = rules
+        self.guess_rules = False  # --whiteouts auto: decide at the first .wh. name (formguess)
+        self.rules_auto: str | None = None  # why auto chose the rules, when it chose any
         self.info = None  # the engine's LayerInfo, when an engine reader found this layer
         try:
             st = os.lstat(self.root)
@@ -288,7 +290,20 @@ class DirLayer:
             self.errors.append((where, exc.strerror or str(exc)))
         finally:
             os.close(fd)
+        if self.guess_rules:
+            self.check_rules(out)
         return out
+
+    def check_rules(self, names) -> None:
+        """``--whiteouts auto``: the first listing that holds a ``.wh.`` name decides the
+        layer's rules from its whole tree (:mod:`ovforensics.formguess`). Until then the rules
+        make no difference: every form but the kernel's is a ``.wh.`` name."""
+        if not any(name[:4] == b".wh." for name in names):
+            return
+        from .formguess import guess_rules
+
+        self.guess_rules = False
+        self.rules, self.rules_auto = guess_rules(self.root)
 
     def btime_ns(self, entry: Entry) -> int | None:
         where = self.physical(entry.path)

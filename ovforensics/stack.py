@@ -47,15 +47,10 @@ def open_layer(spec: str | os.PathLike | Layer, index: int = -1, rules: str = "a
     if stat.S_ISLNK(st.st_mode):
         raise LayerError(f"{path}: is a symbolic link; name the real directory (links are never followed)")
     if stat.S_ISDIR(st.st_mode):
-        why = None
-        if rules == "auto":  # kernel form, unless the tree carries only OCI/AUFS or fuse marks
-            from .formguess import guess_rules
-
-            layer = DirLayer(path, index=index, rules="kernel")  # checks it can be listed
-            layer.rules, why = guess_rules(layer.root)
-        else:
-            layer = DirLayer(path, index=index, rules=rules)
-        layer.rules_auto = why
+        layer = DirLayer(path, index=index, rules="kernel" if rules == "auto" else rules)
+        # auto: kernel form, unless the tree carries only OCI/AUFS or fuse-overlayfs marks;
+        # decided when the scan first lists a .wh. name (DirLayer.check_rules, formguess.py)
+        layer.guess_rules = rules == "auto"
         return layer
     from .tarlayer import TarLayer
 
