@@ -17,6 +17,7 @@ import os
 import stat
 from typing import Iterable, Iterator
 
+from .deeppath import child
 from .layer import KIND_BY_FMT, DiskEntry, Entry, Path
 
 #: Entries past which a directory is listed by name only. ``OVF_BIG_DIR`` overrides it, so the
@@ -47,6 +48,8 @@ class NameListing:
         names = list(seen)
         names.append(os.fsencode(current.name))
         names.extend(os.fsencode(dent.name) for dent in rest)
+        if getattr(layer, "guess_rules", False):
+            layer.check_rules(names)
         return cls(layer, path, os.dup(fd), names)
 
     # -- the mapping --------------------------------------------------------------------------
@@ -100,11 +103,11 @@ class NameListing:
         try:
             st = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
         except OSError as exc:  # vanished or unreadable since the listing: record and go on
-            self.layer.errors.append((self.layer.physical(self.path + (name,)),
+            self.layer.errors.append((self.layer.physical(child(self.path, name)),
                                       exc.strerror or str(exc)))
             return None
         kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "unknown")
-        return DiskEntry(self.layer, self.path + (name,), kind, st)
+        return DiskEntry(self.layer, child(self.path, name), kind, st)
 
     def close(self) -> None:
         if self._fd >= 0:

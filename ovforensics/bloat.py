@@ -38,6 +38,7 @@ from .layer import Entry, Layer, Path, join
 from .markers import Namespaces, interpret, is_metacopy
 from .record import ADDED, ANOMALY, DELETED, MODIFIED, escape_bytes, is_utf8
 from .resolve import Resolved, View, layer_root
+from .storetext import escape_surrogates
 from .writers import guard_formula, json_line, visible
 
 SCHEMA = 1
@@ -784,7 +785,7 @@ def rows_of(report: Report, which: str | None) -> tuple[list[dict], tuple[str, .
 
 
 def _json_text(value) -> str:
-    text = json.dumps(value, ensure_ascii=False, indent=1)
+    text = escape_surrogates(json.dumps(value, ensure_ascii=False, indent=1))
     for raw, esc in (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(raw, esc)
     return text

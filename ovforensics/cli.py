@@ -15,7 +15,7 @@ from .layer import LayerError
 from .markers import RULES
 from .output import OutputError, default_format, refuse_inside, report_stream
 from .stack import split_lowerdir
-from .writers import FORMATS, open_writer, write_rows
+from .writers import FORMATS, open_writer, visible, write_rows
 
 EXIT_OK, EXIT_ERROR = 0, 2
 
@@ -28,8 +28,15 @@ app = typer.Typer(
 )
 
 
+def say(message: str) -> None:
+    """One line on stderr, through the escaping the tables use: messages quote evidence (names,
+    ids, namespaces, tags, paths), and no byte of it may reach the analyst's terminal raw (OSC 52
+    writes the clipboard, ``ESC[2J`` clears the screen, ``\r`` and U+202E rewrite the line)."""
+    typer.echo(visible(message), err=True)
+
+
 def fail(message: str) -> "typer.Exit":
-    typer.echo(f"ovforensics: error: {message}", err=True)
+    say(f"ovforensics: error: {message}")
     return typer.Exit(EXIT_ERROR)
 
 
@@ -153,8 +160,12 @@ class Stack:
             if xattr_ns != "auto":
                 options["xattr_ns"] = xattr_ns
             return scan_container(self.found, whiteouts=whiteouts, run=run, **options)
-        return scan(self.upper, self.layers, whiteouts=whiteouts, xattr_ns=xattr_ns, run=run,
-                    **options)
+        from . import open_layer
+
+        upper = open_layer(self.upper, -1, whiteouts)
+        layers = [open_layer(spec, i, whiteouts) for i, spec in enumerate(self.layers)]
+        records = scan(upper, layers, whiteouts=whiteouts, xattr_ns=xattr_ns, run=run, **options)
+        return _noted(records, [upper, *layers])
 
 
 def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
@@ -202,6 +213,26 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
                 side.write(json_line({"meta": run.to_dict()}) + "\n")
     except (LayerError, OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
+
+
+def _set_max_decompressed(value: Optional[str]) -> Optional[str]:
+    from . import unpack
+    from .bloat import BloatError, parse_bytes
+
+    if value is not None:
+        try:
+            unpack.set_limit(parse_bytes(value, unpack.OPTION))
+        except (BloatError, ValueError) as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _max_decompressed_opt():
+    from .unpack import DEFAULT_LIMIT, ENV
+
+    return typer.Option(None, "--max-decompressed", metavar="SIZE", callback=_set_max_decompressed,
+                        help=f"Cap on a compressed archive's decompressed copy in $TMPDIR (default "
+                             f"{DEFAULT_LIMIT >> 30}GiB, or ${ENV}); past it the archive is refused.")
 
 
 def _meta_opt():
@@ -252,7 +283,8 @@ def _filter_opts():
         exclude=typer.Option([], "--exclude", metavar="GLOB",
                              help="Drop paths matching GLOB (repeatable)."),
         whiteouts=typer.Option("auto", "--whiteouts", metavar="RULES",
-                               help="Marker rules: auto (kernel for directories, oci for tar, the "
+                               help="Marker rules: auto (oci for tar; kernel for directories, unless "
+                                    "one carries only OCI/AUFS or fuse-overlayfs marks; the "
                                     f"store's own for a container), {', '.join(RULES)}."),
         xattr_ns=typer.Option("auto", "--xattr-ns", metavar="NS",
                               help="Control xattr namespace honoured: auto (from the layer roots), "
@@ -305,6 +337,7 @@ def diff_cmd(
     packages: bool = _packages_opt(),
     yara: Optional[str] = _Y["yara"],
     yara_originals: bool = _Y["yara_originals"],
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Report every added, modified and deleted path of a container or an overlay stack."""
     from .runrecord import RunRecord
@@ -342,6 +375,7 @@ def deleted_cmd(
     hashes: Optional[str] = _hash_opt(),
     meta: bool = _meta_opt(),
     packages: bool = _packages_opt(),
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Every deleted path, with the lower layer and on-disk path of its recoverable original."""
     from .runrecord import RunRecord
@@ -381,6 +415,7 @@ def timeline_cmd(
     hashes: Optional[str] = _hash_opt(),
     meta: bool = _meta_opt(),
     packages: bool = _packages_opt(),
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """One event per timestamp of every changed entry, upper and shadowed original both (UTC)."""
     from . import timeline
@@ -400,7 +435,7 @@ def timeline_cmd(
                                 hashes=hashes or (), packages=packages)
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
-    typer.echo(f"ovforensics: {timeline.UTC_NOTE[fmt]}", err=True)
+    say(f"ovforensics: {timeline.UTC_NOTE[fmt]}")
     _emit(fmt, records, output, stack.evidence, run=run,
           write=lambda f, recs, stream: timeline.write_timeline(
               f, recs, stream, extra_columns=_more_columns(packages, None, False)))
@@ -432,6 +467,7 @@ def recover_cmd(
     packages: bool = typer.Option(False, "--packages",
                                   help="Check each original against the image's package "
                                        "databases (manifest: package, package_status)."),
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Copy the originals of deleted and modified paths out of the lower layers, with a manifest."""
     from .recover import recover, recover_container
@@ -453,7 +489,16 @@ def recover_cmd(
     except (LayerError, OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items())
-    typer.echo(f"ovforensics: {counts}; manifest: {result.manifest_csv}", err=True)
+    say(f"ovforensics: {counts}; manifest: {result.manifest_csv}")
+
+
+def _noted(records, layers):
+    """The records, then a note for each layer whose rules ``--whiteouts auto`` chose from its
+    markers (known once the scan has read them)."""
+    yield from records
+    for layer in layers:
+        if getattr(layer, "rules_auto", None):
+            say(f"ovforensics: note: {layer.label}: {layer.rules_auto}")
 
 
 def _with_times(records):
@@ -590,7 +635,7 @@ def containers_cmd(
     def rows():
         for item in containers(root, engine, data_root):
             if isinstance(item, Broken):
-                typer.echo(f"ovforensics: warning: {item.engine}: {item.where}: {item.why}", err=True)
+                say(f"ovforensics: warning: {item.engine}: {item.where}: {item.why}")
                 continue
             if matches(item, wanted):
                 yield container_row(item)
@@ -747,11 +792,11 @@ def _bloat_emit(report, fmt: str, output: Optional[str], evidence: list, rows: O
     except (OutputError, BloatError, ValueError) as exc:
         raise fail(str(exc)) from None
     for warning in report.warnings:
-        typer.echo(f"ovforensics: warning: {warning}", err=True)
+        say(f"ovforensics: warning: {warning}")
     failed = report.failed
     if failed:
         for gate in failed:
-            typer.echo(f"ovforensics: gate failed: {gate['message']}", err=True)
+            say(f"ovforensics: gate failed: {gate['message']}")
         raise typer.Exit(EXIT_GATE)
 
 
@@ -778,6 +823,7 @@ def bloat_cmd(
     top: Optional[int] = _B["top"],
     depth: Optional[int] = _B["depth"],
     rows: Optional[str] = _B["rows"],
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Bytes a container's upper layer holds: added, copies with new content, copies with the
     same content (wasted: chmod, chown, touch, hard link), metacopy; allocated beside apparent."""
@@ -834,6 +880,7 @@ def image_cmd(
     top: Optional[int] = _B["top"],
     depth: Optional[int] = _B["depth"],
     rows: Optional[str] = _B["rows"],
+    max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Stored, visible and wasted bytes of an image's layers, each wasted byte attributed to a
     path, the layer that stored it and the layer that made it waste."""

@@ -1,8 +1,10 @@
 """What differs between the entry a path shows in the merged view and in the base view."""
 from __future__ import annotations
 
+import bisect
 import errno
 import os
+from typing import Callable
 
 from .layer import Entry, EntryError
 from .markers import Namespaces, visible_xattrs
@@ -60,8 +62,9 @@ def _content_differs(a: Entry | None, b: Entry | None) -> bool | None:
         return True
     try:
         with a.open() as fa, b.open() as fb:
-            if _sparse(a, b):
-                return _holes_skipped(fa.fileno(), fb.fileno(), a.size)
+            next_a, next_b = _data_finder(a, fa), _data_finder(b, fb)
+            if next_a is not None or next_b is not None:
+                return _holes_skipped(fa, fb, next_a or _dense, next_b or _dense, a.size)
             while True:
                 ca = fa.read(CHUNK)
                 cb = fb.read(CHUNK)
@@ -73,12 +76,31 @@ def _content_differs(a: Entry | None, b: Entry | None) -> bool | None:
         return None
 
 
-def _sparse(a: Entry, b: Entry) -> bool:
-    """Both on disk (their allocation known) and one allocated less than its size: compare by
-    data extents, so two 1 TB sparse files are not read as a terabyte of zeros each."""
-    if a.blocks is None or b.blocks is None:
-        return False
-    return a.blocks * 512 < a.size or b.blocks * 512 < b.size
+def _dense(offset: int) -> int:
+    return offset
+
+
+def _data_finder(entry: Entry, fh) -> Callable[[int], int] | None:
+    """For a sparse entry: ``offset -> the first offset >= it that may hold data`` (the size
+    when only a hole is left); None for a dense one. A layer that knows its entries' data
+    regions says so (:meth:`TarLayer.data_regions`: a tar's own sparse map, as the archive
+    stores it); a file on disk allocated less than its size is asked with ``SEEK_DATA``. Two
+    1 PiB sparse members are then compared by their data alone, not as a petabyte of zeros."""
+    size = entry.size
+    regions_of = getattr(entry.layer, "data_regions", None)
+    regions = regions_of(entry) if regions_of is not None else None
+    if regions is not None:
+        starts = [start for start, _ in regions]
+        ends = [start + length for start, length in regions]
+
+        def next_region(offset: int) -> int:
+            i = bisect.bisect_right(ends, offset)  # the first region ending past offset
+            return size if i == len(ends) else max(offset, starts[i])
+        return next_region
+    if entry.blocks is not None and entry.blocks * 512 < size:
+        fd = fh.fileno()
+        return lambda offset: _next_data(fd, offset, size)
+    return None
 
 
 def _next_data(fd: int, offset: int, size: int) -> int:
@@ -90,15 +112,17 @@ def _next_data(fd: int, offset: int, size: int) -> int:
         return offset  # no SEEK_DATA here: read it all
 
 
-def _holes_skipped(fda: int, fdb: int, size: int) -> bool:
-    """Same bytes? A range both files leave as a hole reads as zeros in both: skipped."""
+def _holes_skipped(fa, fb, next_a, next_b, size: int) -> bool:
+    """Same bytes? A range both sides leave as a hole reads as zeros in both: skipped."""
     offset = 0
     while offset < size:
-        start = min(_next_data(fda, offset, size), _next_data(fdb, offset, size))
+        start = min(next_a(offset), next_b(offset))
         if start >= size:
             return False
         want = min(CHUNK, size - start)
-        ca, cb = os.pread(fda, want, start), os.pread(fdb, want, start)
+        fa.seek(start)
+        fb.seek(start)
+        ca, cb = fa.read(want), fb.read(want)
         if ca != cb:
             return True
         if not ca:

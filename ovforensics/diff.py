@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 
 from .bigdir import merged_names
 from .compare import differences, same_entry
+from .deeppath import child
 from .layer import Entry, Layer, Path, join
 from .markers import WH_PREFIX, Namespaces, is_metacopy
 from .record import ADDED, ANOMALY, DELETED, MODIFIED, Change, LayerRef
@@ -82,7 +83,7 @@ class Differ:
         if task.mframes and task.mframes[0].pos == 0:
             upper_view = self.merged.dirview(task.mframes[0].entry)
         for name in self._names(task, upper_view):
-            path = task.path + (name,)
+            path = child(task.path, name)
             m = self.merged.lookup(task.mframes, name) if task.mframes else None
             b = self.base.lookup(task.bframes, name) if task.bframes else None
             for found in (m, b):
@@ -232,7 +233,8 @@ class Differ:
             return None
         return self._anomaly(path, "whiteout-lookalike",
                              "kernel rules: a .wh.* name in an upperdir is an ordinary file "
-                             "(use --whiteouts fuse for a fuse-overlayfs upper)", upper=entry)
+                             "(use --whiteouts oci for a layer in OCI/AUFS form, fuse for a "
+                             "fuse-overlayfs upper)", upper=entry)
 
     def _layer_errors(self) -> Iterator[Change]:
         for layer in (self.upper, *self.lowers):

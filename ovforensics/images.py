@@ -34,25 +34,20 @@ one-line message.
 """
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
 import json
-import lzma
 import os
 import platform
 import re
-import shutil
 import stat
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
-from . import safeio
+from . import safeio, storetext, unpack
 from .layer import DirLayer, Layer, LayerError
 from .rootfs import Root, RootEscape
-from .tarlayer import TarLayer, _compression, _unzstd, normalise
+from .tarlayer import HeaderTooLarge, TarLayer, _compression, normalise, open_tar
 
 MAX_JSON = 32 << 20  # manifests and configs are far smaller
 _CHUNK = 1 << 20
@@ -222,7 +217,7 @@ def _attach_history(image: Image) -> None:
 
 def _json(data: bytes, where: str) -> dict | list:
     try:
-        return json.loads(data)
+        return storetext.loads(data)  # bytes that are not UTF-8 kept as surrogate escapes
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ImageError(f"{where}: not valid JSON ({exc})") from None
 
@@ -315,21 +310,11 @@ def _open_evidence_file(path: str) -> BinaryIO:
 
 
 def _decompressed(raw: BinaryIO, kind: str, label: str) -> BinaryIO:
-    """A compressed archive, decompressed once into an anonymous temporary file."""
-    tmp = tempfile.TemporaryFile(prefix="ovforensics-")
+    """A compressed archive, decompressed once into an anonymous (capped) temporary file."""
     try:
-        if kind == "zstd":
-            _unzstd(raw, tmp)
-        else:
-            opener = {"gzip": gzip.GzipFile, "xz": lzma.LZMAFile, "bzip2": bz2.BZ2File}[kind]
-            with opener(fileobj=raw, mode="rb") as stream:
-                shutil.copyfileobj(stream, tmp, _CHUNK)
-        tmp.flush()
-        tmp.seek(0)
-        return tmp
+        return unpack.decompress(raw, kind)
     except Exception as exc:
-        tmp.close()
-        raise ImageError(f"{label}: corrupt or truncated {kind} stream ({exc})") from None
+        raise ImageError(f"{label}: {unpack.why(exc, kind)}") from None
 
 
 class _TarSource:
@@ -348,12 +333,15 @@ class _TarSource:
             self.fh = raw
         self.members: dict[tuple[bytes, ...], tarfile.TarInfo] = {}
         try:
-            tf = tarfile.open(fileobj=self.fh, mode="r:", encoding="utf-8", errors="surrogateescape")
+            tf = open_tar(self.fh)
             for info in tf:
                 name = normalise(info.name.encode("utf-8", "surrogateescape"))
                 if name:
                     self.members[name] = info
             tf.members = []
+        except HeaderTooLarge as exc:
+            self.fh.close()
+            raise ImageError(f"{path}: {exc}") from None
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             self.fh.close()
             raise ImageError(f"{path}: not a readable tar archive ({exc})") from None
@@ -762,7 +750,7 @@ def _podman_big_data_name(key: str) -> str:
         return key
     import base64
 
-    return "=" + base64.b64encode(key.encode()).decode("ascii")
+    return "=" + base64.b64encode(storetext.exact_bytes(key)).decode("ascii")
 
 
 def _podman_candidates(root: Root, data_root: str | None, query: str, warnings: list[str]):

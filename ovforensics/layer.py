@@ -13,9 +13,12 @@ import stat
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, Protocol
 
+from .deeppath import child
+from .deeppath import join as join_deep
 from .safeio import PATH_LONG, FdWalker, open_dir, open_file, xattrs_at
 
-Path = tuple[bytes, ...]  # components of a path inside a layer; () is the layer root
+Path = tuple[bytes, ...]  # components of a path inside a layer; () is the layer root (past
+# deeppath.DEEP components, a DeepPath: the same tuple, sharing its prefix; made by child())
 
 KIND_BY_FMT = {
     stat.S_IFREG: "file",
@@ -123,7 +126,7 @@ class Layer(Protocol):
 
 
 def join(path: Path) -> bytes:
-    return b"/".join(path)
+    return b"/".join(path) if type(path) is tuple else join_deep(path)
 
 
 def statx_btime_ns(where: bytes, dir_fd: int = -100) -> int | None:
@@ -192,6 +195,8 @@ class DirLayer:
         self.index = index
         self.label = os.fsdecode(self.root)
         self.rules = rules
+        self.guess_rules = False  # --whiteouts auto: decide at the first .wh. name (formguess)
+        self.rules_auto: str | None = None  # why auto chose the rules, when it chose any
         self.info = None  # the engine's LayerInfo, when an engine reader found this layer
         try:
             st = os.lstat(self.root)
@@ -280,12 +285,25 @@ class DirLayer:
                         self.errors.append((where + b"/" + name, exc.strerror or str(exc)))
                         continue
                     kind = KIND_BY_FMT.get(stat.S_IFMT(st.st_mode), "unknown")
-                    out[name] = DiskEntry(self, path + (name,), kind, st)
+                    out[name] = DiskEntry(self, child(path, name), kind, st)
         except OSError as exc:
             self.errors.append((where, exc.strerror or str(exc)))
         finally:
             os.close(fd)
+        if self.guess_rules:
+            self.check_rules(out)
         return out
+
+    def check_rules(self, names) -> None:
+        """``--whiteouts auto``: the first listing that holds a ``.wh.`` name decides the
+        layer's rules from its whole tree (:mod:`ovforensics.formguess`). Until then the rules
+        make no difference: every form but the kernel's is a ``.wh.`` name."""
+        if not any(name[:4] == b".wh." for name in names):
+            return
+        from .formguess import guess_rules
+
+        self.guess_rules = False
+        self.rules, self.rules_auto = guess_rules(self.root)
 
     def btime_ns(self, entry: Entry) -> int | None:
         where = self.physical(entry.path)

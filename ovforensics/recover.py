@@ -33,6 +33,12 @@ Rules:
 - The manifest is written under temporary names and linked to ``manifest.csv``/``manifest.jsonl``
   (never replacing a file) when the run is complete; a run into a ``TO`` that already holds a
   manifest is refused. A top-level container entry with a manifest's name is ``skipped``.
+- A destination that fills up (no space, no inodes, over quota) stops the run: the entry that
+  failed gets its ``error`` row (its partial copy removed), the manifest of everything written
+  is finished (a 64 KiB reserve file, made first, is given back for it), and the run ends with
+  an :class:`OutputError` naming the cause (exit 2). Rows are written whole, through the fd.
+- A zero-filled stretch of an original (1 MiB grain) is left as a hole in the copy: a sparse
+  original stays sparse (it is still read, and hashed, whole).
 
 Rows come in this order: the named paths, in the order given (each subtree depth first, names
 sorted by bytes), then the ``all_deleted``/``all_modified`` records in path order; a path met
@@ -49,6 +55,7 @@ import csv
 import errno
 import fnmatch
 import hashlib
+import io
 import os
 import secrets
 import stat
@@ -56,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .compare import differences, same_entry
+from .deeppath import child
 from .layer import Entry, EntryError, Layer, Path, join
 from .markers import Namespaces
 from .output import OutputError, refuse_inside
@@ -82,9 +90,20 @@ MANIFEST_COLUMNS = (
 )
 
 _CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # no blocks, no inodes, over quota
+_RESERVE = 64 << 10  # bytes kept free for the manifest's last rows when the destination fills
+
+
+class _DiskFull(Exception):
+    """The destination is full: the run stops after ``path``'s row."""
+
+    def __init__(self, path: bytes):
+        super().__init__(path)
+        self.path = path
 
 
 class RecoverError(OutputError):
@@ -160,8 +179,48 @@ class RecoverResult:
         return sum(self.counts.values())
 
 
+class _ManifestFailed(Exception):
+    """The manifest itself could not be written (``cause``: the OSError)."""
+
+    def __init__(self, cause: OSError):
+        super().__init__(_why(cause))
+        self.cause = cause
+
+
+class _Sink:
+    """One manifest file, written a whole row at a time through its fd (no buffer: what a
+    failed write leaves is never half a row, the file is cut back to the last whole one)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.size = 0
+
+    def put(self, data: bytes, on_full: Callable[[], bool]) -> None:
+        start, view, retried = self.size, memoryview(data), False
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except OSError as exc:
+                if exc.errno in _FULL and not retried and on_full():
+                    retried = True  # room was made (the reserve): try once more
+                    continue
+                try:
+                    os.ftruncate(self.fd, start)
+                    os.lseek(self.fd, start, os.SEEK_SET)
+                    self.size = start
+                except OSError:
+                    pass
+                raise
+            view = view[n:]
+            self.size += n
+
+
 class _Manifest:
-    """Both manifests, written as rows arrive under temporary names inside ``TO``."""
+    """Both manifests, written as rows arrive under temporary names inside ``TO``.
+
+    A destination that fills up (``ENOSPC``, ``EDQUOT``: no blocks, or no inodes) must still
+    get a manifest of what was recovered: a small reserve file is made first and given back
+    when the disk is full, so the row of the entry that failed and the final names fit."""
 
     def __init__(self, to_fd: int, extra_columns: tuple[str, ...] = ()):
         from .writers import guard_formula, json_line
@@ -173,18 +232,56 @@ class _Manifest:
         token = secrets.token_hex(6)
         self.tmp_csv = f".ovf-manifest-{token}.csv.partial"
         self.tmp_jsonl = f".ovf-manifest-{token}.jsonl.partial"
-        self.csv_fh = self._create(self.tmp_csv)
-        self.jsonl_fh = self._create(self.tmp_jsonl)
-        self.csv = csv.writer(self.csv_fh)
-        self.csv.writerow(self.columns)
+        self.reserve: str | None = f".ovf-reserve-{token}"
+        self._made: list[str] = []
+        self._cells = io.StringIO()
+        self.csv = csv.writer(self._cells)
+        try:
+            self._make_reserve()
+            self.csv_fh = _Sink(self._create(self.tmp_csv))
+            self.jsonl_fh = _Sink(self._create(self.tmp_jsonl))
+            self.csv.writerow(self.columns)
+            self.csv_fh.put(self._take_csv(), self.release)
+        except OSError:
+            self._remove_all()
+            raise
 
-    def _create(self, name: str):
+    def _create(self, name: str) -> int:
         fd = os.open(name, _NEW_FILE, 0o600, dir_fd=self.to_fd)
-        return os.fdopen(fd, "w", encoding="utf-8", newline="")
+        self._made.append(name)
+        return fd
+
+    def _make_reserve(self) -> None:
+        fd = self._create(self.reserve)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, _RESERVE)
+            except OSError as exc:
+                if exc.errno in _FULL:
+                    raise
+                os.write(fd, bytes(_RESERVE))  # no fallocate on this filesystem
+        finally:
+            os.close(fd)
+
+    def release(self) -> bool:
+        """Give the reserve back (the destination is full); False when it is already gone."""
+        if self.reserve is None:
+            return False
+        try:
+            os.unlink(self.reserve, dir_fd=self.to_fd)
+        except OSError:
+            pass
+        self.reserve = None
+        return True
+
+    def _take_csv(self) -> bytes:
+        data = self._cells.getvalue().encode("utf-8", "backslashreplace")
+        self._cells.seek(0)
+        self._cells.truncate()
+        return data
 
     def write(self, row: ManifestRow) -> None:
         record = row.to_dict()
-        self.jsonl_fh.write(self._json_line(record) + "\n")
         layer = record["source_layer"] or {}
         values = dict(record, what=";".join(record["what"]), source_layer=layer.get("index"),
                       source_layer_dir=layer.get("dir"), source_layer_id=layer.get("id"))
@@ -197,38 +294,74 @@ class _Manifest:
         if not cells[b64_col] and cells[path_col] != record["path"]:
             cells[b64_col] = base64.b64encode(row.path).decode("ascii")  # the guard changed it
         self.csv.writerow(cells)
+        line = (self._json_line(record) + "\n").encode("utf-8", "backslashreplace")
+        try:
+            self.jsonl_fh.put(line, self.release)
+            try:
+                self.csv_fh.put(self._take_csv(), self.release)
+            except OSError:  # keep both files to the same rows
+                size = self.jsonl_fh.size - len(line)
+                os.ftruncate(self.jsonl_fh.fd, size)
+                os.lseek(self.jsonl_fh.fd, size, os.SEEK_SET)
+                self.jsonl_fh.size = size
+                raise
+        except OSError as exc:
+            self._take_csv()
+            raise _ManifestFailed(exc) from None
 
     def finish(self) -> None:
-        """Flush, sync, and give the files their final names without replacing anything."""
-        for fh, tmp, final in ((self.csv_fh, self.tmp_csv, MANIFEST_CSV),
-                               (self.jsonl_fh, self.tmp_jsonl, MANIFEST_JSONL)):
-            fh.flush()
-            os.fsync(fh.fileno())
-            fh.close()
-            try:
-                os.link(tmp, final, src_dir_fd=self.to_fd, dst_dir_fd=self.to_fd,
-                        follow_symlinks=False)
-            except FileExistsError:
+        """Sync, and give the files their final names without replacing anything."""
+        try:
+            for sink, tmp, final in ((self.csv_fh, self.tmp_csv, MANIFEST_CSV),
+                                     (self.jsonl_fh, self.tmp_jsonl, MANIFEST_JSONL)):
+                os.fsync(sink.fd)
+                os.close(sink.fd)
+                sink.fd = -1
+                self._final_name(tmp, final)
+        except OSError as exc:
+            raise _ManifestFailed(exc) from None
+        finally:
+            self.release()
+
+    def _final_name(self, tmp: str, final: str) -> None:
+        try:
+            os.link(tmp, final, src_dir_fd=self.to_fd, dst_dir_fd=self.to_fd,
+                    follow_symlinks=False)
+        except FileExistsError:
+            raise OutputError(f"{final} appeared in the destination during the run; "
+                              f"the manifest is left as {tmp}") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, *_FULL):
+                raise
+            # no hard links here (vfat, some network filesystems; tmpfs out of inodes counts a
+            # link as one): rename, after a check
+            if _lexists(final, self.to_fd):
                 raise OutputError(f"{final} appeared in the destination during the run; "
                                   f"the manifest is left as {tmp}") from None
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                    raise
-                # no hard links here (vfat, some network filesystems): rename, after a check
-                if _lexists(final, self.to_fd):
-                    raise OutputError(f"{final} appeared in the destination during the run; "
-                                      f"the manifest is left as {tmp}") from None
-                os.rename(tmp, final, src_dir_fd=self.to_fd, dst_dir_fd=self.to_fd)
-                continue
-            os.unlink(tmp, dir_fd=self.to_fd)
+            os.rename(tmp, final, src_dir_fd=self.to_fd, dst_dir_fd=self.to_fd)
+            return
+        os.unlink(tmp, dir_fd=self.to_fd)
 
     def abandon(self) -> None:
-        """A run that failed: close the partial manifests (kept: they list what was written)."""
-        for fh in (self.csv_fh, self.jsonl_fh):
+        """A run that failed: close the partial manifests (kept: whole rows of what was
+        written) and drop the reserve."""
+        for sink in (self.csv_fh, self.jsonl_fh):
+            if sink.fd >= 0:
+                try:
+                    os.close(sink.fd)
+                except OSError:
+                    pass
+                sink.fd = -1
+        self.release()
+
+    def _remove_all(self) -> None:
+        """The manifest could not even start: nothing of it is left in ``TO``."""
+        for name in self._made:
             try:
-                fh.close()
+                os.unlink(name, dir_fd=self.to_fd)
             except OSError:
                 pass
+        self.reserve = None
 
 
 def _lexists(name: str | bytes, dir_fd: int) -> bool:
@@ -411,6 +544,7 @@ class Recoverer:
         self._done: set[Path] = set()
         self._dirs: list[tuple[Path, Entry]] = []  # recovered dirs: metadata set at the end
         self.result: RecoverResult | None = None
+        self._full: OSError | None = None  # the destination filled up (ENOSPC, EDQUOT)
 
     # -- driver ----------------------------------------------------------------------------------
     def run(self, paths: Iterable[str | bytes] = (), *, all_deleted: bool = False,
@@ -478,25 +612,44 @@ class Recoverer:
              all_modified: bool) -> RecoverResult:
         self.result = RecoverResult(self.to, os.path.join(self.to, MANIFEST_CSV),
                                     os.path.join(self.to, MANIFEST_JSONL))
-        self.dest = _Dest(to_fd)
         from .packages.verify import COLUMNS as PACKAGE_COLUMNS
 
-        self.manifest = _Manifest(to_fd, PACKAGE_COLUMNS if self.packages is not None else ())
         try:
-            for parts in named:
-                self._named(parts)
-            if all_deleted or all_modified:
-                kinds = {k for k, on in ((DELETED, all_deleted), (MODIFIED, all_modified)) if on}
-                for record in self.differ.changes():
-                    if record.change in kinds:
-                        self._from_record(record)
+            self.manifest = _Manifest(to_fd, PACKAGE_COLUMNS if self.packages is not None else ())
+        except OSError as exc:
+            raise RecoverError(f"{self.to}: cannot start the manifest: {_why(exc)}") from None
+        self.dest = _Dest(to_fd)
+        self._full: OSError | None = None
+        stopped_at = None
+        try:
+            try:
+                for parts in named:
+                    self._named(parts)
+                if all_deleted or all_modified:
+                    kinds = {k for k, on in ((DELETED, all_deleted), (MODIFIED, all_modified)) if on}
+                    for record in self.differ.changes():
+                        if record.change in kinds:
+                            self._from_record(record)
+            except _DiskFull as exc:
+                stopped_at = exc.path
             self._finish_dirs()
             self.dest.close()
             self.manifest.finish()
+        except _ManifestFailed as exc:
+            self.dest.close()
+            self.manifest.abandon()
+            raise OutputError(f"{self.to}: the manifest could not be written: {exc}; recovery "
+                              f"stopped ({self.manifest.tmp_csv} holds the whole rows written "
+                              "before)") from None
         except BaseException:
             self.dest.close()
             self.manifest.abandon()
             raise
+        if stopped_at is not None:
+            counts = ", ".join(f"{n} {status}" for status, n in self.result.counts.items())
+            raise OutputError(f"{self.to}: {_why(self._full)}: recovery stopped at "
+                              f"{escape_bytes(stopped_at)} ({counts}); {MANIFEST_CSV} and "
+                              f"{MANIFEST_JSONL} list what was written") from None
         return self.result
 
     # -- sources ------------------------------------------------------------------------------
@@ -542,7 +695,7 @@ class Recoverer:
             b = self.base.lookup(bframes, name)
             if b is None:
                 continue
-            out.append((path + (name,), b, self.merged.lookup(mframes, name) if mframes else None))
+            out.append((child(path, name), b, self.merged.lookup(mframes, name) if mframes else None))
         self.base.forget(bframes)
         self.merged.forget(mframes)
         return out
@@ -599,6 +752,7 @@ class Recoverer:
             row.status, row.detail = SKIPPED, str(exc)
         except (OSError, EntryError) as exc:
             row.status, row.detail = ERROR, _why(exc)
+            self._note_full(exc)
         self._emit(row, path)
 
     def _place(self, path: Path, top: Entry, data: Entry | None, row: ManifestRow) -> None:
@@ -676,10 +830,14 @@ class Recoverer:
                     if not chunk:
                         break
                     digest.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    if chunk == _ZEROS[:len(chunk)]:
+                        os.lseek(fd, len(chunk), os.SEEK_CUR)  # a hole: a sparse original stays sparse
+                    else:
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view):]
                     size += len(chunk)
+                os.ftruncate(fd, size)  # the size, where the file ends in a hole
                 notes = self._set_meta(fd, top)
             except BaseException as exc:
                 os.close(fd)
@@ -689,6 +847,7 @@ class Recoverer:
                     pass
                 if isinstance(exc, (OSError, EntryError)):
                     row.status, row.detail = ERROR, f"copy failed, partial file removed: {_why(exc)}"
+                    self._note_full(exc)
                     return
                 raise
             os.close(fd)
@@ -746,6 +905,12 @@ class Recoverer:
         self.result.counts[row.status] = self.result.counts.get(row.status, 0) + 1
         if self.on_row is not None:
             self.on_row(row)
+        if self._full is not None:  # the destination is full: stop, with this row written
+            raise _DiskFull(row.path)
+
+    def _note_full(self, exc: BaseException) -> None:
+        if isinstance(exc, OSError) and exc.errno in _FULL and self._full is None:
+            self._full = exc
 
 
 def _times(entry: Entry) -> tuple[int, int]:

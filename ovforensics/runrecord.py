@@ -25,6 +25,7 @@ class RunRecord:
         self.started = _now()
         self.ended: str | None = None
         self.layers: list[dict] = []
+        self._layers: list = []  # the layer objects: rules chosen by auto are known at the end
         self.stores: list[dict] = []
         self.counts = {kind: 0 for kind in CHANGE_KINDS}
         self.unread: list[dict] = []
@@ -40,6 +41,7 @@ class RunRecord:
                 row.update({k: v for k, v in (("role", info.role), ("id", info.id),
                                               ("diff_id", info.diff_id)) if v is not None})
             self.layers.append(row)
+            self._layers.append(layer)
 
     def add_store(self, container) -> None:
         self.stores.append({"engine": container.engine, "store": container.store,
@@ -58,6 +60,10 @@ class RunRecord:
         self.ended = _now()
 
     def to_dict(self) -> dict:
+        for row, layer in zip(self.layers, self._layers):
+            row["rules"] = layer.rules
+            if getattr(layer, "rules_auto", None):
+                row["rules_auto"] = layer.rules_auto  # why --whiteouts auto chose these rules
         return {
             "tool": "ovforensics", "version": __version__, "argv": self.argv,
             "cwd": os.getcwd(), "host": socket.gethostname(), "uid": os.geteuid(),

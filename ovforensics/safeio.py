@@ -175,11 +175,13 @@ class FdWalker:
         done, fd = marks[-1] if marks else ((), self._root_fd)
         owned = False  # fd is a temporary of this walk (not the root, a mark or the tail)
         pos = len(done)
+        names = tuple(path[pos:])  # indexed below: a deep path's components, copied once
+        base = pos
         try:
             while pos < len(path):
                 chunk, size = [], 0
                 while pos + len(chunk) < len(path):
-                    name = path[pos + len(chunk)]
+                    name = names[pos - base + len(chunk)]
                     if chunk and size + len(name) + 1 > _STEP:
                         break
                     chunk.append(name)

@@ -31,7 +31,8 @@ def split_lowerdir(value: str) -> list[str]:
 
 
 def open_layer(spec: str | os.PathLike | Layer, index: int = -1, rules: str = "auto") -> Layer:
-    """A directory becomes a :class:`DirLayer` (kernel rules); a file, a tar layer (OCI rules)."""
+    """A directory becomes a :class:`DirLayer` (kernel rules; with ``auto``, the rules its markers
+    were written with: :mod:`ovforensics.formguess`); a file, a tar layer (OCI rules)."""
     if not isinstance(spec, (str, bytes, os.PathLike)):
         return spec  # already a layer
     if rules != "auto" and rules not in RULES:
@@ -46,7 +47,11 @@ def open_layer(spec: str | os.PathLike | Layer, index: int = -1, rules: str = "a
     if stat.S_ISLNK(st.st_mode):
         raise LayerError(f"{path}: is a symbolic link; name the real directory (links are never followed)")
     if stat.S_ISDIR(st.st_mode):
-        return DirLayer(path, index=index, rules="kernel" if rules == "auto" else rules)
+        layer = DirLayer(path, index=index, rules="kernel" if rules == "auto" else rules)
+        # auto: kernel form, unless the tree carries only OCI/AUFS or fuse-overlayfs marks;
+        # decided when the scan first lists a .wh. name (DirLayer.check_rules, formguess.py)
+        layer.guess_rules = rules == "auto"
+        return layer
     from .tarlayer import TarLayer
 
     return TarLayer(path, index=index, rules="oci" if rules == "auto" else rules)

@@ -9,26 +9,25 @@ attacker-chosen names onto the analyst's disk, so :class:`TarLayer` answers the
 Compression (gzip, zstd; also xz and bzip2, which the standard library reads) is detected from the
 magic bytes, never from the file name. A compressed archive is decompressed once, at open, into an
 anonymous temporary file in the system temp dir (never next to the evidence), so that reading
-member bytes later is a seek instead of a re-decompression.
+member bytes later is a seek instead of a re-decompression; the stream is read in bounded chunks
+and the copy is capped (:mod:`ovforensics.unpack`). Extended headers (PAX, GNU long names) are
+bounded too (:data:`MAX_EXTENDED`): a larger one is an error naming the member, never read.
 """
 from __future__ import annotations
 
 import base64
 import bisect
 import binascii
-import bz2
-import gzip
 import io
-import lzma
 import os
 import re
-import shutil
 import stat
 import tarfile
-import tempfile
 import urllib.parse
 from typing import BinaryIO
 
+from . import bigdir, unpack
+from .deeppath import DEEP, DeepPath, child
 from .layer import Entry, EntryError, LayerError, Path, join
 
 _CHUNK = 1 << 20
@@ -54,7 +53,6 @@ _FMT_BY_KIND = {
     "block": stat.S_IFBLK,
 }
 _MTIME_RE = re.compile(r"(-?)(\d+)(?:\.(\d*))?")
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def _b(text: str) -> bytes:
@@ -127,6 +125,26 @@ def _xattrs(info: tarfile.TarInfo) -> dict[str, bytes]:
     return out
 
 
+class _Member:
+    """What the index keeps of one member: the fields a layer answers with, nothing of
+    tarfile's TarInfo (which is dropped as soon as it is read: a million TarInfo objects, their
+    PAX dicts and strings, held ~0.9 GB)."""
+
+    __slots__ = ("mode", "uid", "gid", "size", "mtime_ns", "rdev", "target", "offset_data",
+                 "sparse", "xattrs")
+
+    def __init__(self, info: tarfile.TarInfo, kind: str):
+        self.mode = info.mode & 0o7777
+        self.uid, self.gid = info.uid, info.gid
+        self.size = info.size
+        self.mtime_ns = _mtime_ns(info)
+        self.rdev = _makedev(info.devmajor, info.devminor) if kind in ("char", "block") else 0
+        self.target = _b(info.linkname) if kind == "symlink" else None
+        self.offset_data = info.offset_data
+        self.sparse = info.sparse or None
+        self.xattrs = _xattrs(info) or None
+
+
 class _Rec:
     """One name in the archive. ``info`` is the member holding the metadata (for a hard link:
     the member it links to); ``own`` is the member that carries this very name."""
@@ -136,8 +154,8 @@ class _Rec:
     def __init__(self, path: Path, kind: str, info, own, ino: int = 0):
         self.path = path
         self.kind = kind
-        self.info: tarfile.TarInfo | None = info  # None for an implied parent directory
-        self.own: tarfile.TarInfo | None = own
+        self.info: _Member | None = info  # None for an implied parent directory
+        self.own: _Member | None = own
         self.nlink = 1
         self.ino = ino
 
@@ -200,6 +218,8 @@ def _segments(info: tarfile.TarInfo, name: str) -> list[tuple[int, int, int | No
     pos = 0
     data = info.offset_data
     for offset, numbytes in info.sparse:
+        if numbytes == 0 and 0 <= offset <= info.size:
+            continue  # an empty entry: GNU's end marker, or an unused slot of an old GNU header
         if offset < pos or numbytes < 0 or offset + numbytes > info.size:
             raise EntryError(f"{name}: corrupt sparse map in the archive")
         if offset > pos:
@@ -213,41 +233,70 @@ def _segments(info: tarfile.TarInfo, name: str) -> list[tuple[int, int, int | No
     return segs
 
 
-def _compression(head: bytes) -> str | None:
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(_ZSTD_MAGIC):
-        return "zstd"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    # "BZh" is printable and could start a tar member name: also require a block/end magic.
-    if (head[:3] == b"BZh" and head[3:4] in b"123456789" and len(head) >= 10
-            and head[4:10] in (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")):
-        return "bzip2"
-    return None
+_compression = unpack.compression  # the names images.py and the fuzz harnesses use
 
 
-def _unzstd(src: BinaryIO, dst: BinaryIO) -> None:
-    """Decompress every zstd frame of ``src``; a stream that stops inside a frame is an error
-    (zstandard's stream_reader would silently return the short output)."""
-    import zstandard
+class HeaderTooLarge(tarfile.TarError):
+    """An extended header (PAX, GNU long name or link) larger than :data:`MAX_EXTENDED`."""
 
-    dctx = zstandard.ZstdDecompressor()
-    dobj = None
-    leftover = b""
-    while True:
-        chunk = leftover or src.read(_CHUNK)
-        leftover = b""
-        if not chunk:
-            break
-        if dobj is None:
-            dobj = dctx.decompressobj()
-        dst.write(dobj.decompress(chunk))
-        if dobj.eof:
-            leftover = dobj.unused_data
-            dobj = None
-    if dobj is not None:
-        raise EOFError("zstd stream ends inside a frame")
+
+MAX_EXTENDED = 16 << 20  # bytes of one PAX / GNU long-name header: 16 MiB holds any real one
+_EXTENDED = {tarfile.XHDTYPE: "PAX extended", tarfile.XGLTYPE: "PAX global",
+             tarfile.SOLARIS_XHDTYPE: "Solaris extended", tarfile.GNUTYPE_LONGNAME: "GNU long-name",
+             tarfile.GNUTYPE_LONGLINK: "GNU long-link"}
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """tarfile's TarInfo, refusing an extended header whose size field is past
+    :data:`MAX_EXTENDED` before tarfile reads it whole into memory (a 3 KB archive can claim a
+    1 TiB PAX header)."""
+
+    def _proc_member(self, tarfile_):
+        kind = _EXTENDED.get(self.type)
+        if kind is not None and self.size > MAX_EXTENDED:
+            raise HeaderTooLarge(
+                f"member {_member_after(tarfile_.fileobj, self)}: {kind} header of {self.size} "
+                f"bytes at byte {self.offset} (the limit is {MAX_EXTENDED})")
+        return super()._proc_member(tarfile_)
+
+
+def _member_after(fileobj, info: tarfile.TarInfo) -> str:
+    """The name of the member an extended header belongs to (its own name if unreadable)."""
+    from .record import escape_bytes
+
+    name = _b(info.name)
+    try:
+        here = fileobj.tell()
+        try:
+            fileobj.seek(info.offset + tarfile.BLOCKSIZE + info._block(info.size))
+            block = fileobj.read(tarfile.BLOCKSIZE)
+        finally:
+            fileobj.seek(here)
+        if len(block) == tarfile.BLOCKSIZE:
+            name = _b(tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape").name)
+    except (tarfile.HeaderError, OSError, ValueError, OverflowError):
+        pass
+    return repr(escape_bytes(name))
+
+
+def open_tar(fh: BinaryIO) -> tarfile.TarFile:
+    """A tarfile reader over ``fh`` with bounded extended headers (names as surrogate escapes)."""
+    return tarfile.open(fileobj=fh, mode="r:", encoding="utf-8", errors="surrogateescape",
+                        tarinfo=_BoundedInfo)
+
+
+class _TarNames(bigdir.NameListing):
+    """A directory of more than ``bigdir.BIG`` members, listed by name: each entry is made
+    from the index when a lookup asks for it (as :class:`bigdir.NameListing` stats a big
+    directory's entries on disk), so a million-member directory is never a million Entry
+    objects at once."""
+
+    def __init__(self, layer: "TarLayer", path: Path, names):
+        super().__init__(layer, path, -1, list(names))
+
+    def _stat(self, name: bytes) -> Entry | None:
+        rec = self.layer._recs.get(child(self.path, name))
+        return self.layer._entry(rec) if rec is not None else None
 
 
 class TarLayer:
@@ -274,6 +323,8 @@ class TarLayer:
         self._recs: dict[Path, _Rec] = {}
         self._children: dict[Path, dict[bytes, None]] = {(): {}}  # ordered name sets
         self._cache: dict[Path, dict[bytes, Entry] | None] = {}
+        self._nodes: dict[Path, Path] = {}  # deep paths, one node each (_canonical)
+        self._dirpaths: dict[Path, Path] = {}  # parent paths, one tuple each, while indexing
         self._fh = self._open_archive()
         try:
             self._index()
@@ -315,27 +366,10 @@ class TarLayer:
             raw.close()
 
     def _decompress(self, raw: BinaryIO) -> BinaryIO:
-        tmp = tempfile.TemporaryFile(prefix="ovforensics-")  # unlinked at once, system temp dir
         try:
-            if self.compression == "zstd":
-                _unzstd(raw, tmp)
-            else:
-                opener = {"gzip": gzip.GzipFile, "xz": lzma.LZMAFile, "bzip2": bz2.BZ2File}
-                with opener[self.compression](fileobj=raw, mode="rb") as stream:
-                    shutil.copyfileobj(stream, tmp, _CHUNK)
-            tmp.flush()
-            tmp.seek(0)
-            return tmp
+            return unpack.decompress(raw, self.compression)
         except Exception as exc:  # zstandard.ZstdError, lzma.LZMAError, EOFError, OSError ...
-            tmp.close()
-            if isinstance(exc, EOFError):
-                why = f"truncated {self.compression} stream"
-            elif isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) \
-                    and exc.strerror:
-                why = exc.strerror
-            else:
-                why = f"corrupt {self.compression} stream ({exc})"
-            raise self._fail(why) from None
+            raise self._fail(unpack.why(exc, self.compression)) from None
 
     def _where(self) -> str:
         return f"{self.compression}-compressed " if self.compression else ""
@@ -344,10 +378,16 @@ class TarLayer:
         fh = self._fh
         assert fh is not None
         try:
-            tf = tarfile.open(fileobj=fh, mode="r:", encoding="utf-8", errors="surrogateescape")
-            for info in tf:
+            tf = open_tar(fh)
+            while True:
+                info = tf.next()
+                if info is None:
+                    break
                 self._add(info)
+                tf.members.clear()  # kept in the index, compactly (_Member)
             end = tf.offset
+        except HeaderTooLarge as exc:
+            raise self._fail(str(exc)) from None
         except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
             raise self._fail(self._why(str(exc))) from None
         # tarfile stops quietly at a bad or short header after the first one, and at end of file:
@@ -360,6 +400,7 @@ class TarLayer:
             raise self._fail(f"corrupt {self._where()}tar archive (bad header at byte {end})")
         tf.members = []  # the index below holds what is needed
         self._finish()
+        self._nodes, self._dirpaths = {}, {}  # the index's keys hold what they kept
 
     def _why(self, why: str) -> str:
         """Name a tarfile error: not a tar at all, a truncated one, or a corrupt one."""
@@ -380,6 +421,11 @@ class TarLayer:
         if path is None:
             self.errors.append((name, "name escapes the archive root ('..')"))
             return
+        if len(path) > DEEP:
+            path = self._canonical(path)
+        elif len(path) > 1:  # share the parent's components with every sibling's path
+            parent = self._dirpaths.setdefault(path[:-1], path[:-1])
+            path = parent + path[-1:]
         if info.type == tarfile.LNKTYPE:
             link = normalise(_b(info.linkname))
             target = self._recs.get(link) if link is not None else None
@@ -387,7 +433,7 @@ class TarLayer:
                 self.errors.append((name, f"hard link to {_b(info.linkname)!r}, "
                                           "which is no earlier non-directory member"))
                 return
-            rec = _Rec(path, target.kind, target.info, info)
+            rec = _Rec(path, target.kind, target.info, _Member(info, target.kind))
         elif info.type == b"V":  # GNU volume label: names the archive, not a file
             return
         else:
@@ -395,7 +441,8 @@ class TarLayer:
             if kind is None:
                 self.errors.append((name, f"unsupported member type {info.type!r}"))
                 return
-            rec = _Rec(path, kind, info, info)
+            member = _Member(info, kind)
+            rec = _Rec(path, kind, member, member)
             self._check_numbers(name, kind, info)
         if not path:
             if rec.kind != "dir":
@@ -403,12 +450,26 @@ class TarLayer:
                 return
             self._recs[()] = rec
             return
-        for i in range(len(path) - 1, -1, -1):  # register the name with every ancestor
-            kids = self._children.setdefault(path[:i], {})
-            if path[i] in kids:
+        node = path
+        while node:  # register the name with every ancestor, walking up by parent
+            parent = node[:-1]  # a deep path's parent is a node it holds: no copy
+            kids = self._children.setdefault(parent, {})
+            if node[-1] in kids:
                 break  # and so are the ancestors above
-            kids[path[i]] = None
+            kids[node[-1]] = None
+            node = parent
         self._recs[path] = rec  # a later member of the same name wins, as on extraction
+
+    def _canonical(self, parts: Path) -> Path:
+        """A deep member name as the archive's one node chain for it: every member below a
+        deep directory shares its ancestors' nodes (memory linear in depth, and comparing two
+        of its paths stops at their common parent)."""
+        node = parts[:DEEP]
+        nodes = self._nodes
+        for name in parts[DEEP:]:
+            new = DeepPath(node, name)
+            node = nodes.setdefault(new, new)
+        return node
 
     def _check_numbers(self, name: bytes, kind: str, info: tarfile.TarInfo) -> None:
         """Note (the member is kept) a time or device number no filesystem could hold."""
@@ -439,7 +500,7 @@ class TarLayer:
             for path in [p for p in self._recs if p and p[:-1] in dead]:
                 rec = self._recs.pop(path)
                 if rec.own is not None:
-                    self.errors.append((_b(rec.own.name), "parent is not a directory"))
+                    self.errors.append((join(path), "parent is not a directory"))
             for path in dead:
                 del self._children[path]
         if () not in self._recs:
@@ -453,7 +514,7 @@ class TarLayer:
         for rec in self._recs.values():
             if rec.kind == "dir":  # as a filesystem counts it: ".", the parent's name, each ".."
                 kids = self._children.get(rec.path, ())
-                subdirs = (self._recs.get(rec.path + (n,)) for n in kids)
+                subdirs = (self._recs.get(child(rec.path, n)) for n in kids)
                 rec.nlink = 2 + sum(1 for r in subdirs if r is not None and r.kind == "dir")
             else:
                 rec.nlink = counts[id(rec.info) if rec.info is not None else id(rec)]
@@ -473,10 +534,12 @@ class TarLayer:
         if names is None:
             rec = self._recs.get(path)
             listing = {} if rec is not None and rec.kind == "dir" else None
+        elif len(names) > bigdir.BIG:  # a huge directory: entries made when looked up
+            listing = _TarNames(self, path, names)
         else:
             listing = {}
             for name in names:
-                rec = self._recs.get(path + (name,))
+                rec = self._recs.get(child(path, name))
                 if rec is not None:
                     listing[name] = self._entry(rec)
         self._cache[path] = listing
@@ -495,18 +558,17 @@ class TarLayer:
         if info is None:
             return Entry(layer=self, path=rec.path, kind="dir", mode=stat.S_IFDIR | 0o755, uid=0,
                          gid=0, size=0, mtime_ns=0, nlink=rec.nlink, ino=rec.ino)
-        target = _b(info.linkname) if rec.kind == "symlink" else None
+        target = info.target if rec.kind == "symlink" else None
         if rec.kind == "file":
             size = info.size
         elif rec.kind == "symlink":
             size = len(target)
         else:
             size = 0
-        rdev = _makedev(info.devmajor, info.devminor) if rec.kind in ("char", "block") else 0
         return Entry(
             layer=self, path=rec.path, kind=rec.kind,
-            mode=_FMT_BY_KIND[rec.kind] | (info.mode & 0o7777), uid=info.uid, gid=info.gid,
-            size=size, mtime_ns=_mtime_ns(info), rdev=rdev, nlink=rec.nlink, ino=rec.ino,
+            mode=_FMT_BY_KIND[rec.kind] | info.mode, uid=info.uid, gid=info.gid,
+            size=size, mtime_ns=info.mtime_ns, rdev=info.rdev, nlink=rec.nlink, ino=rec.ino,
             target=target,
         )
 
@@ -518,11 +580,19 @@ class TarLayer:
 
     def read_xattrs(self, entry: Entry) -> dict[str, bytes]:
         rec = self._rec(entry)
-        if rec.own is not None and rec.own is not rec.info:
-            own = _xattrs(rec.own)  # a hard link may carry its own copy; else the target's
-            if own:
-                return own
-        return _xattrs(rec.info) if rec.info is not None else {}
+        if rec.own is not None and rec.own is not rec.info and rec.own.xattrs:
+            return dict(rec.own.xattrs)  # a hard link may carry its own copy; else the target's
+        return dict(rec.info.xattrs) if rec.info is not None and rec.info.xattrs else {}
+
+    def data_regions(self, entry: Entry) -> list[tuple[int, int]] | None:
+        """A sparse member's data regions ``(start, length)`` from the archive's own sparse map
+        (everything else is a hole); None for a member stored whole."""
+        rec = self._recs.get(entry.path)
+        if rec is None or rec.kind != "file" or rec.info is None or not rec.info.sparse:
+            return None
+        name = os.fsdecode(self.physical(entry.path))
+        return [(start, length) for start, length, where in _segments(rec.info, name)
+                if where is not None]
 
     def open(self, entry: Entry) -> BinaryIO:
         """The member's bytes as a read-only, seekable binary file (nothing lands on disk)."""

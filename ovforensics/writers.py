@@ -46,9 +46,9 @@ from typing import Iterable, Iterator, TextIO
 
 from orjson import dumps as _orjson_dumps
 
-
 from .record import (ADDED, ANOMALY, CHANGE_KINDS, DELETED, MODIFIED, Change, LayerRef,
                      escape_bytes, format_mode, format_ns)
+from .storetext import escape_surrogates, with_b64
 
 FORMATS = ("table", "csv", "json", "jsonl", "docker")
 
@@ -83,7 +83,7 @@ def visible(text: str) -> str:
         return text
     out = []
     for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs"):  # Cs: a lone surrogate
             code = ord(ch)
             if ch in _NAMED_ESCAPES:
                 out.append(_NAMED_ESCAPES[ch])
@@ -113,7 +113,10 @@ _width = _text_width()
 
 
 def guard_formula(cell: str) -> str:
-    """Prefix ``'`` to a cell a spreadsheet would run as a formula (CSV injection guard)."""
+    """Prefix ``'`` to a cell a spreadsheet would run as a formula (CSV injection guard); a lone
+    surrogate (from a store string) is written as its ``\\udXXX`` escape, never raw."""
+    if not cell.isascii():
+        cell = escape_surrogates(cell)
     return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
 
 
@@ -130,7 +133,9 @@ def json_line(record: dict) -> str:
     try:
         text = _orjson_dumps(record).decode("utf-8")
     except TypeError:
-        text = _JSON.encode(record)
+        # a lone surrogate (a store string, storetext.py) goes out as its \uXXXX escape: exact,
+        # and ASCII, so no locale's error handler can write it as a raw byte
+        text = escape_surrogates(_JSON.encode(record))
     # These characters can only occur inside JSON strings, where an escape is equivalent.
     for raw, escaped in _JSON_LINEBREAKS.items():
         if raw in text:
@@ -454,6 +459,8 @@ def write_rows(fmt: str, rows: Iterable[dict], columns: tuple[str, ...], stream:
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     count = 0
+    if fmt in ("json", "jsonl"):  # exact bytes beside a store string that is no valid text
+        rows = (with_b64(row) for row in rows)
     if fmt == "jsonl":
         for row in rows:
             stream.write(json_line(row) + "\n")

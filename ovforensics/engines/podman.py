@@ -93,6 +93,7 @@ from typing import Iterator
 from .. import bbolt
 from .. import safeio
 from ..sqlitedb import SQLiteError, read_rows
+from .. import storetext
 from ..rootfs import Root, RootEscape
 from .base import Broken, Container, LayerInfo, StoreError
 
@@ -102,6 +103,7 @@ ROOTLESS_DEFAULT = ".local/share/containers/storage"
 SYSTEM_CONF = "/etc/containers/storage.conf"
 USER_CONF = ".config/containers/storage.conf"
 MAX_JSON = 256 << 20  # bytes: larger store files are refused, not read into memory
+MAX_CHAIN = 4096  # layers in one parent chain, as Docker's reader (overlay itself stops at 500)
 
 #: libpod's ContainerStatus enum, named as `podman inspect` / `podman ps` name it
 STATES = {0: "unknown", 1: "created", 2: "initialized", 3: "running", 4: "stopped", 5: "paused",
@@ -328,7 +330,7 @@ class _Store:
         if data is None:
             return [], host
         try:
-            value = json.loads(data)
+            value = storetext.loads(data)  # bytes that are not UTF-8: kept, not fatal to the file
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Damaged(host, f"not valid JSON ({exc}); expected a list of records") from None
         except RecursionError:
@@ -504,14 +506,20 @@ class _Store:
         if layer not in self.layers:
             return None
         out: list[str] = []
+        seen = {layer}  # a set: the walk is linear in the chain (a list made it quadratic)
         current = self.layers[layer].get("parent")
         while current:
-            if not isinstance(current, str) or current in out or current == layer:
+            if not isinstance(current, str) or current in seen:
                 raise _Damaged(self.show("overlay-layers/layers.json"),
                                f"layer {layer}: parent chain is not a chain of ids ({current!r})")
+            if len(out) >= MAX_CHAIN:
+                raise _Damaged(self.show("overlay-layers/layers.json"),
+                               f"layer {layer}: parent chain longer than {MAX_CHAIN} layers "
+                               "(Docker's reader stops there too); not followed")
             if current not in self.layers:
                 return None
             out.append(current)
+            seen.add(current)
             current = self.layers[current].get("parent")
         return out
 
@@ -603,7 +611,7 @@ class _Store:
 
     def diff_id(self, lid: str) -> str | None:
         value = self.layers.get(lid, {}).get("diff-digest")
-        return value if isinstance(value, str) and value else None
+        return value if isinstance(value, str) and value and value.isascii() else None
 
 
 def _ident(entry) -> str:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Iterator
 
+from .. import storetext
 from ..rootfs import Root
 from .base import Broken, Container, StoreError
 
@@ -30,6 +32,15 @@ def find_all(root: Root, engine: str | None = None,
             yield from _module(name).find(root, data_root=data_root)
         except StoreError as exc:
             yield Broken(engine=name, where=str(exc).split(":", 1)[0], why=str(exc))
+
+
+def _same_bytes(name: str, names: list[str]) -> bool:
+    """A store name that is no valid text (storetext.py) answers to the bytes it stands for, as
+    a shell passes them (``$'/bad\\xed\\xa0\\x80name'`` for ``"/bad\\ud800name"``)."""
+    if not any(storetext.has_surrogates(n) for n in names):
+        return False
+    wanted = os.fsencode(name)
+    return any(storetext.exact_bytes(n.lstrip("/")) == wanted for n in names)
 
 
 def _label(c: Container) -> str:
@@ -77,7 +88,7 @@ def select(query: str, candidates: list[Container], namespace: str | None = None
         if len(in_pod) > 1:
             listed = "; ".join(_label(c) for c in in_pod)
             raise LookupError_(f"{query}: ambiguous, matches {listed} (use {_hint(in_pod)})")
-    exact = [c for c in candidates if c.id == query or name in c.names]
+    exact = [c for c in candidates if c.id == query or name in c.names or _same_bytes(name, c.names)]
     if len(exact) == 1:
         return exact[0]
     matches = exact or [c for c in candidates if c.id.startswith(query)]
