@@ -136,6 +136,7 @@ pub struct Differ {
     pub out: Out,
     cur: Vec<u8>, // the record path of the directory being walked ("" for the root)
     scratch: Vec<u8>,
+    bufs: (Vec<u8>, Vec<u8>), // content comparison, allocated once
     pub cancel: *const i32,
 }
 
@@ -163,6 +164,7 @@ impl Differ {
             out,
             cur: Vec::new(),
             scratch: Vec::new(),
+            bufs: (vec![0u8; CHUNK], vec![0u8; CHUNK]),
             cancel: std::ptr::null(),
         })
     }
@@ -531,7 +533,8 @@ impl Differ {
             }
         };
         let sparse = (a.st.blocks as i128) * 512 < a.st.size as i128 || (b.st.blocks as i128) * 512 < b.st.size as i128;
-        let r = if sparse { holes_skipped(fa, fb, a.st.size) } else { streams_differ(fa, fb) };
+        let (ba, bb) = &mut self.bufs;
+        let r = if sparse { holes_skipped(fa, fb, a.st.size, ba, bb) } else { streams_differ(fa, fb, ba, bb) };
         unsafe {
             sys::close(fa);
             sys::close(fb);
@@ -860,12 +863,10 @@ pub fn show(raw: &[u8]) -> String {
     }
 }
 
-fn streams_differ(fa: i32, fb: i32) -> Option<bool> {
-    let mut ba = vec![0u8; CHUNK];
-    let mut bb = vec![0u8; CHUNK];
+fn streams_differ(fa: i32, fb: i32, ba: &mut [u8], bb: &mut [u8]) -> Option<bool> {
     loop {
-        let na = sys::read_full(fa, &mut ba).ok()?;
-        let nb = sys::read_full(fb, &mut bb).ok()?;
+        let na = sys::read_full(fa, ba).ok()?;
+        let nb = sys::read_full(fb, bb).ok()?;
         if ba[..na] != bb[..nb] {
             return Some(true);
         }
@@ -884,10 +885,8 @@ fn next_data(fd: i32, offset: i64, size: i64) -> i64 {
 }
 
 /// compare._holes_skipped
-fn holes_skipped(fa: i32, fb: i32, size: i64) -> Option<bool> {
+fn holes_skipped(fa: i32, fb: i32, size: i64, ba: &mut [u8], bb: &mut [u8]) -> Option<bool> {
     let mut offset = 0i64;
-    let mut ba = vec![0u8; CHUNK];
-    let mut bb = vec![0u8; CHUNK];
     while offset < size {
         let start = next_data(fa, offset, size).min(next_data(fb, offset, size));
         if start >= size {
