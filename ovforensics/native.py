@@ -134,6 +134,7 @@ def _csv_ref(ref) -> bytes:
 
 def spec(fmt: str, upper, lowers, ns, only=None) -> bytes:
     """The scan, as ``ovf_diff`` reads it (lib.rs)."""
+    from . import bigdir
     from .diff import layer_ref
     from .markers import TRUSTED, USER
     from .writers import json_line
@@ -141,7 +142,7 @@ def spec(fmt: str, upper, lowers, ns, only=None) -> bytes:
     prefixes = "".join({TRUSTED: "T", USER: "U"}[p] for p in ns.prefixes)
     out: list = []
     for value in ("ovf-diff-1", fmt, "".join("1" if only is None or k in only else "0" for k in _KINDS),
-                  prefixes, len(lowers) + 1):
+                  prefixes, max(bigdir.BIG, 0), len(lowers) + 1):
         _field(out, value)
     for index, layer in enumerate([upper, *lowers]):
         _field(out, layer.root)

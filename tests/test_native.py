@@ -92,6 +92,28 @@ def test_native_matches_python_on_kernel_stacks(flavour, case, fmt, only, oracle
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.parametrize("big", [0, 2])
+@pytest.mark.parametrize("flavour", list(oracle.FLAVOURS))
+@settings(max_examples=max(EXAMPLES // 4, 1), deadline=None, derandomize=False,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                 HealthCheck.data_too_large])
+@given(case=cases)
+def test_native_matches_python_with_names_only_listings(flavour, big, case, oracle_dir):  # noqa: F811
+    """Directories listed by name only (bigdir, past 20,000 entries; here every directory, or
+    all but those of one or two entries): both differs read them that way."""
+    from ovforensics import bigdir
+
+    d = tempfile.mkdtemp(dir=oracle_dir)
+    saved, bigdir.BIG = bigdir.BIG, big
+    try:
+        built = oracle.build(case, flavour, d)
+        same(os.fsdecode(built.upper), [os.fsdecode(p) for p in built.lowers], formats=("jsonl",))
+    finally:
+        bigdir.BIG = saved
+        oracle.umount_all()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("xattr_ns", ["both", "trusted", "user"])
 @settings(max_examples=max(EXAMPLES // 8, 1), deadline=None, derandomize=False,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
@@ -148,11 +170,15 @@ def _tree(root, spec: dict) -> None:
                 fh.write(value)
 
 
-def test_native_matches_python_on_hand_made_forms(tmp_path):
+@pytest.mark.parametrize("big", [20000, 0])
+def test_native_matches_python_on_hand_made_forms(tmp_path, monkeypatch, big):
     """Names that are not UTF-8, formula-looking and newline names, xwhiteouts, bad redirects,
     metacopy without data, orphan whiteouts, opaque=x, .wh. look-alikes, sparse files."""
+    from ovforensics import bigdir
+
     need(os.geteuid() == 0, "needs root for trusted.* xattrs and devices")
     need_whiteout_devices(tmp_path)
+    monkeypatch.setattr(bigdir, "BIG", big)
     up, mid, low = (str(tmp_path / n) for n in ("U", "M", "L"))
     _tree(low, {"d/f": b"1", "d/g": b"2", "keep": b"k", "=cmd": b"x", "x,y\n\"z": b"q",
                 "mc": b"data" * 100, "e/h": b"h", "n\udcff": b"1", "deep/a/b/c": b"c", "lnk": ("link", "\u202etxt"),

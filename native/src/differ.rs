@@ -3,10 +3,11 @@
 //! stack (a 10,000-deep tree needs no recursion) and visits names in the same order, reading
 //! the same entries' xattrs and targets at the same moments, so records and the errors the
 //! layers record come out in the same order as the Python differ's.
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use crate::layer::{same_entry, Entry, Kind, Layer, Node};
+use crate::layer::{same_entry, Entry, Kind, Layer, Listing, Node};
 use crate::out::{Meta, Out, Rec};
 use crate::sys::{self, Xattrs};
 
@@ -23,20 +24,50 @@ pub const W_OWNER: u8 = 16;
 pub const W_MTIME: u8 = 32;
 pub const W_XATTRS: u8 = 64;
 
-/// markers.DirView (kernel rules): what a directory of one layer shows and hides, sorted.
+/// markers.DirView (kernel rules): what a directory of one layer shows and hides, sorted; or,
+/// for a directory listed by name only (bigdir), markers.LazyDirView over a NameListing.
 pub struct DirView {
     pub node: Rc<Node>,
+    pub layer: usize,
     pub entries: Vec<Rc<Entry>>,
     pub whiteouts: Vec<(&'static str, Rc<Entry>)>,
     pub opaque: bool,
+    pub lazy: Option<RefCell<Lazy>>,
 }
 
-impl DirView {
-    fn get(&self, name: &[u8]) -> Option<&Rc<Entry>> {
-        self.entries.binary_search_by(|e| (*e.name).cmp(name)).ok().map(|i| &self.entries[i])
+/// bigdir.NameListing: sorted names, the directory's fd, the last RECENT lookups (FIFO).
+pub struct Lazy {
+    names: Vec<Rc<[u8]>>,
+    fd: i32,
+    recent: HashMap<Rc<[u8]>, Option<Rc<Entry>>>,
+    order: VecDeque<Rc<[u8]>>,
+}
+
+impl Drop for Lazy {
+    fn drop(&mut self) {
+        unsafe { sys::close(self.fd) };
     }
-    fn whiteout(&self, name: &[u8]) -> Option<&(&'static str, Rc<Entry>)> {
-        self.whiteouts.binary_search_by(|w| (*w.1.name).cmp(name)).ok().map(|i| &self.whiteouts[i])
+}
+
+const RECENT: usize = 256;
+
+impl DirView {
+    fn full_get(&self, name: &[u8]) -> Option<Rc<Entry>> {
+        self.entries.binary_search_by(|e| (*e.name).cmp(name)).ok().map(|i| self.entries[i].clone())
+    }
+    fn full_whiteout(&self, name: &[u8]) -> Option<(&'static str, Rc<Entry>)> {
+        self.whiteouts.binary_search_by(|w| (*w.1.name).cmp(name)).ok().map(|i| self.whiteouts[i].clone())
+    }
+    /// sorted_names(): every name the directory shows or hides.
+    fn sorted_names(&self) -> Vec<Rc<[u8]>> {
+        if let Some(l) = &self.lazy {
+            return l.borrow().names.clone();
+        }
+        let mut out: Vec<Rc<[u8]>> = self.entries.iter().map(|e| e.name.clone()).collect();
+        out.extend(self.whiteouts.iter().map(|w| w.1.name.clone()));
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 
@@ -137,6 +168,7 @@ pub struct Differ {
     cur: Vec<u8>, // the record path of the directory being walked ("" for the root)
     scratch: Vec<u8>,
     bufs: (Vec<u8>, Vec<u8>), // content comparison, allocated once
+    pub big: usize,           // bigdir.BIG: entries past which a directory is listed by name only
     pub cancel: *const i32,
 }
 
@@ -165,6 +197,7 @@ impl Differ {
             cur: Vec::new(),
             scratch: Vec::new(),
             bufs: (vec![0u8; CHUNK], vec![0u8; CHUNK]),
+            big: 20000,
             cancel: std::ptr::null(),
         })
     }
@@ -257,7 +290,18 @@ impl Differ {
             }
         }
         let node = e.node();
-        let listing = self.layers[e.layer].read_dir(e.layer, &node).unwrap_or_default();
+        let listing = match self.layers[e.layer].read_dir(e.layer, &node, self.big) {
+            None => Vec::new(),
+            Some(Listing::Full(l)) => l,
+            Some(Listing::Names(names, fd)) => {
+                let lazy = Lazy { names, fd, recent: HashMap::new(), order: VecDeque::new() };
+                let opaque = self.control(e, b"opaque").as_deref() == Some(&b"y"[..]);
+                let view = Rc::new(DirView { node, layer: e.layer, entries: Vec::new(), whiteouts: Vec::new(),
+                                             opaque, lazy: Some(RefCell::new(lazy)) });
+                self.cache.entry(key).or_insert_with(Vec::new).push(view.clone());
+                return view;
+            }
+        };
         let opaque = self.control(e, b"opaque").as_deref() == Some(&b"y"[..]);
         let mut entries = Vec::with_capacity(listing.len());
         let mut whiteouts = Vec::new();
@@ -274,9 +318,70 @@ impl Differ {
         }
         entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         whiteouts.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-        let view = Rc::new(DirView { node, entries, whiteouts, opaque });
+        let view = Rc::new(DirView { node, layer: e.layer, entries, whiteouts, opaque, lazy: None });
         self.cache.entry(key).or_insert_with(Vec::new).push(view.clone());
         view
+    }
+
+    /// NameListing.get: stat-ed on first ask, kept among the last RECENT asked.
+    fn lazy_get(&mut self, v: &Rc<DirView>, name: &[u8]) -> Option<Rc<Entry>> {
+        let lazy = v.lazy.as_ref().unwrap();
+        if let Some(found) = lazy.borrow().recent.get(name) {
+            return found.clone();
+        }
+        let (known, fd) = {
+            let l = lazy.borrow();
+            (l.names.binary_search_by(|n| (**n).cmp(name)).ok().map(|i| l.names[i].clone()), l.fd)
+        };
+        let key: Rc<[u8]> = match &known {
+            Some(n) => n.clone(),
+            None => Rc::from(name),
+        };
+        let entry = match known {
+            Some(n) => self.layers[v.layer].stat_in(v.layer, &v.node, fd, &n),
+            None => None,
+        };
+        let mut l = lazy.borrow_mut();
+        l.recent.insert(key.clone(), entry.clone());
+        l.order.push_back(key);
+        if l.recent.len() > RECENT {
+            if let Some(old) = l.order.pop_front() {
+                l.recent.remove(&old);
+            }
+        }
+        entry
+    }
+
+    /// LazyDirView.own_marker: the marker a name itself is (kernel rules).
+    fn own_marker(&mut self, v: &Rc<DirView>, name: &[u8]) -> Option<(&'static str, Rc<Entry>)> {
+        let e = self.lazy_get(v, name)?;
+        if e.kind == Kind::Char && e.st.rdev_major == 0 && e.st.rdev_minor == 0 {
+            return Some(("whiteout", e));
+        }
+        if e.kind == Kind::File && e.st.size == 0 && self.control(&e, b"whiteout").is_some() {
+            return Some(("xwhiteout", e));
+        }
+        None
+    }
+
+    /// view.entries.get(name)
+    fn vget(&mut self, v: &Rc<DirView>, name: &[u8]) -> Option<Rc<Entry>> {
+        if v.lazy.is_none() {
+            return v.full_get(name);
+        }
+        let e = self.lazy_get(v, name)?;
+        if self.own_marker(v, name).is_some() {
+            return None;
+        }
+        Some(e)
+    }
+
+    /// view.whiteouts.get(name): the marker that hides a name here.
+    fn vhidden(&mut self, v: &Rc<DirView>, name: &[u8]) -> Option<(&'static str, Rc<Entry>)> {
+        if v.lazy.is_none() {
+            return v.full_whiteout(name);
+        }
+        self.own_marker(v, name)
     }
 
     fn forget(&mut self, frames: &[Frame]) {
@@ -321,8 +426,8 @@ impl Differ {
                     (Some(vs), None) => vs[i - 1].clone(),
                     _ => self.dirview(&frame.entry),
                 };
-                let e = view.get(&want_rel).cloned();
-                let hidden = view.whiteout(&want_rel).is_some();
+                let e = self.vget(&view, &want_rel);
+                let hidden = self.vhidden(&view, &want_rel).is_some();
                 if hidden {
                     if e.is_none() {
                         break;
@@ -442,8 +547,8 @@ impl Differ {
                 other => return (None, false, other.is_some()),
             };
             let view = self.dirview(&fe);
-            let child = view.get(name).cloned();
-            let hidden = view.whiteout(name).is_some();
+            let child = self.vget(&view, name);
+            let hidden = self.vhidden(&view, name).is_some();
             let child = match child {
                 None => return (None, hidden, hidden),
                 Some(c) => c,
@@ -618,15 +723,24 @@ impl Differ {
             bviews.push(self.dirview(&f.entry));
         }
         let mut names: Vec<Rc<[u8]>> = Vec::new();
-        for v in mviews.iter().chain(bviews.iter()) {
-            names.extend(v.entries.iter().map(|e| e.name.clone()));
-        }
-        if let Some(u) = &upper_view {
-            names.extend(u.whiteouts.iter().map(|w| w.1.name.clone()));
-        }
-        if mviews.len() + bviews.len() > 1 || upper_view.as_ref().map_or(false, |u| !u.whiteouts.is_empty()) {
+        if mviews.iter().chain(bviews.iter()).any(|v| v.lazy.is_some()) {
+            // diff.Differ._names: a merge of every view's sorted names (a superset: lookups decide)
+            for v in mviews.iter().chain(bviews.iter()) {
+                names.extend(v.sorted_names());
+            }
             names.sort_unstable();
             names.dedup();
+        } else {
+            for v in mviews.iter().chain(bviews.iter()) {
+                names.extend(v.entries.iter().map(|e| e.name.clone()));
+            }
+            if let Some(u) = &upper_view {
+                names.extend(u.whiteouts.iter().map(|w| w.1.name.clone()));
+            }
+            if mviews.len() + bviews.len() > 1 || upper_view.as_ref().map_or(false, |u| !u.whiteouts.is_empty()) {
+                names.sort_unstable();
+                names.dedup();
+            }
         }
         State {
             path_len,
@@ -675,7 +789,7 @@ impl Differ {
         match (m, b) {
             (None, None) => {
                 if let Some(u) = st.upper_view.clone() {
-                    if let Some((via, marker)) = u.whiteout(name).cloned() {
+                    if let Some((via, marker)) = self.vhidden(&u, name) {
                         let rest: Vec<Frame> = st.mframes[1..].to_vec();
                         if self.lookup(V::Merged, &rest, None, name).is_none() {
                             let phys = self.layers[marker.layer].physical(&marker);
@@ -695,7 +809,10 @@ impl Differ {
     fn deleted(&mut self, st: &mut State, path: &[u8], name: &Rc<[u8]>, b: Resolved) -> Result<(), i32> {
         let via = if let Some(g) = st.gone {
             g
-        } else if let Some(w) = st.upper_view.as_ref().and_then(|u| u.whiteout(name).map(|w| w.0)) {
+        } else if let Some(w) = match st.upper_view.clone() {
+            Some(u) => self.vhidden(&u, name).map(|w| w.0),
+            None => None,
+        } {
             if st.cut || st.upper_view.as_ref().unwrap().opaque {
                 "opaque"
             } else {

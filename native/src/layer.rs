@@ -360,6 +360,11 @@ impl Drop for Walker {
     }
 }
 
+pub enum Listing {
+    Full(Vec<Rc<Entry>>),
+    Names(Vec<Rc<[u8]>>, c_int), // sorted names, an fd of the directory
+}
+
 pub struct Layer {
     pub root: Vec<u8>,
     pub label: String,
@@ -435,8 +440,10 @@ impl Layer {
     }
 
     /// DirLayer._read_dir: the entries of directory ``node``, in readdir order, or None where
-    /// it is no directory (or cannot be opened: recorded unless it vanished).
-    pub fn read_dir(&mut self, index: usize, node: &Rc<Node>) -> Option<Vec<Rc<Entry>>> {
+    /// it is no directory (or cannot be opened: recorded unless it vanished). Past ``big``
+    /// entries, the names only (bigdir.NameListing.take_over: the names of the entries stat-ed
+    /// so far, the one in hand and the rest, sorted) with a dup of the directory's fd.
+    pub fn read_dir(&mut self, index: usize, node: &Rc<Node>, big: usize) -> Option<Listing> {
         let where_ = self.physical_node(node);
         let opened = if where_.len() < PATH_LONG {
             sys::open_dir(sys::AT_FDCWD, &where_)
@@ -472,16 +479,40 @@ impl Layer {
             Ok(d) => d,
             Err(e) => {
                 self.errors.push((where_, sys::strerror(e)));
-                return Some(Vec::new());
+                return Some(Listing::Full(Vec::new()));
             }
         };
-        let mut out = Vec::new();
+        let mut out: Vec<Rc<Entry>> = Vec::new();
         loop {
             match dir.next_name() {
                 Ok(None) => break,
                 Err(e) => {
                     self.errors.push((where_.clone(), sys::strerror(e)));
                     break;
+                }
+                Ok(Some(name)) if out.len() >= big => {
+                    let mut names: Vec<Rc<[u8]>> = out.iter().map(|e| e.name.clone()).collect();
+                    names.push(Rc::from(&name[..]));
+                    loop {
+                        match dir.next_name() {
+                            Ok(Some(n)) => names.push(Rc::from(&n[..])),
+                            Ok(None) => break,
+                            Err(e) => {
+                                // an error mid-way: scandir raises, _read_dir records it and
+                                // keeps the entries stat-ed so far
+                                self.errors.push((where_.clone(), sys::strerror(e)));
+                                return Some(Listing::Full(out));
+                            }
+                        }
+                    }
+                    names.sort_unstable();
+                    return match sys::dup_fd(dir.fd) {
+                        Ok(fd) => Some(Listing::Names(names, fd)),
+                        Err(e) => {
+                            self.errors.push((where_, sys::strerror(e)));
+                            Some(Listing::Full(out))
+                        }
+                    };
                 }
                 Ok(Some(name)) => match sys::lstat_at(dir.fd, &name) {
                     Ok(st) => out.push(Rc::new(Entry {
@@ -502,7 +533,29 @@ impl Layer {
                 },
             }
         }
-        Some(out)
+        Some(Listing::Full(out))
+    }
+
+    /// bigdir.NameListing._stat: one entry of a names-only directory, stat-ed when asked for.
+    pub fn stat_in(&mut self, index: usize, node: &Rc<Node>, fd: c_int, name: &Rc<[u8]>) -> Option<Rc<Entry>> {
+        match sys::lstat_at(fd, name) {
+            Ok(st) => Some(Rc::new(Entry {
+                layer: index,
+                parent: Some(node.clone()),
+                name: name.clone(),
+                kind: Kind::from_mode(st.mode),
+                st,
+                xattrs: RefCell::new(None),
+                target: RefCell::new(None),
+            })),
+            Err(e) => {
+                let mut w = self.physical_node(node);
+                w.push(b'/');
+                w.extend_from_slice(name);
+                self.errors.push((w, sys::strerror(e)));
+                None
+            }
+        }
     }
 
     /// DirLayer.read_xattrs (errors other than ENOTSUP/ENODATA recorded; {} then).

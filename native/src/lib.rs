@@ -5,8 +5,9 @@
 //! ``ovf_diff(spec, spec_len, fd, cancel, result, result_len)``: ``spec`` is a sequence of
 //! fields, each a little-endian u32 length and its bytes: "ovf-diff-1", the format (jsonl, csv,
 //! docker), the kinds kept (4 bytes of 0/1: added, modified, deleted, anomaly), the honoured
-//! control prefixes ("TU", "T" or "U": trusted.overlay., user.overlay., in that order), the
-//! number of layers, then per layer (upper first): root, label, rules, the lower_layer JSON
+//! control prefixes ("TU", "T" or "U": trusted.overlay., user.overlay., in that order),
+//! bigdir.BIG (entries past which a directory is listed by name only), the number of layers,
+//! then per layer (upper first): root, label, rules, the lower_layer JSON
 //! value and its four CSV cells. ``cancel`` points at an int the caller sets to stop the scan.
 //! Returns 0 done (``result``: "added modified deleted anomaly written"), 1 hand back to the
 //! Python differ before anything was written (``result``: why), 2 an OS error writing or
@@ -52,7 +53,7 @@ enum Outcome {
 
 fn run(spec: &[u8], fd: c_int, cancel: *const i32, written: &mut u64) -> Outcome {
     let f = match fields(spec) {
-        Some(f) if f.len() >= 5 && f[0] == b"ovf-diff-1" => f,
+        Some(f) if f.len() >= 6 && f[0] == b"ovf-diff-1" => f,
         _ => return Outcome::BadSpec("not an ovf-diff-1 spec".into()),
     };
     let fmt = match f[1] {
@@ -76,15 +77,19 @@ fn run(spec: &[u8], fd: c_int, cancel: *const i32, written: &mut u64) -> Outcome
         b"U" => vec![differ::USER],
         _ => return Outcome::BadSpec("prefixes".into()),
     };
-    let n: usize = match std::str::from_utf8(f[4]).ok().and_then(|s| s.parse().ok()) {
-        Some(n) if n >= 1 && f.len() == 5 + 5 * n => n,
+    let big: usize = match std::str::from_utf8(f[4]).ok().and_then(|s| s.parse().ok()) {
+        Some(b) => b,
+        None => return Outcome::BadSpec("big".into()),
+    };
+    let n: usize = match std::str::from_utf8(f[5]).ok().and_then(|s| s.parse().ok()) {
+        Some(n) if n >= 1 && f.len() == 6 + 5 * n => n,
         _ => return Outcome::BadSpec("layer count".into()),
     };
     let mut layers = Vec::with_capacity(n);
     let mut refs_json = Vec::with_capacity(n);
     let mut refs_csv = Vec::with_capacity(n);
     for i in 0..n {
-        let g = &f[5 + 5 * i..10 + 5 * i];
+        let g = &f[6 + 5 * i..11 + 5 * i];
         if g[2] != b"kernel" {
             return Outcome::Handback(format!("{} rules are not native", differ::show(g[2])));
         }
@@ -103,6 +108,7 @@ fn run(spec: &[u8], fd: c_int, cancel: *const i32, written: &mut u64) -> Outcome
         Err((_, e)) => return Outcome::Os(e, 0),
     };
     d.cancel = cancel;
+    d.big = big;
     let r = d.run();
     let r = r.and_then(|_| d.out.flush());
     *written = d.out.written;
