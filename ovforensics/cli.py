@@ -241,6 +241,8 @@ _F = _filter_opts()
 
 
 def _extra_columns(hashes, magic: bool, deleted_only: bool = False) -> tuple:
+    if not hashes and not magic:
+        return ()
     from .enrich import parse_hashes
 
     try:
@@ -281,11 +283,14 @@ def diff_cmd(
 ) -> None:
     """Report every added, modified and deleted path of a container or an overlay stack."""
     from . import native
-    from .runrecord import RunRecord
 
     fmt = _pick_format(fmt, output)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root)
-    run = RunRecord() if meta else None
+    run = None
+    if meta:
+        from .runrecord import RunRecord
+
+        run = RunRecord()
     extra = _extra_columns(hashes, magic)
     try:
         direct = native.applies(fmt, hashes=hashes, magic=magic, include=include,
