@@ -14,6 +14,7 @@ to load instead of the one beside this module.
 """
 from __future__ import annotations
 
+import codecs
 import ctypes
 import glob
 import os
@@ -164,9 +165,15 @@ def write(fmt: str, upper, lowers, ns, stream, only=None) -> dict | None:
     lib = library()
     if lib is None or fmt not in FORMATS or _refusal([upper, *lowers]) is not None:
         return None
+    try:  # the library writes UTF-8 bytes to a file descriptor: a text stream that has one
+        fd = stream.fileno()
+        utf8 = codecs.lookup(stream.encoding).name == "utf-8"
+    except (AttributeError, OSError, ValueError, TypeError, LookupError):
+        return None
+    if not utf8:
+        return None
     data = spec(fmt, upper, lowers, ns, only)
     stream.flush()
-    fd = stream.fileno()
     start = os.lseek(fd, 0, os.SEEK_CUR) if stat.S_ISREG(os.fstat(fd).st_mode) else None
     cancel = ctypes.c_int(0)
     result = ctypes.create_string_buffer(4096)

@@ -261,3 +261,26 @@ def test_ovf_differ_native_fails_without_the_library(tmp_path):
                            "-f", "jsonl"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "OVF_DIFFER=native" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_write_scan_takes_any_text_stream(tmp_path):
+    """A stream without a file descriptor, or one that does not encode UTF-8, gets the Python
+    writers (the library writes UTF-8 bytes to an fd): the same text either way."""
+    import io
+
+    up, low = tmp_path / "U", tmp_path / "L"
+    _tree(str(low), {"a": b"1"})
+    _tree(str(up), {"a": b"22", "caf\u00e9": b"3"})
+    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as f:
+        counts = ovforensics.write_scan("csv", f, str(up), [str(low)])
+        f.seek(0)
+        direct = f.read()
+    text = io.StringIO(newline="")
+    assert ovforensics.write_scan("csv", text, str(up), [str(low)]) == counts
+    assert text.getvalue() == direct
+    with tempfile.TemporaryFile("w+", encoding="latin-1", newline="") as f:
+        u, lows, ns = ovforensics._open_stack(str(up), [str(low)], "auto", "auto")
+        assert native.write("csv", u, lows, ns, f) is None
+        ovforensics.write_scan("csv", f, str(up), [str(low)])
+        f.seek(0)
+        assert f.read() == direct
