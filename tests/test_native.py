@@ -284,3 +284,32 @@ def test_write_scan_takes_any_text_stream(tmp_path):
         ovforensics.write_scan("csv", f, str(up), [str(low)])
         f.seek(0)
         assert f.read() == direct
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "per-component"])
+def test_native_matches_python_on_long_paths(tmp_path, openat2):
+    """Paths past PATH_MAX (255-byte names, 20 deep) in several branches, files at many depths,
+    on both sides: the walker's fds, by openat2 steps or one openat per component (in a child
+    process: the library's choice is process-wide)."""
+    code = f"""
+import os, sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_hostile import LONG_NAMES, _branchy, chain, write_at, whiteout_at
+from test_native import same
+up, low = {str(tmp_path / "U")!r}, {str(tmp_path / "L")!r}
+files = {{(b, d): b"%d/%d" % (b, d) for b in range(3) for d in range(0, 20, 4)}}
+_branchy(low, files)
+_branchy(up, {{k: v + b"!" for k, v in files.items() if k[1] % 8 == 0}})
+with chain(up, [b"a" * 255] + LONG_NAMES[:12]) as fd:
+    whiteout_at(fd, b"f12")
+    write_at(fd, b"new", b"n")
+same(up, [low])
+same(up, [])
+print("ok")
+"""
+    env = {**os.environ}
+    if not openat2:
+        env["OVF_NATIVE_NO_OPENAT2"] = "1"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

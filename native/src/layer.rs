@@ -212,6 +212,12 @@ pub struct Walker {
 
 static mut OPENAT2_MISSING: bool = false;
 
+/// Walk long paths one O_NOFOLLOW openat per component from now on (safeio's fallback where
+/// the kernel has no openat2; tests force it with OVF_NATIVE_NO_OPENAT2).
+pub fn no_openat2() {
+    unsafe { OPENAT2_MISSING = true };
+}
+
 fn step(dirfd: c_int, names: &[Rc<[u8]>]) -> Result<c_int, i32> {
     for n in names {
         if n.is_empty() || &n[..] == b"." || &n[..] == b".." || n.contains(&b'/') {
