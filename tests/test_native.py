@@ -313,3 +313,15 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_native_matches_python_on_a_chained_redirect(oracle_dir):  # noqa: F811
+    from test_kernel_oracle import CHAINED_REDIRECT
+
+    d = tempfile.mkdtemp(dir=oracle_dir)
+    try:
+        built = oracle.build(CHAINED_REDIRECT, "redirect_metacopy", d)
+        same(os.fsdecode(built.upper), [os.fsdecode(p) for p in built.lowers])
+    finally:
+        oracle.umount_all()
+        shutil.rmtree(d, ignore_errors=True)

@@ -440,7 +440,20 @@ impl Differ {
                 };
             } else {
                 let layer = frame.entry.layer;
-                let (e, stop, blocked) = self.walk_abs(layer, want_abs.as_ref().unwrap());
+                let (e, stop, blocked, rewritten) = match self.walk_abs(layer, want_abs.as_ref().unwrap()) {
+                    Ok(r) => r,
+                    Err(msg) => {
+                        // a bad redirect on a directory on the way: the kernel fails the lookup
+                        if let Some(f) = &mut found {
+                            let label = self.layers[layer].label.clone();
+                            f.problems.push(("bad-redirect", format!("{}: {}", label, msg)));
+                        }
+                        break;
+                    }
+                };
+                if rewritten.is_some() {
+                    want_abs = rewritten; // the layers below look the rewritten path up
+                }
                 match e {
                     None => {
                         if blocked {
@@ -485,6 +498,13 @@ impl Differ {
                         }
                     }
                 }
+            }
+            if want_abs.is_some() && stop_here {
+                // an opaque directory above it on the absolute path stops the layers below,
+                // unless it carries an absolute redirect itself (ovl_check_redirect resets
+                // d->stop); a metacopy file's data is looked up below it whatever its parents
+                let own = self.redirect(&entry);
+                stop_here = entry.is_dir() && !own.map_or(false, |o| o.starts_with(b"/"));
             }
             if entry.is_dir() {
                 found.as_mut().unwrap().frames.push(Frame { pos: frame.pos, entry: entry.clone() });
@@ -537,33 +557,57 @@ impl Differ {
         found
     }
 
-    /// resolve.View._walk_abs: (entry, stop below, blocked here).
-    fn walk_abs(&mut self, layer: usize, path: &[Vec<u8>]) -> (Option<Rc<Entry>>, bool, bool) {
+    /// resolve.View._walk_abs: (entry, stop below, blocked here, the path the layers below
+    /// look up instead), or the message of a bad redirect on a directory on the way. As the
+    /// kernel's ovl_lookup_layer: such a directory's own redirect rewrites the path for the
+    /// layers below (an absolute one also lifts the stop an opaque directory above it set),
+    /// while this layer's walk goes on below it.
+    #[allow(clippy::type_complexity)]
+    fn walk_abs(&mut self, layer: usize, path: &[Vec<u8>])
+                -> Result<(Option<Rc<Entry>>, bool, bool, Option<Vec<Vec<u8>>>), String> {
         let mut frame_entry = Some(self.roots[layer].clone());
         let mut stop_below = false;
+        let mut current: Vec<Vec<u8>> = path.to_vec();
+        let mut rewritten: Option<Vec<Vec<u8>>> = None;
         for (depth, name) in path.iter().enumerate() {
             let fe = match &frame_entry {
                 Some(fe) if fe.is_dir() => fe.clone(),
-                other => return (None, false, other.is_some()),
+                other => return Ok((None, false, other.is_some(), rewritten)),
             };
             let view = self.dirview(&fe);
             let child = self.vget(&view, name);
             let hidden = self.vhidden(&view, name).is_some();
             let child = match child {
-                None => return (None, hidden, hidden),
+                None => return Ok((None, hidden, hidden, rewritten)),
                 Some(c) => c,
             };
             if depth != path.len() - 1 {
                 if !child.is_dir() {
-                    return (None, true, true);
+                    return Ok((None, true, true, rewritten));
                 }
                 if self.is_opaque(&child) {
                     stop_below = true;
+                } else if let Some(target) = self.redirect(&child) {
+                    let rest = &path[depth + 1..];
+                    match parse_redirect(&target)? {
+                        Redirect::Abs(parts) => {
+                            current = parts;
+                            current.extend(rest.iter().cloned());
+                            stop_below = false;
+                        }
+                        Redirect::Rel(n) => {
+                            let at = current.len() - path.len() + depth; // this component in current
+                            current.truncate(at);
+                            current.push(n);
+                            current.extend(rest.iter().cloned());
+                        }
+                    }
+                    rewritten = Some(current.clone());
                 }
             }
             frame_entry = Some(child);
         }
-        (frame_entry, stop_below, false)
+        Ok((frame_entry, stop_below, false, rewritten))
     }
 
     // -- comparing (compare.differences) -----------------------------------------------------
