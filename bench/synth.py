@@ -172,6 +172,51 @@ def _build_mixed(base: str, size: MixedSize) -> Built:
     return Built(upper, [lower], count_entries(upper), count_entries(lower))
 
 
+# -- three layers: U over L1 over L2, about half a million entries ---------------------------
+@dataclass(frozen=True)
+class StackSize:
+    l2_dirs: int = 500  # top directories of the bottom layer (each: files + 5 links + 5x4 subdir files)
+    files: int = 470  # plain files per directory
+    l1_touched: int = 60  # L2 directories the middle layer changes (copy-ups, whiteouts, new files)
+    l1_dirs: int = 220  # directories only the middle layer has
+    touched: int = 100  # lower directories the upper changes (half of them touched by L1 too)
+    new_dirs: int = 120  # new top directories in the upper
+    new_files: int = 250  # files per new directory
+
+
+def stack3(base: str, size: StackSize = StackSize()) -> Built:
+    """U over L1 over L2 (the issue's 487k-entry stack): L1 is an upper over L2 (content and
+    mode copy-ups, whiteouts, an opaque dir, new directories), U an upper over both."""
+    return _cached(base, asdict(size), lambda b: _build_stack3(b, size))
+
+
+def _build_stack3(base: str, size: StackSize) -> Built:
+    l2, l1, upper = f"{base}/L2", f"{base}/L1", f"{base}/U"
+    for d in (l2, l1, upper):
+        os.mkdir(d)
+    mark_upper_root(upper)
+    for i in range(size.l2_dirs):
+        _lower_dir(f"{l2}/t{i:04d}", size.files, i)
+    for i in range(size.l1_touched):
+        _touch_dir(f"{l2}/t{i:04d}", f"{l1}/t{i:04d}", size.files)
+    for i in range(size.l1_dirs):
+        _lower_dir(f"{l1}/m{i:04d}", size.files, 10_000 + i)
+    same_times(l2, l1)
+    start = size.l1_touched // 2  # half the upper's directories were touched by L1 too
+    for i in range(start, start + size.touched):
+        _touch_dir(f"{l2}/t{i:04d}", f"{upper}/t{i:04d}", size.files)
+    for i in range(size.new_dirs):
+        where = f"{upper}/new{i:04d}"
+        os.mkdir(where)
+        for j in range(size.new_files):
+            write(f"{where}/a{j:04d}", b"added %d\n" % j)
+        os.symlink("a0000", f"{where}/link")
+    whiteout(f"{upper}/m{size.l1_dirs - 1:04d}")  # a whole middle-layer tree deleted
+    same_times(l2, upper)
+    lower_entries = count_entries(l1) + count_entries(l2)
+    return Built(upper, [l1, l2], count_entries(upper), lower_entries)
+
+
 # -- deep stacks: many lower layers, an upper that touches a fixed set of directories ---------
 @dataclass(frozen=True)
 class DeepSize:

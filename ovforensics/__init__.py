@@ -11,7 +11,7 @@ from .markers import Namespaces
 from .record import CHANGE_KINDS, Change, LayerRef
 
 __version__ = "0.1.0"
-__all__ = ["scan", "scan_container", "containers", "find_container", "Change", "LayerRef",
+__all__ = ["scan", "scan_container", "write_scan", "write_scan_container", "containers", "find_container", "Change", "LayerRef",
            "LayerError", "open_layer", "__version__"]
 
 
@@ -54,14 +54,9 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
     from .enrich import Enricher, parse_hashes
 
     algorithms = parse_hashes(hashes)
-    only_set = set(only) if only is not None else None
-    if only_set is not None and not only_set <= set(CHANGE_KINDS):
-        bad = ", ".join(sorted(only_set - set(CHANGE_KINDS)))
-        raise ValueError(f"--only: unknown change kind {bad}; expected {', '.join(CHANGE_KINDS)}")
+    only_set = _only(only)
     include, exclude = list(include), list(exclude)
-    upper_layer = open_layer(upper, index=-1, rules=whiteouts)
-    lower_layers = [open_layer(spec, index=i, rules=whiteouts) for i, spec in enumerate(lowers)]
-    ns = Namespaces.parse(xattr_ns, roots=_roots([upper_layer, *lower_layers]))
+    upper_layer, lower_layers, ns = _open_stack(upper, lowers, whiteouts, xattr_ns)
     if run is not None:
         run.add_layers([upper_layer, *lower_layers])
     records = _filtered(Differ(upper_layer, lower_layers, ns).changes(), only_set, include, exclude)
@@ -78,6 +73,47 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
             packages.append(checker)  # the caller reads its databases and tally afterwards
         records = checker.run(records)
     return run.watch(records) if run is not None else records
+
+
+def _only(only) -> set | None:
+    only_set = set(only) if only is not None else None
+    if only_set is not None and not only_set <= set(CHANGE_KINDS):
+        bad = ", ".join(sorted(only_set - set(CHANGE_KINDS)))
+        raise ValueError(f"--only: unknown change kind {bad}; expected {', '.join(CHANGE_KINDS)}")
+    return only_set
+
+
+def _open_stack(upper, lowers, whiteouts: str, xattr_ns: str):
+    upper_layer = open_layer(upper, index=-1, rules=whiteouts)
+    lower_layers = [open_layer(spec, index=i, rules=whiteouts) for i, spec in enumerate(lowers)]
+    ns = Namespaces.parse(xattr_ns, roots=_roots([upper_layer, *lower_layers]))
+    return upper_layer, lower_layers, ns
+
+
+def write_scan(fmt: str, stream, upper, lowers=(), *, whiteouts: str = "auto",
+               xattr_ns: str = "auto", only: Iterable[str] | None = None, extra_columns=(),
+               **options) -> dict:
+    """:func:`scan` written to ``stream`` in ``fmt`` (a :mod:`ovforensics.writers` format);
+    returns the counts per change kind. A stack of directory layers in ``jsonl``, ``csv`` or
+    ``docker`` with no enrichment or filter but ``only`` asked is diffed and written by the
+    compiled differ (:mod:`ovforensics.native`), straight to ``stream``'s file descriptor;
+    anything else, or where it hands the scan back, by :func:`scan` and the writers: the
+    output is the same bytes either way."""
+    from . import native
+    from .writers import open_writer
+
+    if native.applies(fmt, **options):
+        only_set = _only(only)
+        upper_layer, lower_layers, ns = _open_stack(upper, lowers, whiteouts, xattr_ns)
+        counts = native.write(fmt, upper_layer, lower_layers, ns, stream, only_set)
+        if counts is not None:
+            return counts
+        upper, lowers = upper_layer, lower_layers  # hand back: the Python differ reads them
+    writer = open_writer(fmt, stream, tuple(extra_columns))
+    for record in scan(upper, lowers, whiteouts=whiteouts, xattr_ns=xattr_ns, only=only,
+                       **options):
+        writer.write(record)
+    return writer.close()
 
 
 def _filtered(records, only_set, include, exclude) -> Iterator[Change]:
@@ -132,3 +168,10 @@ def scan_container(container, **options) -> Iterator[Change]:
     layers = container_layers(container, options.pop("whiteouts", None))
     options.setdefault("xattr_ns", container.xattr_ns)
     return scan(layers[0], layers[1:], **options)
+
+
+def write_scan_container(container, fmt: str, stream, **options) -> dict:
+    """:func:`write_scan` over a container's stack."""
+    layers = container_layers(container, options.pop("whiteouts", None))
+    options.setdefault("xattr_ns", container.xattr_ns)
+    return write_scan(fmt, stream, layers[0], layers[1:], **options)

@@ -42,7 +42,9 @@ def fail(message: str) -> "typer.Exit":
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"ovforensics {__version__}")
+        from . import native
+
+        typer.echo(f"ovforensics {__version__}\ndiffer: {native.status()}")
         raise typer.Exit(EXIT_OK)
 
 
@@ -150,6 +152,18 @@ class Stack:
                            "not supported)")
             self.upper = upper
             self.evidence = [upper, *self.layers]
+
+    def write(self, fmt: str, stream, whiteouts: str = "auto", xattr_ns: str = "auto", **options):
+        """The report written by the library (:func:`ovforensics.write_scan`: the compiled
+        differ where it applies)."""
+        from . import write_scan, write_scan_container
+
+        if self.found is not None:
+            if xattr_ns != "auto":
+                options["xattr_ns"] = xattr_ns
+            return write_scan_container(self.found, fmt, stream, whiteouts=whiteouts, **options)
+        return write_scan(fmt, stream, self.upper, self.layers, whiteouts=whiteouts,
+                          xattr_ns=xattr_ns, **options)
 
     def records(self, whiteouts: str = "auto", xattr_ns: str = "auto", run=None, **options):
         from . import scan_container
@@ -296,6 +310,8 @@ _F = _filter_opts()
 
 
 def _extra_columns(hashes, magic: bool, deleted_only: bool = False) -> tuple:
+    if not hashes and not magic:
+        return ()
     from .enrich import parse_hashes
 
     try:
@@ -340,12 +356,27 @@ def diff_cmd(
     max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Report every added, modified and deleted path of a container or an overlay stack."""
-    from .runrecord import RunRecord
+    from . import native
 
     fmt = _pick_format(fmt, output)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
-    run = RunRecord() if meta else None
+    run = None
+    if meta:
+        from .runrecord import RunRecord
+
+        run = RunRecord()
     extra = _extra_columns(hashes, magic) + _more_columns(packages, yara, yara_originals)
+    try:
+        direct = native.applies(fmt, hashes=hashes, magic=magic, include=include,
+                                exclude=exclude, run=run, packages=packages, yara=yara)
+    except native.NativeError as exc:
+        raise fail(str(exc)) from None
+    if direct:  # the compiled differ writes the report itself, straight to the output's fd
+        only_kinds = _split_list(only) or None
+        _emit(fmt, (), output, stack.evidence,
+              write=lambda f, _records, stream: stack.write(f, stream, whiteouts, xattr_ns,
+                                                            only=only_kinds))
+        return
     try:
         records = stack.records(whiteouts, xattr_ns, run=run, only=_split_list(only) or None,
                                 include=include, exclude=exclude, hashes=hashes or (), magic=magic,

@@ -9,11 +9,9 @@ FIFOs, sockets and devices are never opened.
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
 from .layer import Entry, EntryError
@@ -55,6 +53,8 @@ class _Magic:
 def read_digest(entry: Entry, algorithms: tuple[str, ...], head_size: int = 0):
     """(hex digests, first ``head_size`` bytes) of a regular file, read once; with no digest
     asked for, only the head is read (a 1 TB sparse file costs 64 KiB, not a terabyte)."""
+    import hashlib
+
     hashers = [hashlib.new(a) for a in algorithms]
     head = b""
     with entry.open() as fh:
@@ -113,6 +113,8 @@ class Enricher:
             return
         window: collections.deque = collections.deque()
         limit = self.workers * 8
+        from concurrent.futures import ThreadPoolExecutor  # imported when a scan enriches
+
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ovf-hash") as pool:
             for record in records:
                 window.append(pool.submit(self.enrich, record))

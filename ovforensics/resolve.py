@@ -167,7 +167,14 @@ class View:
                         break
                     stop_here = True  # OCI: re-added in the same layer that deleted the lower one
             else:
-                entry, stop_here, blocked = self._walk_abs(frame.entry.layer, want_abs)
+                try:
+                    entry, stop_here, blocked, rewritten = self._walk_abs(frame.entry.layer, want_abs)
+                except BadRedirect as exc:  # on a directory on the way: the kernel fails the lookup
+                    if found is not None:
+                        found.problems.append(("bad-redirect", f"{frame.entry.layer.label}: {exc}"))
+                    break
+                if rewritten is not None:
+                    want_abs = rewritten  # the layers below look the rewritten path up
                 if entry is None:
                     if blocked:
                         break
@@ -188,6 +195,12 @@ class View:
                 if not is_metacopy(entry, self.ns):
                     found.data = entry
                     break
+            if want_abs is not None and stop_here:
+                # an opaque directory above it on the absolute path stops the layers below,
+                # unless it carries an absolute redirect itself (ovl_check_redirect resets
+                # d->stop); a metacopy file's data is looked up below it whatever its parents
+                own = redirect(entry, self.ns)
+                stop_here = entry.is_dir and not (own is not None and own.startswith(b"/"))
             if entry.is_dir:
                 found.frames.append(Frame(frame.pos, entry))
                 if stop_here or self.is_opaque(entry):
@@ -218,26 +231,47 @@ class View:
                                    f"{found.top.layer.label}: no lower layer holds the data"))
         return found
 
-    def _walk_abs(self, layer: Layer, path: Path) -> tuple[Entry | None, bool, bool]:
-        """Follow an absolute redirect inside one layer: (entry, stop below, blocked here)."""
+    def _walk_abs(self, layer: Layer, path: Path) -> tuple[Entry | None, bool, bool, Path | None]:
+        """Follow an absolute redirect inside one layer: (entry, stop below, blocked here, the
+        path the layers below look up instead, or None).
+
+        As the kernel's ``ovl_lookup_layer``: a directory on the way that carries a redirect
+        itself rewrites the path for the layers below (the redirect, absolute or in place of
+        that component, with the rest of the path after it; an absolute one also lifts the stop
+        an opaque directory above it set), while this layer's walk goes on below it. A bad
+        redirect there raises :class:`BadRedirect`."""
         frame_entry = layer_root(layer)
         stop_below = False
+        current: Path = path
+        rewritten: Path | None = None
         for depth, name in enumerate(path):
             if frame_entry is None or not frame_entry.is_dir:
-                return None, False, frame_entry is not None
+                return None, False, frame_entry is not None, rewritten
             child, hidden = self.dirview(frame_entry).find(name)
             if hidden and child is None:
-                return None, True, True
+                return None, True, True, rewritten
             if child is None:
-                return None, False, False
+                return None, False, False, rewritten
             last = depth == len(path) - 1
             if not last:
                 if not child.is_dir:
-                    return None, True, True
+                    return None, True, True, rewritten
                 if self.is_opaque(child):
                     stop_below = True
+                else:
+                    target = redirect(child, self.ns)
+                    if target is not None:
+                        parsed = parse_redirect(target, child.path[:-1])
+                        rest = path[depth + 1:]
+                        if isinstance(parsed, tuple):
+                            current = parsed + rest
+                            stop_below = False
+                        else:
+                            at = len(current) - len(path) + depth  # this component in current
+                            current = current[:at] + (parsed,) + rest
+                        rewritten = current
             frame_entry = child
-        return frame_entry, stop_below, False
+        return frame_entry, stop_below, False, rewritten
 
 
 _ROOTS: dict[int, Entry | None] = {}

@@ -13,7 +13,7 @@ import sys
 from conftest import need
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "bench", "run.py")
-CASES = ("docker diff", "containers", "synthetic", "deep 1 layer", "deep 3 layers", "memory",
+CASES = ("docker diff", "containers", "native differ", "synthetic", "deep 1 layer", "deep 3 layers", "memory",
          "--hash sha256")
 
 

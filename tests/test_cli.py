@@ -117,8 +117,16 @@ def test_broken_pipe_is_quiet(tmp_path):
 
 
 def test_version():
+    """--version names the differ in use; OVF_DIFFER=python forces the Python one."""
+    from ovforensics import native
+
     proc = run("--version", check=True)
-    assert re.fullmatch(r"ovforensics \d+\.\d+\.\d+\n", proc.stdout)
+    head, differ = proc.stdout.splitlines()
+    assert re.fullmatch(r"ovforensics \d+\.\d+\.\d+", head)
+    assert differ.startswith("differ: native (" if native.library() else "differ: python ("), differ
+    forced = subprocess.run([sys.executable, "-m", "ovforensics", "--version"], capture_output=True,
+                            text=True, cwd=ROOT, env={**os.environ, "OVF_DIFFER": "python"})
+    assert forced.stdout.splitlines()[1] == "differ: python (OVF_DIFFER=python)"
 
 
 def _cli_options() -> dict[str, set[str]]:

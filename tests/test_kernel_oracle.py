@@ -394,3 +394,23 @@ def test_userxattr_mount_with_trusted_data_on_the_root(workdir):
                    "userxattr")
     assert built.expected == {b"/": ("modified", ("xattrs",)), b"/b/f": ("deleted", ())}
     check(built)
+
+
+#: a renamed directory moved into a renamed directory (found by the property): the upper's /a
+#: redirects to /b/b/b/b, and L0's /b/b/b, on the way, redirects to /a, so the layers below L0
+#: look up /a/b (the kernel's ovl_lookup_layer rewrites the path at each redirect it passes)
+CHAINED_REDIRECT = Case(
+    l2=[("write", "c", b"1"), ("write", "a/b/a", b"1"), ("write", "b/b/a", b"1"),
+        ("mknod", "a/b/b", "c", (1, 3))],
+    l1=[], l0=[("rename", "a", "b/b/b"), ("mkdir", "a", 0o755), ("mkdir", "b/a", 0o755)],
+    upper=[("rename", "b/b/b/b", "a")])
+
+
+def test_redirect_on_the_way_of_an_absolute_redirect(workdir):
+    built = oracle.build(CHAINED_REDIRECT, "redirect_metacopy", workdir)
+    assert os.getxattr(os.path.join(built.upper, b"a"), "trusted.overlay.redirect") == b"/b/b/b/b"
+    assert os.getxattr(os.path.join(built.lowers[0], b"b/b/b"), "trusted.overlay.redirect") == b"/a"
+    assert built.expected[b"/a/a"] == ("added", ()) and built.expected[b"/a/b"] == ("added", ())
+    recs = by_path(check(built))
+    assert b"/a" not in recs  # a directory in both views, alike: its contents differ
+    assert recs[b"/a/b"].lower_layer is not None and recs[b"/a/b"].lower_layer.index == 2
