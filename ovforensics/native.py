@@ -112,6 +112,8 @@ def _refusal(layers) -> str | None:
             return f"{getattr(layer, 'label', layer)}: not a directory layer"
         if layer.rules != "kernel":
             return f"{layer.label}: {layer.rules} rules"
+        if getattr(layer, "guess_rules", False):
+            return f"{layer.label}: --whiteouts auto, rules not decided yet"
         if layer.errors:
             return f"{layer.label}: errors already recorded"
         try:

@@ -975,7 +975,7 @@ impl Differ {
             return Ok(());
         }
         self.anomaly(path, "whiteout-lookalike",
-                     "kernel rules: a .wh.* name in an upperdir is an ordinary file (use --whiteouts fuse for a fuse-overlayfs upper)".to_string(),
+                     "kernel rules: a .wh.* name in an upperdir is an ordinary file (use --whiteouts oci for a layer in OCI/AUFS form, fuse for a fuse-overlayfs upper)".to_string(),
                      Some(e))
     }
 }
