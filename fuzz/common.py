@@ -41,9 +41,11 @@ for _where in (REPO, os.path.join(REPO, "tests")):
     if _where not in sys.path:
         sys.path.insert(0, _where)
 
-from ovforensics import bbolt  # noqa: E402
-import ovforensics.diff, ovforensics.enrich, ovforensics.tarlayer  # noqa: E402,F401  (imported before any audit)
-from ovforensics.engines.base import Broken, Container  # noqa: E402
+from ovforensics.stores import bbolt  # noqa: E402
+import ovforensics.scanner.diff
+import ovforensics.scanner.enrich
+import ovforensics.layers.tarlayer  # noqa: E402,F401  (imported before any audit)
+from ovforensics.stores.base import Broken, Container  # noqa: E402
 from boltwriter import craft  # noqa: E402  (tests/boltwriter.py: the one bbolt writer)
 
 KINDS = ("file", "symlink", "dir", "fifo", "remove", "file", "file", "symlink")
@@ -325,8 +327,8 @@ def run_store(find, data: bytes, slots: list[str], bolts: dict[int, str] | None 
     check the results, and scan each container found (at most 3). ``bolts`` maps a tag (0x80
     and up) to the bbolt file its records make. ``allowed``: exceptions ``find`` may raise."""
     from ovforensics import scan_container
-    from ovforensics.layer import LayerError
-    from ovforensics.rootfs import Root
+    from ovforensics.layers.layer import LayerError
+    from ovforensics.evidence.rootfs import Root
 
     recs = records(data)
     root = scratch_dir("ovf-fuzz-")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fuzz the bbolt reader (``ovforensics.bbolt``): the input is the database file itself.
+"""Fuzz the bbolt reader (``ovforensics.stores.bbolt``): the input is the database file itself.
 
 Each input is read twice: as it is, and (when that differs) with the FNV-1a checksums of its
 meta pages recomputed, so that mutations of the tree pages are not all stopped at the meta
@@ -19,8 +19,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-from ovforensics import bbolt  # noqa: E402
-from ovforensics.bbolt import BoltError  # noqa: E402
+from ovforensics.stores import bbolt  # noqa: E402
+from ovforensics.stores.bbolt import BoltError  # noqa: E402
 
 MAX_WORK = 5000  # buckets and keys visited per input, so one input stays fast
 

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import bolt_record, fs  # noqa: E402
 
-from ovforensics.engines import containerd  # noqa: E402
+from ovforensics.stores import containerd  # noqa: E402
 
 META, SNAP = 0x80, 0x81
 DR = "var/lib/containerd"

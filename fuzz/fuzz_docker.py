@@ -20,8 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import fs, literal  # noqa: E402
 
-from ovforensics.engines import docker  # noqa: E402
-from ovforensics.engines.base import StoreError  # noqa: E402
+from ovforensics.stores import docker  # noqa: E402
+from ovforensics.stores.base import StoreError  # noqa: E402
 
 CID = "c0ffee" + "0" * 58
 CID2 = "b" * 64

@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402,F401  (puts the repo on sys.path)
 
-from ovforensics.stack import split_lowerdir  # noqa: E402
+from ovforensics.layers.stack import split_lowerdir  # noqa: E402
 
 
 def escape(item: str) -> str:

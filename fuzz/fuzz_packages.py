@@ -21,7 +21,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402,F401  (puts the repo on sys.path)
 
-from ovforensics.packages import apk, dpkg, rpm  # noqa: E402
+from ovforensics.packages import apk
+from ovforensics.packages import dpkg
+from ovforensics.packages import rpm  # noqa: E402
 from ovforensics.packages.db import Database, FileInfo, Package, valid_digest  # noqa: E402
 
 ALIASES = {b"bin": b"usr/bin", b"lib": b"usr/lib"}

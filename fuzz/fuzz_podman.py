@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import bolt_record, fs  # noqa: E402
 
-from ovforensics.engines import podman  # noqa: E402
+from ovforensics.stores import podman  # noqa: E402
 
 CID, CID2 = "c" * 64, "d" * 64
 UP, L1, L2 = "a" * 64, "1" * 64, "2" * 64

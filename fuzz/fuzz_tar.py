@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import ovforensics  # noqa: E402
-from ovforensics.layer import EntryError, LayerError  # noqa: E402
-from ovforensics.tarlayer import TarLayer  # noqa: E402
+from ovforensics.layers.layer import EntryError, LayerError  # noqa: E402
+from ovforensics.layers.tarlayer import TarLayer  # noqa: E402
 
 READ = 1 << 16
 MAX_ENTRIES = 4000

@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import ovforensics  # noqa: E402
-from ovforensics import markers  # noqa: E402
-from ovforensics.layer import Entry, EntryError, join  # noqa: E402
-from ovforensics.record import CHANGE_KINDS, VIA_KINDS  # noqa: E402
-from ovforensics.resolve import BadRedirect, parse_redirect  # noqa: E402
+from ovforensics.layers import markers  # noqa: E402
+from ovforensics.layers.layer import Entry, EntryError, join  # noqa: E402
+from ovforensics.records.record import CHANGE_KINDS, VIA_KINDS  # noqa: E402
+from ovforensics.scanner.resolve import BadRedirect, parse_redirect  # noqa: E402
 
 RULES = ("kernel", "oci", "fuse")
 NS = ("auto", "both", "trusted", "user")

@@ -6,9 +6,9 @@ import fnmatch
 import os
 from typing import Iterable, Iterator
 
-from .layer import Layer, LayerError
-from .markers import Namespaces
-from .record import CHANGE_KINDS, Change, LayerRef
+from ovforensics.layers.layer import Layer, LayerError
+from ovforensics.layers.markers import Namespaces
+from ovforensics.records.record import CHANGE_KINDS, Change, LayerRef
 
 __version__ = "0.1.0"
 __all__ = ["scan", "scan_container", "write_scan", "write_scan_container", "containers", "find_container", "Change", "LayerRef",
@@ -16,13 +16,13 @@ __all__ = ["scan", "scan_container", "write_scan", "write_scan_container", "cont
 
 
 def open_layer(spec, index: int = -1, rules: str = "auto") -> Layer:
-    from .stack import open_layer as _open
+    from ovforensics.layers.stack import open_layer as _open
 
     return _open(spec, index=index, rules=rules)
 
 
 def _roots(layers):
-    from .resolve import layer_root
+    from ovforensics.scanner.resolve import layer_root
 
     return [root for root in map(layer_root, layers) if root is not None]
 
@@ -41,7 +41,7 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
     kinds; ``include``/``exclude`` are shell globs matched against the container path.
     ``hashes`` (e.g. ``("sha256", "md5")``) adds digests of both versions of each changed file
     (``sha256``, ``lower_sha256``, ...) to ``extra``; ``magic`` adds libmagic's ``magic`` and
-    ``mime`` and ``exec_flags``/``new_executable``. ``run`` (a :class:`~ovforensics.runrecord.RunRecord`)
+    ``mime`` and ``exec_flags``/``new_executable``. ``run`` (a :class:`~ovforensics.writers.runrecord.RunRecord`)
     is told the layers read and sees every record. ``packages`` (True, or a list
     the :class:`~ovforensics.packages.PackageChecker` is appended to) adds ``package``/``package_status``
     from the stack's dpkg, rpm and apk databases (docs/packages.md); ``yara`` (a rules file or
@@ -50,8 +50,8 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
     Raises :class:`LayerError` when a layer cannot be opened; a damaged entry inside a layer is
     reported as an ``anomaly`` record instead.
     """
-    from .diff import Differ
-    from .enrich import Enricher, parse_hashes
+    from ovforensics.scanner.diff import Differ
+    from ovforensics.scanner.enrich import Enricher, parse_hashes
 
     algorithms = parse_hashes(hashes)
     only_set = _only(only)
@@ -62,11 +62,11 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
     records = _filtered(Differ(upper_layer, lower_layers, ns).changes(), only_set, include, exclude)
     records = Enricher(algorithms, magic, ns).run(records)
     if yara:
-        from .yarascan import YaraScanner
+        from ovforensics.scanner.yarascan import YaraScanner
 
         records = YaraScanner(yara, yara_originals).run(records)
     if packages or isinstance(packages, list):
-        from .packages import PackageChecker, load_stack_databases
+        from ovforensics.packages import PackageChecker, load_stack_databases
 
         checker = PackageChecker(*load_stack_databases(upper_layer, lower_layers, ns))
         if isinstance(packages, list):
@@ -93,14 +93,14 @@ def _open_stack(upper, lowers, whiteouts: str, xattr_ns: str):
 def write_scan(fmt: str, stream, upper, lowers=(), *, whiteouts: str = "auto",
                xattr_ns: str = "auto", only: Iterable[str] | None = None, extra_columns=(),
                **options) -> dict:
-    """:func:`scan` written to ``stream`` in ``fmt`` (a :mod:`ovforensics.writers` format);
+    """:func:`scan` written to ``stream`` in ``fmt`` (a :mod:`ovforensics.writers.formats` format);
     returns the counts per change kind. A stack of directory layers in ``jsonl``, ``csv`` or
     ``docker`` with no enrichment or filter but ``only`` asked is diffed and written by the
-    compiled differ (:mod:`ovforensics.native`), straight to ``stream``'s file descriptor;
+    compiled differ (:mod:`ovforensics.scanner.native`), straight to ``stream``'s file descriptor;
     anything else, or where it hands the scan back, by :func:`scan` and the writers: the
     output is the same bytes either way."""
-    from . import native
-    from .writers import open_writer
+    from ovforensics.scanner import native
+    from ovforensics.writers.formats import open_writer
 
     if native.applies(fmt, **options):
         only_set = _only(only)
@@ -132,8 +132,8 @@ def _filtered(records, only_set, include, exclude) -> Iterator[Change]:
 def containers(root: str = "/", engine: str | None = None, data_root: str | None = None):
     """Every container of every engine found under ``root`` (a live host: ``/``; evidence: its
     mount point), from the engines' files alone. Yields ``Container`` and ``Broken`` records."""
-    from .engines.registry import find_all
-    from .rootfs import Root
+    from ovforensics.stores.registry import find_all
+    from ovforensics.evidence.rootfs import Root
 
     return find_all(Root(root), engine=engine, data_root=data_root)
 
@@ -142,8 +142,8 @@ def find_container(query: str, root: str = "/", engine: str | None = None,
                    data_root: str | None = None, namespace: str | None = None):
     """The one container a name, full id, id prefix or (Kubernetes) ``POD/CONTAINER`` names;
     ``namespace`` keeps one containerd namespace. Raises on none or several."""
-    from .engines.base import Container
-    from .engines.registry import select
+    from ovforensics.stores.base import Container
+    from ovforensics.stores.registry import select
 
     found = [c for c in containers(root, engine, data_root) if isinstance(c, Container)]
     return select(query, found, namespace=namespace)
@@ -152,7 +152,7 @@ def find_container(query: str, root: str = "/", engine: str | None = None,
 def container_layers(container, whiteouts: str | None = None) -> list[Layer]:
     """A container's stack as layers (upper first), each carrying the engine's ``LayerInfo``;
     marker rules are the store's own unless ``whiteouts`` names others."""
-    from .layer import DirLayer
+    from ovforensics.layers.layer import DirLayer
 
     rules = whiteouts if whiteouts not in (None, "auto") else container.whiteouts
     layers = []

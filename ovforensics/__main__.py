@@ -1,3 +1,3 @@
-from .cli import run
+from ovforensics.cli import run
 
 run()

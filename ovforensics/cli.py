@@ -10,12 +10,12 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__, scan
-from .layer import LayerError
-from .markers import RULES
-from .output import OutputError, default_format, refuse_inside, report_stream
-from .stack import split_lowerdir
-from .writers import FORMATS, open_writer, visible, write_rows
+from ovforensics import __version__, scan
+from ovforensics.layers.layer import LayerError
+from ovforensics.layers.markers import RULES
+from ovforensics.writers.output import OutputError, default_format, refuse_inside, report_stream
+from ovforensics.layers.stack import split_lowerdir
+from ovforensics.writers.formats import FORMATS, open_writer, visible, write_rows
 
 EXIT_OK, EXIT_ERROR = 0, 2
 
@@ -42,7 +42,7 @@ def fail(message: str) -> "typer.Exit":
 
 def _version(value: bool) -> None:
     if value:
-        from . import native
+        from ovforensics.scanner import native
 
         typer.echo(f"ovforensics {__version__}\ndiffer: {native.status()}")
         raise typer.Exit(EXIT_OK)
@@ -101,8 +101,8 @@ def _pick_format(fmt: Optional[str], output: Optional[str]) -> str:
 
 def _container(query: str, root: str, engine: Optional[str], data_root: Optional[str],
                namespace: Optional[str] = None):
-    from . import find_container
-    from .engines.registry import LookupError_
+    from ovforensics import find_container
+    from ovforensics.stores.registry import LookupError_
 
     if not os.path.isdir(root):
         raise fail(f"--root: {root}: not a directory")
@@ -156,7 +156,7 @@ class Stack:
     def write(self, fmt: str, stream, whiteouts: str = "auto", xattr_ns: str = "auto", **options):
         """The report written by the library (:func:`ovforensics.write_scan`: the compiled
         differ where it applies)."""
-        from . import write_scan, write_scan_container
+        from ovforensics import write_scan, write_scan_container
 
         if self.found is not None:
             if xattr_ns != "auto":
@@ -166,7 +166,7 @@ class Stack:
                           xattr_ns=xattr_ns, **options)
 
     def records(self, whiteouts: str = "auto", xattr_ns: str = "auto", run=None, **options):
-        from . import scan_container
+        from ovforensics import scan_container
 
         if self.found is not None:
             if run is not None:
@@ -174,7 +174,7 @@ class Stack:
             if xattr_ns != "auto":
                 options["xattr_ns"] = xattr_ns
             return scan_container(self.found, whiteouts=whiteouts, run=run, **options)
-        from . import open_layer
+        from ovforensics import open_layer
 
         upper = open_layer(self.upper, -1, whiteouts)
         layers = [open_layer(spec, i, whiteouts) for i, spec in enumerate(self.layers)]
@@ -188,8 +188,8 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
     import shutil
     import tempfile
 
-    from . import progress
-    from .writers import json_line
+    from ovforensics.writers import progress
+    from ovforensics.writers.formats import json_line
 
     records = progress.tracked(records, progress.wanted(fmt, output))  # stderr, on a terminal
 
@@ -230,8 +230,8 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
 
 
 def _set_max_decompressed(value: Optional[str]) -> Optional[str]:
-    from . import unpack
-    from .bloat import BloatError, parse_bytes
+    from ovforensics.layers import unpack
+    from ovforensics.bloat.audit import BloatError, parse_bytes
 
     if value is not None:
         try:
@@ -242,7 +242,7 @@ def _set_max_decompressed(value: Optional[str]) -> Optional[str]:
 
 
 def _max_decompressed_opt():
-    from .unpack import DEFAULT_LIMIT, ENV
+    from ovforensics.layers.unpack import DEFAULT_LIMIT, ENV
 
     return typer.Option(None, "--max-decompressed", metavar="SIZE", callback=_set_max_decompressed,
                         help=f"Cap on a compressed archive's decompressed copy in $TMPDIR (default "
@@ -282,7 +282,7 @@ _Y = _yara_opts()
 
 
 def _more_columns(packages: bool, yara: Optional[str], originals: bool) -> tuple:
-    from .packages.verify import COLUMNS
+    from ovforensics.packages.verify import COLUMNS
 
     cols = COLUMNS if packages else ()
     if yara:
@@ -312,7 +312,7 @@ _F = _filter_opts()
 def _extra_columns(hashes, magic: bool, deleted_only: bool = False) -> tuple:
     if not hashes and not magic:
         return ()
-    from .enrich import parse_hashes
+    from ovforensics.scanner.enrich import parse_hashes
 
     try:
         algorithms = parse_hashes(hashes)
@@ -356,13 +356,13 @@ def diff_cmd(
     max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Report every added, modified and deleted path of a container or an overlay stack."""
-    from . import native
+    from ovforensics.scanner import native
 
     fmt = _pick_format(fmt, output)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     run = None
     if meta:
-        from .runrecord import RunRecord
+        from ovforensics.writers.runrecord import RunRecord
 
         run = RunRecord()
     extra = _extra_columns(hashes, magic) + _more_columns(packages, yara, yara_originals)
@@ -409,7 +409,7 @@ def deleted_cmd(
     max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Every deleted path, with the lower layer and on-disk path of its recoverable original."""
-    from .runrecord import RunRecord
+    from ovforensics.writers.runrecord import RunRecord
 
     fmt = _pick_format(fmt or (None if output and output != "-" else "csv"), output)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
@@ -449,8 +449,8 @@ def timeline_cmd(
     max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """One event per timestamp of every changed entry, upper and shadowed original both (UTC)."""
-    from . import timeline
-    from .runrecord import RunRecord
+    from ovforensics.writers import timeline
+    from ovforensics.writers.runrecord import RunRecord
 
     if fmt is None:
         ext = os.path.splitext(output or "")[1].lower()
@@ -501,7 +501,7 @@ def recover_cmd(
     max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Copy the originals of deleted and modified paths out of the lower layers, with a manifest."""
-    from .recover import recover, recover_container
+    from ovforensics.recovery.recover import recover, recover_container
 
     args = list(args or [])
     container = None if upper is not None else (args.pop(0) if args else None)
@@ -534,7 +534,7 @@ def _noted(records, layers):
 
 def _with_times(records):
     """Deleted originals: add the lower entry's atime and ctime beside the record's mtime."""
-    from .record import format_ns
+    from ovforensics.records.record import format_ns
 
     for record in records:
         shadow = record.shadow
@@ -562,7 +562,7 @@ def packages_cmd(
 ) -> None:
     """Packages installed, removed and upgraded in a container (its package databases against
     the image's), per manager, each with the count of its files altered or missing."""
-    from .packages.changes import COLUMNS, package_rows
+    from ovforensics.packages.changes import COLUMNS, package_rows
 
     fmt = _pick_format(fmt, output)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
@@ -601,7 +601,7 @@ def triage_cmd(
 ) -> None:
     """What to look at first: altered packaged files, unowned executables, rule matches and
     changed packages; then every other change."""
-    from . import triage
+    from ovforensics.writers import triage
 
     if fmt is None:
         ext = os.path.splitext(output or "")[1].lower()
@@ -630,7 +630,7 @@ def triage_cmd(
 
 
 def _warn(text: str) -> None:
-    from .writers import visible
+    from ovforensics.writers.formats import visible
 
     typer.echo(f"ovforensics: warning: {visible(text or '')}", err=True)
 
@@ -650,10 +650,10 @@ def containers_cmd(
                                            "same key is either value, different keys all hold."),
 ) -> None:
     """List every container of every engine found, from the engines' files alone."""
-    from . import containers
-    from .engines.base import Broken
-    from .engines.registry import matches, parse_filters
-    from .inventory import CONTAINER_COLUMNS, container_row
+    from ovforensics import containers
+    from ovforensics.stores.base import Broken
+    from ovforensics.stores.registry import matches, parse_filters
+    from ovforensics.stores.inventory import CONTAINER_COLUMNS, container_row
 
     fmt = _pick_format(fmt, output)
     if not os.path.isdir(root):
@@ -685,7 +685,7 @@ def layers_cmd(
     output: Optional[str] = _output_opt(),
 ) -> None:
     """Show a container's stack: upper, init and image layers, with ids, entry counts and sizes."""
-    from .inventory import LAYER_COLUMNS, layer_rows
+    from ovforensics.stores.inventory import LAYER_COLUMNS, layer_rows
 
     fmt = _pick_format(fmt, output)
     found = _container(container, root, engine, data_root, namespace)
@@ -787,7 +787,7 @@ _B = _bloat_opts()
 
 
 def _bloat_format(fmt: Optional[str], output: Optional[str]) -> str:
-    from .bloat import FORMATS as BLOAT_FORMATS
+    from ovforensics.bloat.audit import FORMATS as BLOAT_FORMATS
 
     if fmt is None and output and output != "-" and \
             os.path.splitext(output)[1].lower() in (".html", ".htm"):
@@ -800,7 +800,7 @@ def _bloat_format(fmt: Optional[str], output: Optional[str]) -> str:
 
 def _bloat_gates(kind: str, rows, max_wasted, max_wasted_percent, min_efficiency, ignore, config,
                  no_config, top, depth):
-    from .bloat import ROWS, BloatError, make_gates
+    from ovforensics.bloat.audit import ROWS, BloatError, make_gates
 
     if rows is not None and rows not in ROWS[kind]:
         raise fail(f"--rows: expected one of {', '.join(ROWS[kind])} for {'an image' if kind == 'image' else 'a container'}, got {rows!r}")
@@ -813,7 +813,7 @@ def _bloat_gates(kind: str, rows, max_wasted, max_wasted_percent, min_efficiency
 
 
 def _bloat_emit(report, fmt: str, output: Optional[str], evidence: list, rows: Optional[str]) -> None:
-    from .bloat import BloatError, write_report
+    from ovforensics.bloat.audit import BloatError, write_report
 
     try:
         if output and output != "-":
@@ -858,10 +858,10 @@ def bloat_cmd(
 ) -> None:
     """Bytes a container's upper layer holds: added, copies with new content, copies with the
     same content (wasted: chmod, chown, touch, hard link), metacopy; allocated beside apparent."""
-    from . import container_layers, open_layer
-    from .bloat import BloatError, audit_container
-    from .markers import Namespaces
-    from .resolve import layer_root
+    from ovforensics import container_layers, open_layer
+    from ovforensics.bloat.audit import BloatError, audit_container
+    from ovforensics.layers.markers import Namespaces
+    from ovforensics.scanner.resolve import layer_root
 
     fmt = _bloat_format(fmt, output)
     gates = _bloat_gates("container", rows, max_wasted, max_wasted_percent, min_efficiency, ignore,
@@ -915,8 +915,8 @@ def image_cmd(
 ) -> None:
     """Stored, visible and wasted bytes of an image's layers, each wasted byte attributed to a
     path, the layer that stored it and the layer that made it waste."""
-    from .bloat import BloatError, audit_image
-    from .images import ImageError, open_image
+    from ovforensics.bloat.audit import BloatError, audit_image
+    from ovforensics.stores.images import ImageError, open_image
 
     fmt = _bloat_format(fmt, output)
     gates = _bloat_gates("image", rows, max_wasted, max_wasted_percent, min_efficiency, ignore,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from ovforensics import bbolt
+from ovforensics.stores import bbolt
 
 
 class Inline(dict):

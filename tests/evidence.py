@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ovforensics.safeio import open_dir
+from ovforensics.evidence.safeio import open_dir
 
 
 def snapshot(top) -> dict[bytes, tuple[int, int, int, int]]:

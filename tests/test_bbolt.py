@@ -26,11 +26,11 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from ovforensics import bbolt  # noqa: E402
-from ovforensics.bbolt import BoltError  # noqa: E402
-from ovforensics.engines import containerd  # noqa: E402
-from ovforensics.engines.base import Broken, Container  # noqa: E402
-from ovforensics.rootfs import Root  # noqa: E402
+from ovforensics.stores import bbolt  # noqa: E402
+from ovforensics.stores.bbolt import BoltError  # noqa: E402
+from ovforensics.stores import containerd  # noqa: E402
+from ovforensics.stores.base import Broken, Container  # noqa: E402
+from ovforensics.evidence.rootfs import Root  # noqa: E402
 
 import test_engine_containerd as env_mod  # noqa: E402
 

@@ -5,7 +5,7 @@ OCI image archive is built here in Python (two layers from busybox-static; the s
 ``.wh.`` whiteout and an opaque directory), imported with ``--snapshotter overlayfs`` into three
 namespaces, and containers make known changes. Then:
 
-* :func:`ovforensics.engines.containerd.find` gives exactly the overlayfs containers, with the
+* :func:`ovforensics.stores.containerd.find` gives exactly the overlayfs containers, with the
   upper and lowers that containerd itself mounts (``ctr snapshots mounts``, and the live
   ``/proc/self/mountinfo`` of a running task), the names, image, creation time, layer ids;
 * ``ovforensics.scan`` over those dirs gives exactly what the kernel shows between the read-only
@@ -36,10 +36,10 @@ from conftest import need  # noqa: E402
 from engine_docker import cgroups_writable, terminate, unmount_under  # noqa: E402
 
 import ovforensics  # noqa: E402
-from ovforensics import bbolt  # noqa: E402
-from ovforensics.engines import containerd  # noqa: E402
-from ovforensics.engines.base import Broken, Container  # noqa: E402
-from ovforensics.rootfs import Root  # noqa: E402
+from ovforensics.stores import bbolt  # noqa: E402
+from ovforensics.stores import containerd  # noqa: E402
+from ovforensics.stores.base import Broken, Container  # noqa: E402
+from ovforensics.evidence.rootfs import Root  # noqa: E402
 
 IMAGE = "docker.io/ovf-test/busybox:1"
 NS_OTHER = "ovf-other"

@@ -30,9 +30,9 @@ import engine_docker as ed  # noqa: E402
 from conftest import need, need_container_runtime  # noqa: E402
 
 import ovforensics  # noqa: E402
-from ovforensics.engines import docker  # noqa: E402
-from ovforensics.engines.base import Broken, Container, StoreError  # noqa: E402
-from ovforensics.rootfs import Root  # noqa: E402
+from ovforensics.stores import docker  # noqa: E402
+from ovforensics.stores.base import Broken, Container, StoreError  # noqa: E402
+from ovforensics.evidence.rootfs import Root  # noqa: E402
 
 BUSYBOX, MULTI = "ovf-test/busybox:1", "ovf-test/multi:1"
 ODD = "/odd\nname"

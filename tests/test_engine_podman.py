@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import ovforensics
-from ovforensics.engines import podman as reader
-from ovforensics.engines.base import Broken, Container
-from ovforensics.rootfs import Root
+from ovforensics.stores import podman as reader
+from ovforensics.stores.base import Broken, Container
+from ovforensics.evidence.rootfs import Root
 
 from conftest import _overlay_works, need, need_container_runtime
 from engine_podman import Podman, account, copy_tree, host_traces, make_rootfs, missing, remove_traces

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import ovforensics
-from ovforensics.engines.base import Broken, Container
+from ovforensics.stores.base import Broken, Container
 
 import engine_docker
 import engine_trixie

@@ -19,10 +19,12 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fuzz"))
 import common  # noqa: E402  (fuzz/common.py: the bbolt writer and the tree records)
 
-from ovforensics import bbolt  # noqa: E402
-from ovforensics.engines import containerd, docker, podman  # noqa: E402
-from ovforensics.engines.base import Broken, Container, StoreError  # noqa: E402
-from ovforensics.rootfs import Root  # noqa: E402
+from ovforensics.stores import bbolt  # noqa: E402
+from ovforensics.stores import containerd
+from ovforensics.stores import docker
+from ovforensics.stores import podman  # noqa: E402
+from ovforensics.stores.base import Broken, Container, StoreError  # noqa: E402
+from ovforensics.evidence.rootfs import Root  # noqa: E402
 
 
 @pytest.fixture
@@ -161,7 +163,7 @@ def _tar(tmp_path, members) -> str:
 def test_tar_pax_mtime_that_is_no_time(tmp_path, mtime):
     # tarfile reads a PAX mtime as a float: "nan" and "inf" made int() raise out of listdir() and
     # so out of scan(); 5000 digits hit int()'s 4300-digit limit
-    from ovforensics.tarlayer import TarLayer
+    from ovforensics.layers.tarlayer import TarLayer
 
     with TarLayer(_tar(tmp_path, [("f", "file", "x", {"mtime": mtime}), ("g", "file", "y", {})])) as layer:
         listing = layer.listdir(())
@@ -174,7 +176,7 @@ def test_tar_device_number_past_32_bits(tmp_path):
     import tarfile
 
     import fuzz_tar
-    from ovforensics.tarlayer import TarLayer
+    from ovforensics.layers.tarlayer import TarLayer
 
     raw = bytearray(fuzz_tar.make_tar([("c", "char", (0, 0), {})], fmt=tarfile.GNU_FORMAT))
     raw[329:337] = b"\x80\x00\x00\x01\x00\x00\x00\x00"  # devmajor 2**32, base-256

@@ -353,7 +353,7 @@ def _branchy(root, files: dict) -> None:
 def test_long_paths_in_branches_backtracking_and_parallel_hashing(tmp_path, monkeypatch, openat2):
     """Several deep branches, files at many depths, hashed on the thread pool: the walker's
     cached fds survive backtracking and threads; the same with one openat per component."""
-    from ovforensics import safeio
+    from ovforensics.evidence import safeio
 
     monkeypatch.setattr(safeio, "_openat2_missing", not openat2)
     upper, lower = tmp_path / "upper", tmp_path / "lower"
@@ -377,8 +377,8 @@ def test_long_paths_in_branches_backtracking_and_parallel_hashing(tmp_path, monk
 def test_walker_never_follows_a_symlink_in_a_long_path(tmp_path, monkeypatch):
     """A directory swapped for a symlink (to a twin tree elsewhere) between listing and
     reading: the walk refuses it (ELOOP) rather than reading the twin."""
-    from ovforensics import safeio
-    from ovforensics.layer import DirLayer
+    from ovforensics.evidence import safeio
+    from ovforensics.layers.layer import DirLayer
 
     for openat2 in (True, False):
         monkeypatch.setattr(safeio, "_openat2_missing", not openat2)
@@ -399,7 +399,7 @@ def test_walker_never_follows_a_symlink_in_a_long_path(tmp_path, monkeypatch):
             layer2 = DirLayer(str(upper))  # a fresh walker: no cached fds
             # openat2 RESOLVE_NO_SYMLINKS: ELOOP; O_NOFOLLOW|O_DIRECTORY per component: ENOTDIR
             refused = "Too many levels of symbolic links" if openat2 else "Not a directory"
-            with pytest.raises(ovforensics.layer.EntryError, match=refused):
+            with pytest.raises(ovforensics.layers.layer.EntryError, match=refused):
                 layer2.open(entry)
             assert layer2.listdir(path[:-1]) is None  # not a directory here: never followed
             assert layer2.read_xattrs(entry) == {}

@@ -161,7 +161,7 @@ def test_truncated_zstd_is_an_error_not_a_short_layer(tmp_path, cut):
 def test_zstd_frames_and_skippable_frames(tmp_path):
     import zstandard
 
-    from ovforensics.tarlayer import TarLayer
+    from ovforensics.layers.tarlayer import TarLayer
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
@@ -208,7 +208,7 @@ def test_terabyte_extended_header_is_refused_naming_the_member(tmp_path, kind):
 def test_oversized_pax_header_names_the_member_it_precedes(tmp_path):
     """A 17 MiB PAX header (past the 16 MiB bound, present in full): the member it describes
     is named."""
-    from ovforensics.tarlayer import MAX_EXTENDED
+    from ovforensics.layers.tarlayer import MAX_EXTENDED
 
     big = "x" * (MAX_EXTENDED + MiB)
     buf = io.BytesIO()
@@ -235,7 +235,7 @@ def test_large_but_real_extended_headers_still_read(tmp_path):
             tf.addfile(info, io.BytesIO(b"hi"))
         path = tmp_path / f"deep-{fmt}.tar"
         path.write_bytes(buf.getvalue())
-        from ovforensics.tarlayer import TarLayer
+        from ovforensics.layers.tarlayer import TarLayer
 
         with TarLayer(path) as layer:
             assert not layer.errors
@@ -306,7 +306,7 @@ def test_petabyte_sparse_members_compare_by_their_sparse_maps(tmpfs, tmp_path, f
     proc = cli("diff", "--upper", tars["a"], "--lower", fs / "same", "-f", "jsonl", timeout=120)
     assert jsonl(proc.stdout) == [], proc.stdout[:500]
     # and the bytes read back through the map are the file's
-    from ovforensics.tarlayer import TarLayer
+    from ovforensics.layers.tarlayer import TarLayer
 
     with TarLayer(tars["b"]) as layer:
         entry = layer.listdir(())[b"big"]
@@ -739,7 +739,7 @@ def test_20000_deep_tar_member_under_a_memory_cap(tmp_path):
 
 
 def test_deep_paths_behave_as_the_tuples_they_stand_for():
-    from ovforensics.deeppath import DEEP, DeepPath, child, deep, join
+    from ovforensics.layers.deeppath import DEEP, DeepPath, child, deep, join
 
     parts = tuple(b"n%d" % i for i in range(3 * DEEP))
     node = ()
@@ -766,7 +766,7 @@ def test_deep_paths_behave_as_the_tuples_they_stand_for():
 def test_only_empty_regular_wh_files_make_a_layer_oci(tmp_path, make, rules):
     """Found by the kernel oracle (tests/test_kernel_oracle.py): a plain lower holding a FIFO
     named ``.wh.a`` was read as OCI, and the kernel's whiteout over it went unreported."""
-    from ovforensics.formguess import guess_rules
+    from ovforensics.layers.formguess import guess_rules
 
     layer = _tree(tmp_path / "layer", {"keep": b"k"})
     make(layer)
@@ -784,7 +784,7 @@ def test_undecodable_bytes_in_a_layer_digest_are_no_crash(tmp_path):
     layers[1]["diff-digest"] = "sha256:" + "5" * 64
     path.write_bytes(json.dumps(layers).encode().replace(b"BAD", b"\xb3\xff"))
     from ovforensics import containers
-    from ovforensics.engines.base import Container
+    from ovforensics.stores.base import Container
 
     (found,) = [c for c in containers(str(tmp_path)) if isinstance(c, Container)]
     assert [info.diff_id for info in found.lowers] == ["sha256:" + "5" * 64, None]

@@ -31,7 +31,7 @@ import bloat_env as be  # noqa: E402
 from bloat_env import run  # noqa: E402
 from conftest import need  # noqa: E402
 
-from ovforensics.report_html import CSP, SCRIPT, STYLE  # noqa: E402
+from ovforensics.bloat.report_html import CSP, SCRIPT, STYLE  # noqa: E402
 
 WASTE_RGB = (0xC8, 0x37, 0x2D)  # --waste in the style sheet
 CAUSED_RGB = (0xE8, 0x91, 0x2D)  # --caused

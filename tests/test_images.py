@@ -23,10 +23,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import bloat_env as be  # noqa: E402
 
-from ovforensics.bloat import audit_image  # noqa: E402
-from ovforensics.images import ImageError, open_image, parse_ref, ref_matches  # noqa: E402
-from ovforensics.layer import DirLayer  # noqa: E402
-from ovforensics.tarlayer import TarLayer  # noqa: E402
+from ovforensics.bloat.audit import audit_image  # noqa: E402
+from ovforensics.stores.images import ImageError, open_image, parse_ref, ref_matches  # noqa: E402
+from ovforensics.layers.layer import DirLayer  # noqa: E402
+from ovforensics.layers.tarlayer import TarLayer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -191,9 +191,9 @@ def check_case(case, flavour: str, oracle_dir) -> None:
                                  HealthCheck.data_too_large])
 @given(case=cases)
 def test_names_only_listings_match_kernel(flavour, big, case, oracle_dir):
-    """The same property with directories listed by name only (ovforensics.bigdir, used past
+    """The same property with directories listed by name only (ovforensics.layers.bigdir, used past
     20,000 entries): every directory (big=0), or all but those of one or two entries (big=2)."""
-    from ovforensics import bigdir
+    from ovforensics.layers import bigdir
 
     saved, bigdir.BIG = bigdir.BIG, big
     try:

@@ -6,8 +6,8 @@ import os
 import threading
 
 import ovforensics
-from ovforensics.layer import DirLayer
-from ovforensics.runrecord import RunRecord
+from ovforensics.layers.layer import DirLayer
+from ovforensics.writers.runrecord import RunRecord
 
 
 def _stack(tmp_path):

@@ -1,4 +1,4 @@
-"""The compiled differ (native/, ovforensics.native) against the Python differ: byte for byte.
+"""The compiled differ (native/, ovforensics.scanner.native) against the Python differ: byte for byte.
 
 The Python differ is the reference (test_kernel_oracle.py holds it to the kernel); here both
 run on the same raw layers and must write the same bytes in every format the compiled one
@@ -29,8 +29,8 @@ from conftest import need, need_whiteout_devices  # noqa: E402
 from test_kernel_oracle import cases, oracle_dir  # noqa: E402,F401  (the fixture is used)
 
 import ovforensics  # noqa: E402
-from ovforensics import native  # noqa: E402
-from ovforensics.writers import write_all  # noqa: E402
+from ovforensics.scanner import native  # noqa: E402
+from ovforensics.writers.formats import write_all  # noqa: E402
 
 EXAMPLES = int(os.environ.get("OVF_NATIVE_EXAMPLES", "400"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +101,7 @@ def test_native_matches_python_on_kernel_stacks(flavour, case, fmt, only, oracle
 def test_native_matches_python_with_names_only_listings(flavour, big, case, oracle_dir):  # noqa: F811
     """Directories listed by name only (bigdir, past 20,000 entries; here every directory, or
     all but those of one or two entries): both differs read them that way."""
-    from ovforensics import bigdir
+    from ovforensics.layers import bigdir
 
     d = tempfile.mkdtemp(dir=oracle_dir)
     saved, bigdir.BIG = bigdir.BIG, big
@@ -174,7 +174,7 @@ def _tree(root, spec: dict) -> None:
 def test_native_matches_python_on_hand_made_forms(tmp_path, monkeypatch, big):
     """Names that are not UTF-8, formula-looking and newline names, xwhiteouts, bad redirects,
     metacopy without data, orphan whiteouts, opaque=x, .wh. look-alikes, sparse files."""
-    from ovforensics import bigdir
+    from ovforensics.layers import bigdir
 
     need(os.geteuid() == 0, "needs root for trusted.* xattrs and devices")
     need_whiteout_devices(tmp_path)

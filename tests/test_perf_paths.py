@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tabulate import tabulate
 
-from ovforensics.layer import DirLayer
-from ovforensics.record import ADDED, ANOMALY, DELETED, MODIFIED, Change, LayerRef
-from ovforensics.writers import TABLE_HEADERS, RecordDicts, open_writer, summary_line, visible
+from ovforensics.layers.layer import DirLayer
+from ovforensics.records.record import ADDED, ANOMALY, DELETED, MODIFIED, Change, LayerRef
+from ovforensics.writers.formats import TABLE_HEADERS, RecordDicts, open_writer, summary_line, visible
 
 LAYER = LayerRef(index=1, dir="/var/lib/docker/overlay2/abc/diff", id="abc", diff_id="sha256:00",
                  image_index=3, role="image")

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from ovforensics import progress
-from ovforensics.record import ADDED, Change
+from ovforensics.writers import progress
+from ovforensics.records.record import ADDED, Change
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "samples", "experiment")
 

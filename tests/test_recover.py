@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import need, need_whiteout_devices
-from ovforensics.recover import MANIFEST_COLUMNS, RecoverError, recover
+from ovforensics.recovery.recover import MANIFEST_COLUMNS, RecoverError, recover
 
 ROOT = Path(__file__).resolve().parents[1]
 RICH = ROOT / "samples" / "rich"
@@ -419,7 +419,7 @@ def test_include_exclude_and_row_callback(stack, tmp_path):
 
 
 def test_unreadable_originals_are_errors_and_partial_copies_are_removed(stack, tmp_path, monkeypatch):
-    from ovforensics.layer import DirLayer, EntryError
+    from ovforensics.layers.layer import DirLayer, EntryError
 
     real_open = DirLayer.open
 

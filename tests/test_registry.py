@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from ovforensics.engines.base import Container, LayerInfo
-from ovforensics.engines.registry import LookupError_, find_all, select
-from ovforensics.rootfs import Root
+from ovforensics.stores.base import Container, LayerInfo
+from ovforensics.stores.registry import LookupError_, find_all, select
+from ovforensics.evidence.rootfs import Root
 
 
 def _c(engine, cid, *names):

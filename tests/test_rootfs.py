@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from ovforensics.rootfs import Root, RootEscape
+from ovforensics.evidence.rootfs import Root, RootEscape
 
 
 @pytest.fixture

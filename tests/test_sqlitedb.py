@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from ovforensics.sqlitedb import SQLiteError, read_rows
+from ovforensics.evidence.sqlitedb import SQLiteError, read_rows
 
 REAL_SCHEMA = """CREATE TABLE ContainerState(ID TEXT PRIMARY KEY NOT NULL, State INTEGER NOT NULL,
                  ExitCode INTEGER, JSON TEXT NOT NULL)"""

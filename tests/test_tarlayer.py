@@ -20,8 +20,8 @@ import pytest
 import zstandard
 
 from conftest import need, need_whiteout_devices
-from ovforensics.layer import DirLayer, Entry, EntryError, LayerError
-from ovforensics.tarlayer import TarLayer, normalise
+from ovforensics.layers.layer import DirLayer, Entry, EntryError, LayerError
+from ovforensics.layers.tarlayer import TarLayer, normalise
 
 IS_ROOT = os.geteuid() == 0
 ROOT = Path(__file__).resolve().parents[1]
@@ -497,7 +497,7 @@ def test_unreadable(tmp_path, good_tar):
         _expect_error(p, "Permission denied")
         return
     tmp_path.chmod(0o755)
-    code = ("import sys; from ovforensics.tarlayer import TarLayer; from ovforensics.layer import LayerError\n"
+    code = ("import sys; from ovforensics.layers.tarlayer import TarLayer; from ovforensics.layers.layer import LayerError\n"
             "try:\n    TarLayer(sys.argv[1])\nexcept LayerError as e:\n    print(e)\n")
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                            sys.executable, "-c", code, str(p)], capture_output=True, text=True,

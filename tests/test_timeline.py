@@ -27,11 +27,9 @@ from hypothesis import strategies as st
 
 import ovforensics
 from conftest import need
-from ovforensics.layer import DirLayer, statx_btime_ns
-from ovforensics.record import ADDED, ANOMALY, DELETED, MODIFIED, Change, LayerRef
-from ovforensics.timeline import (
-    CSV_COLUMNS, FORMATS, TIME_FIELDS, UTC_NOTE, escape_name, mode_string, write_timeline,
-)
+from ovforensics.layers.layer import DirLayer, statx_btime_ns
+from ovforensics.records.record import ADDED, ANOMALY, DELETED, MODIFIED, Change, LayerRef
+from ovforensics.writers.timeline import CSV_COLUMNS, FORMATS, TIME_FIELDS, UTC_NOTE, escape_name, mode_string, write_timeline
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 S = 1_000_000_000
@@ -209,7 +207,7 @@ def test_formats_and_notes():
     assert FORMATS == ("bodyfile", "timesketch", "timesketch-csv")
     assert set(UTC_NOTE) == set(FORMATS)
     assert all("UTC" in note for note in UTC_NOTE.values())
-    import ovforensics.timeline as tl
+    import ovforensics.writers.timeline as tl
     assert "UTC" in tl.__doc__ and "-z UTC" in tl.__doc__
 
 

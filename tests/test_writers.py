@@ -9,10 +9,8 @@ import json
 
 import pytest
 
-from ovforensics.record import ADDED, ANOMALY, DELETED, MODIFIED, Change, LayerRef
-from ovforensics.writers import (
-    CSV_COLUMNS, FORMATS, guard_formula, open_writer, visible, write_all,
-)
+from ovforensics.records.record import ADDED, ANOMALY, DELETED, MODIFIED, Change, LayerRef
+from ovforensics.writers.formats import CSV_COLUMNS, FORMATS, guard_formula, open_writer, visible, write_all
 
 FORMULA = "=cmd|' /C calc'!A0"
 LAYER = LayerRef(index=2, dir="/var/lib/docker/overlay2/abc/diff", id="abc")

@@ -6,14 +6,14 @@ checking each changed file against the digest its package manager recorded (:mod
 ``package``/``package_status`` on records), and the packages installed, removed and upgraded
 in a container (:mod:`.changes`). Nothing here runs the image's tools or code the evidence chose.
 
-It may import: :mod:`ovforensics.layer`, :mod:`ovforensics.resolve`, :mod:`ovforensics.markers`,
-:mod:`ovforensics.record`, :mod:`ovforensics.enrich` (``read_digest``) and
-:mod:`ovforensics.sqlitedb`. Nothing outside this folder imports it except the pipeline's entry
+It may import: :mod:`ovforensics.layers.layer`, :mod:`ovforensics.scanner.resolve`, :mod:`ovforensics.layers.markers`,
+:mod:`ovforensics.records.record`, :mod:`ovforensics.scanner.enrich` (``read_digest``) and
+:mod:`ovforensics.evidence.sqlitedb`. Nothing outside this folder imports it except the pipeline's entry
 points (``ovforensics.scan``, the CLI, the triage report).
 """
 from __future__ import annotations
 
-from .db import Database, Package
-from .verify import PackageChecker, load_stack_databases
+from ovforensics.packages.db import Database, Package
+from ovforensics.packages.verify import PackageChecker, load_stack_databases
 
 __all__ = ["Database", "Package", "PackageChecker", "load_stack_databases"]

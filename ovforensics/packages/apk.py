@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from .db import Database, FileInfo, Package, clean_path
+from ovforensics.packages.db import Database, FileInfo, Package, clean_path
 
 INSTALLED = (b"lib", b"apk", b"db", b"installed")
 _ALGORITHMS = {b"Q1": ("sha1", 20), b"Q2": ("sha256", 32)}
@@ -80,7 +80,7 @@ def _own(db, parts, info, aliases) -> None:
 
 
 def load(view, aliases: dict[bytes, bytes]) -> Database | None:
-    from . import viewfs
+    from ovforensics.packages import viewfs
 
     where = INSTALLED
     if where[0] in aliases:  # merged /usr: /lib -> usr/lib (the alias, not any symlink)

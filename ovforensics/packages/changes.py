@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from .db import Database
+from ovforensics.packages.db import Database
 
 COLUMNS = ("manager", "package", "change", "version_before", "version_after", "arch", "altered",
            "missing", "state")

@@ -9,7 +9,7 @@ running dpkg, so they are parsed here, bounded, and fuzzed (fuzz/fuzz_packages.p
 """
 from __future__ import annotations
 
-from .db import Database, FileInfo, Package, clean_path, valid_digest
+from ovforensics.packages.db import Database, FileInfo, Package, clean_path, valid_digest
 
 STATUS = (b"var", b"lib", b"dpkg", b"status")
 INFO = (b"var", b"lib", b"dpkg", b"info")
@@ -80,7 +80,7 @@ def parse_md5sums(text: bytes) -> list[tuple[bytes, str]]:
 
 def load(view, aliases: dict[bytes, bytes]) -> Database | None:
     """dpkg's database as ``view`` shows it, or None where the view has no ``status`` file."""
-    from . import viewfs
+    from ovforensics.packages import viewfs
 
     try:
         status = viewfs.read(view, STATUS)

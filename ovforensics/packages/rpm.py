@@ -1,7 +1,7 @@
 """rpm's database, read as data: ``/var/lib/rpm/rpmdb.sqlite`` (rpm >= 4.16), whose
 ``Packages`` table holds one header blob per package.
 
-The SQLite file is copied out of the layers and read by :func:`ovforensics.sqlitedb.read_rows`
+The SQLite file is copied out of the layers and read by :func:`ovforensics.evidence.sqlitedb.read_rows`
 (read-only, immutable, no code the database holds runs). Each blob is an rpm header (rpm's
 ``lib/header.c``: index count and data length, big-endian 16-byte index entries, then the data
 store); the few tags needed are decoded here with every offset and count bounds-checked, and the
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from .db import Database, FileInfo, Package, clean_path, valid_digest
+from ovforensics.packages.db import Database, FileInfo, Package, clean_path, valid_digest
 
 DBDIRS = ((b"var", b"lib", b"rpm"), (b"usr", b"lib", b"sysimage", b"rpm"))
 SQLITE = b"rpmdb.sqlite"
@@ -148,8 +148,8 @@ def add_header(db: Database, header: dict, aliases: dict[bytes, bytes]) -> None:
 def load(view, aliases: dict[bytes, bytes]) -> Database | None:
     import tempfile
 
-    from ..sqlitedb import SQLiteError, read_rows
-    from . import viewfs
+    from ovforensics.evidence.sqlitedb import SQLiteError, read_rows
+    from ovforensics.packages import viewfs
 
     for dbdir in DBDIRS:
         where = "/" + b"/".join(dbdir).decode()

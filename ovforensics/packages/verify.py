@@ -28,8 +28,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
-from ..record import ADDED, ANOMALY, DELETED, MODIFIED, Change
-from .db import Database, FileInfo
+from ovforensics.records.record import ADDED, ANOMALY, DELETED, MODIFIED, Change
+from ovforensics.packages.db import Database, FileInfo
 
 STATUSES = ("intact", "altered", "unowned", "unknown", "dir", "no-digest", "missing", "removed",
             "no-database", "unreadable")
@@ -38,7 +38,10 @@ COLUMNS = ("package", "package_status", "package_manager")
 
 def load_view_databases(view) -> list[Database]:
     """Every package database the view holds (dpkg, rpm, apk)."""
-    from . import apk, dpkg, rpm, viewfs
+    from ovforensics.packages import apk
+    from ovforensics.packages import dpkg
+    from ovforensics.packages import rpm
+    from ovforensics.packages import viewfs
 
     aliases = viewfs.usr_aliases(view)
     out = []
@@ -51,7 +54,7 @@ def load_view_databases(view) -> list[Database]:
 
 def load_stack_databases(upper, lowers, ns) -> tuple[list[Database], list[Database]]:
     """(the image's databases: lowers alone, the container's: upper over lowers)."""
-    from ..resolve import View
+    from ovforensics.scanner.resolve import View
 
     base = View(list(lowers), ns)
     merged = View([upper, *lowers], ns, upper=upper)
@@ -163,8 +166,8 @@ class PackageChecker:
             return "altered"
         if not with_digest:
             return "no-digest"
-        from ..enrich import read_digest
-        from ..layer import EntryError
+        from ovforensics.scanner.enrich import read_digest
+        from ovforensics.layers.layer import EntryError
 
         algorithms = tuple(dict.fromkeys(o.algorithm for o in with_digest))
         known = {a: record.extra[a] for a in algorithms if isinstance(record.extra.get(a), str)}

@@ -1,6 +1,6 @@
 """Reading files of one view of a stack (the image's or the container's) by container path.
 
-Every lookup goes through :class:`ovforensics.resolve.View`, so the overlay rules (upper over
+Every lookup goes through :class:`ovforensics.scanner.resolve.View`, so the overlay rules (upper over
 lowers, whiteouts, opaque directories, redirects, metacopy) are the differ's own. A path is
 walked one name at a time: a component that is a symlink (or anything but a directory) ends the
 walk, so no symlinked parent is ever followed, and a database path cannot leave the stack.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import tempfile
 
-from ..layer import EntryError
-from ..resolve import Resolved, View
+from ovforensics.layers.layer import EntryError
+from ovforensics.scanner.resolve import Resolved, View
 
 MAX_DB_FILE = 512 << 20  # a package database file larger than this is refused, not read
 

@@ -1,0 +1,998 @@
+"""Recovery: copy the originals of deleted and modified paths out of the lower layers.
+
+The *original* of a path is what the base view (the lowers alone, as the kernel would mount
+them) shows there: the file, directory or symlink the container deleted or overwrote. It is
+copied into a destination directory (``--to``) under its container path (``/etc/passwd`` ->
+``TO/etc/passwd``), with its mode (setuid/setgid dropped), times and, when running as root,
+owner; a manifest (``manifest.csv`` and ``manifest.jsonl`` at the top of ``TO``) has one row
+per entry recovered or not: path, change, source layer and path, size, sha256, status.
+
+What is recovered:
+
+- a path named explicitly: the base view's version of it and everything below it (for a
+  directory, its whole base subtree: the directory as it was before the container touched it),
+  each entry with its own ``change`` (``deleted``, ``modified``, ``unchanged``);
+- ``all_deleted``/``all_modified``: the original of every deleted/modified record of a scan.
+
+Rules:
+
+- The evidence is never written: ``TO`` may not lie inside a layer directory or an evidence
+  root, nor hold one (checked by path and by device/inode, so bind mounts are caught too).
+- Nothing in ``TO`` is ever overwritten or followed. Files are created with ``O_EXCL`` and
+  ``O_NOFOLLOW`` relative to directory fds opened with ``O_NOFOLLOW``; an existing entry is a
+  manifest row with status ``skipped`` and the run goes on; a symlink planted in ``TO`` (where a
+  directory would go) is never followed: the entries below it are ``skipped``.
+- Regular files are streamed from the layer (``Entry.open``: read-only, no link following, no
+  atime update) and hashed while copied. For a metacopy file the bytes come from the layer that
+  holds its data (``data_path`` in the manifest). Symlinks are recreated with their target as
+  is (never followed); directories are created, their modes and times set once everything below
+  them is written. FIFOs, sockets and devices are never opened nor recreated (``skipped``, with
+  ``not a regular file: char 1/3``).
+- Names round-trip byte for byte on disk; the manifest writes them as records do (``\\xNN``
+  escapes plus ``path_b64`` etc. in JSONL, the CSV formula guard plus ``path_b64``).
+- The manifest is written under temporary names and linked to ``manifest.csv``/``manifest.jsonl``
+  (never replacing a file) when the run is complete; a run into a ``TO`` that already holds a
+  manifest is refused. A top-level container entry with a manifest's name is ``skipped``.
+- A destination that fills up (no space, no inodes, over quota) stops the run: the entry that
+  failed gets its ``error`` row (its partial copy removed), the manifest of everything written
+  is finished (a 64 KiB reserve file, made first, is given back for it), and the run ends with
+  an :class:`OutputError` naming the cause (exit 2). Rows are written whole, through the fd.
+- A zero-filled stretch of an original (1 MiB grain) is left as a hole in the copy: a sparse
+  original stays sparse (it is still read, and hashed, whole).
+
+Rows come in this order: the named paths, in the order given (each subtree depth first, names
+sorted by bytes), then the ``all_deleted``/``all_modified`` records in path order; a path met
+twice has one row.
+
+Manifest statuses: ``recovered``, ``skipped`` (exists in ``TO``, not a regular file, ...),
+``not-found`` (the path is not in the lower layers), ``error`` (could not be read or written;
+a partly written file is removed).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import errno
+import fnmatch
+import hashlib
+import io
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from ovforensics.scanner.compare import differences, same_entry
+from ovforensics.layers.deeppath import child
+from ovforensics.layers.layer import Entry, EntryError, Layer, Path, join
+from ovforensics.layers.markers import Namespaces
+from ovforensics.writers.output import OutputError, refuse_inside
+from ovforensics.records.record import DELETED, MODIFIED, LayerRef, escape_bytes, format_mode, format_ns, is_utf8
+from ovforensics.scanner.resolve import Frame, Resolved, View
+
+MANIFEST_CSV = "manifest.csv"
+MANIFEST_JSONL = "manifest.jsonl"
+MANIFEST_NAMES = (MANIFEST_CSV.encode(), MANIFEST_JSONL.encode())
+
+RECOVERED = "recovered"
+SKIPPED = "skipped"
+NOT_FOUND = "not-found"
+ERROR = "error"
+STATUSES = (RECOVERED, SKIPPED, NOT_FOUND, ERROR)
+
+UNCHANGED = "unchanged"
+
+MANIFEST_COLUMNS = (
+    "path", "change", "what", "type", "status", "detail", "size", "sha256", "mode", "uid",
+    "gid", "mtime", "target", "source_layer", "source_layer_dir", "source_layer_id",
+    "source_path", "data_path", "path_b64",
+)
+
+_CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # no blocks, no inodes, over quota
+_RESERVE = 64 << 10  # bytes kept free for the manifest's last rows when the destination fills
+
+
+class _DiskFull(Exception):
+    """The destination is full: the run stops after ``path``'s row."""
+
+    def __init__(self, path: bytes):
+        super().__init__(path)
+        self.path = path
+
+
+class RecoverError(OutputError):
+    """The recovery cannot start: a bad path, a destination inside the evidence, a manifest
+    already there. Nothing has been written when it is raised (but ``TO`` itself, if made)."""
+
+
+# -- the manifest ------------------------------------------------------------------------------
+@dataclass
+class ManifestRow:
+    """One entry recovered, or not, and why. ``path`` is the raw container path (bytes)."""
+
+    path: bytes
+    status: str
+    change: str | None = None  # deleted, modified, unchanged (named paths), added (not-found)
+    what: tuple[str, ...] = ()
+    type: str | None = None
+    detail: str | None = None
+    size: int | None = None  # bytes copied (a file), target length (a symlink)
+    sha256: str | None = None
+    mode: int | None = None  # the original's permission bits, setuid/setgid included
+    uid: int | None = None
+    gid: int | None = None
+    mtime_ns: int | None = None
+    target: bytes | None = None
+    source_layer: LayerRef | None = None
+    source_path: bytes | None = None  # the original entry on disk / in the archive
+    data_path: bytes | None = None  # where the bytes came from, when not source_path (metacopy)
+    extra: dict = field(default_factory=dict)  # --packages: package, package_status, ...
+
+    def to_dict(self) -> dict:
+        out = {
+            "path": escape_bytes(self.path),
+            "change": self.change,
+            "what": list(self.what),
+            "type": self.type,
+            "status": self.status,
+            "detail": self.detail,
+            "size": self.size,
+            "sha256": self.sha256,
+            "mode": format_mode(self.mode),
+            "uid": self.uid,
+            "gid": self.gid,
+            "mtime": format_ns(self.mtime_ns),
+            "target": _text(self.target),
+            "source_layer": self.source_layer.to_dict() if self.source_layer else None,
+            "source_path": _text(self.source_path),
+            "data_path": _text(self.data_path),
+        }
+        for key, raw in (("path", self.path), ("target", self.target),
+                         ("source_path", self.source_path), ("data_path", self.data_path)):
+            if raw is not None and not is_utf8(raw):
+                out[key + "_b64"] = base64.b64encode(raw).decode("ascii")
+        out.update(self.extra)
+        return out
+
+
+def _text(raw: bytes | None) -> str | None:
+    return escape_bytes(raw) if raw is not None else None
+
+
+@dataclass
+class RecoverResult:
+    """What a run did: where, the manifests, and the count of rows per status."""
+
+    to: str
+    manifest_csv: str
+    manifest_jsonl: str
+    counts: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STATUSES})
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class _ManifestFailed(Exception):
+    """The manifest itself could not be written (``cause``: the OSError)."""
+
+    def __init__(self, cause: OSError):
+        super().__init__(_why(cause))
+        self.cause = cause
+
+
+class _Sink:
+    """One manifest file, written a whole row at a time through its fd (no buffer: what a
+    failed write leaves is never half a row, the file is cut back to the last whole one)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.size = 0
+
+    def put(self, data: bytes, on_full: Callable[[], bool]) -> None:
+        start, view, retried = self.size, memoryview(data), False
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except OSError as exc:
+                if exc.errno in _FULL and not retried and on_full():
+                    retried = True  # room was made (the reserve): try once more
+                    continue
+                try:
+                    os.ftruncate(self.fd, start)
+                    os.lseek(self.fd, start, os.SEEK_SET)
+                    self.size = start
+                except OSError:
+                    pass
+                raise
+            view = view[n:]
+            self.size += n
+
+
+class _Manifest:
+    """Both manifests, written as rows arrive under temporary names inside ``TO``.
+
+    A destination that fills up (``ENOSPC``, ``EDQUOT``: no blocks, or no inodes) must still
+    get a manifest of what was recovered: a small reserve file is made first and given back
+    when the disk is full, so the row of the entry that failed and the final names fit."""
+
+    def __init__(self, to_fd: int, extra_columns: tuple[str, ...] = ()):
+        from ovforensics.writers.formats import guard_formula, json_line
+
+        self.columns = MANIFEST_COLUMNS + tuple(extra_columns)
+
+        self._guard, self._json_line = guard_formula, json_line
+        self.to_fd = to_fd
+        token = secrets.token_hex(6)
+        self.tmp_csv = f".ovf-manifest-{token}.csv.partial"
+        self.tmp_jsonl = f".ovf-manifest-{token}.jsonl.partial"
+        self.reserve: str | None = f".ovf-reserve-{token}"
+        self._made: list[str] = []
+        self._cells = io.StringIO()
+        self.csv = csv.writer(self._cells)
+        try:
+            self._make_reserve()
+            self.csv_fh = _Sink(self._create(self.tmp_csv))
+            self.jsonl_fh = _Sink(self._create(self.tmp_jsonl))
+            self.csv.writerow(self.columns)
+            self.csv_fh.put(self._take_csv(), self.release)
+        except OSError:
+            self._remove_all()
+            raise
+
+    def _create(self, name: str) -> int:
+        fd = os.open(name, _NEW_FILE, 0o600, dir_fd=self.to_fd)
+        self._made.append(name)
+        return fd
+
+    def _make_reserve(self) -> None:
+        fd = self._create(self.reserve)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, _RESERVE)
+            except OSError as exc:
+                if exc.errno in _FULL:
+                    raise
+                os.write(fd, bytes(_RESERVE))  # no fallocate on this filesystem
+        finally:
+            os.close(fd)
+
+    def release(self) -> bool:
+        """Give the reserve back (the destination is full); False when it is already gone."""
+        if self.reserve is None:
+            return False
+        try:
+            os.unlink(self.reserve, dir_fd=self.to_fd)
+        except OSError:
+            pass
+        self.reserve = None
+        return True
+
+    def _take_csv(self) -> bytes:
+        data = self._cells.getvalue().encode("utf-8", "backslashreplace")
+        self._cells.seek(0)
+        self._cells.truncate()
+        return data
+
+    def write(self, row: ManifestRow) -> None:
+        record = row.to_dict()
+        layer = record["source_layer"] or {}
+        values = dict(record, what=";".join(record["what"]), source_layer=layer.get("index"),
+                      source_layer_dir=layer.get("dir"), source_layer_id=layer.get("id"))
+        cells = []
+        for col in self.columns:
+            value = values.get(col)
+            cells.append("" if value is None else
+                         self._guard(value) if isinstance(value, str) else value)
+        path_col, b64_col = MANIFEST_COLUMNS.index("path"), MANIFEST_COLUMNS.index("path_b64")
+        if not cells[b64_col] and cells[path_col] != record["path"]:
+            cells[b64_col] = base64.b64encode(row.path).decode("ascii")  # the guard changed it
+        self.csv.writerow(cells)
+        line = (self._json_line(record) + "\n").encode("utf-8", "backslashreplace")
+        try:
+            self.jsonl_fh.put(line, self.release)
+            try:
+                self.csv_fh.put(self._take_csv(), self.release)
+            except OSError:  # keep both files to the same rows
+                size = self.jsonl_fh.size - len(line)
+                os.ftruncate(self.jsonl_fh.fd, size)
+                os.lseek(self.jsonl_fh.fd, size, os.SEEK_SET)
+                self.jsonl_fh.size = size
+                raise
+        except OSError as exc:
+            self._take_csv()
+            raise _ManifestFailed(exc) from None
+
+    def finish(self) -> None:
+        """Sync, and give the files their final names without replacing anything."""
+        try:
+            for sink, tmp, final in ((self.csv_fh, self.tmp_csv, MANIFEST_CSV),
+                                     (self.jsonl_fh, self.tmp_jsonl, MANIFEST_JSONL)):
+                os.fsync(sink.fd)
+                os.close(sink.fd)
+                sink.fd = -1
+                self._final_name(tmp, final)
+        except OSError as exc:
+            raise _ManifestFailed(exc) from None
+        finally:
+            self.release()
+
+    def _final_name(self, tmp: str, final: str) -> None:
+        try:
+            os.link(tmp, final, src_dir_fd=self.to_fd, dst_dir_fd=self.to_fd,
+                    follow_symlinks=False)
+        except FileExistsError:
+            raise OutputError(f"{final} appeared in the destination during the run; "
+                              f"the manifest is left as {tmp}") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, *_FULL):
+                raise
+            # no hard links here (vfat, some network filesystems; tmpfs out of inodes counts a
+            # link as one): rename, after a check
+            if _lexists(final, self.to_fd):
+                raise OutputError(f"{final} appeared in the destination during the run; "
+                                  f"the manifest is left as {tmp}") from None
+            os.rename(tmp, final, src_dir_fd=self.to_fd, dst_dir_fd=self.to_fd)
+            return
+        os.unlink(tmp, dir_fd=self.to_fd)
+
+    def abandon(self) -> None:
+        """A run that failed: close the partial manifests (kept: whole rows of what was
+        written) and drop the reserve."""
+        for sink in (self.csv_fh, self.jsonl_fh):
+            if sink.fd >= 0:
+                try:
+                    os.close(sink.fd)
+                except OSError:
+                    pass
+                sink.fd = -1
+        self.release()
+
+    def _remove_all(self) -> None:
+        """The manifest could not even start: nothing of it is left in ``TO``."""
+        for name in self._made:
+            try:
+                os.unlink(name, dir_fd=self.to_fd)
+            except OSError:
+                pass
+        self.reserve = None
+
+
+def _lexists(name: str | bytes, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# -- the destination ---------------------------------------------------------------------------
+class _Blocked(Exception):
+    """A directory of the destination path exists and is not a directory (or a link): skip."""
+
+
+class _Dest:
+    """Directories of ``TO``, opened relative to each other with ``O_NOFOLLOW``.
+
+    Keeps the last directory chain (records come in path order, so most lookups share a long
+    prefix with the previous one), but an fd only for every :data:`WAYPOINT`-th directory and
+    the deepest one: a 10,000-deep path must not need 10,000 fds. Going back up to a directory
+    whose fd was let go re-opens it from the waypoint above, one ``O_NOFOLLOW`` step at a time.
+    """
+
+    WAYPOINT = 64
+
+    def __init__(self, to_fd: int):
+        self.to_fd = to_fd
+        self.chain: list[tuple[bytes, int | None]] = []
+        self.made: set[Path] = set()  # directories this run created
+
+    def close(self) -> None:
+        for _, fd in self.chain:
+            if fd is not None:
+                os.close(fd)
+        self.chain = []
+
+    def dir(self, parts: Path, create: bool = True) -> int:
+        keep = 0
+        while (keep < len(self.chain) and keep < len(parts)
+               and self.chain[keep][0] == parts[keep]):
+            keep += 1
+        for _, fd in self.chain[keep:]:
+            if fd is not None:
+                os.close(fd)
+        del self.chain[keep:]
+        if self.chain and self.chain[-1][1] is None:
+            self._reopen_last(parts)
+        for depth in range(keep, len(parts)):
+            parent = self.chain[-1][1] if self.chain else self.to_fd
+            name = parts[depth]
+            if create:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                    self.made.add(parts[:depth + 1])
+                except FileExistsError:
+                    pass
+            fd = self._open(name, parent, parts[:depth + 1])
+            if self.chain and len(self.chain) % self.WAYPOINT:  # the parent is no waypoint
+                os.close(parent)
+                self.chain[-1] = (self.chain[-1][0], None)
+            self.chain.append((name, fd))
+        return self.chain[-1][1] if self.chain else self.to_fd
+
+    def _open(self, name: bytes, parent: int, where: Path) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                raise _Blocked(f"{escape_bytes(b'/'.join(where))} in the destination "
+                               f"{_what_is(name, parent)}; not followed") from None
+            raise
+
+    def _reopen_last(self, parts: Path) -> None:
+        """Open the chain's deepest directory again, from the nearest waypoint above it."""
+        last = len(self.chain) - 1
+        base = last - 1
+        while base >= 0 and self.chain[base][1] is None:
+            base -= 1
+        fd = self.chain[base][1] if base >= 0 else self.to_fd
+        for depth in range(base + 1, last + 1):
+            try:
+                child = self._open(self.chain[depth][0], fd, parts[:depth + 1])
+            finally:
+                if depth > base + 1:
+                    os.close(fd)  # an intermediate step, not the waypoint
+            fd = child
+        self.chain[last] = (self.chain[last][0], fd)
+
+
+def _what_is(name: bytes, dir_fd: int) -> str:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return "is missing"
+    return "is a symbolic link" if stat.S_ISLNK(st.st_mode) else "is not a directory"
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+def _ancestry(where: str | bytes | int) -> list[tuple[int, int]]:
+    """(dev, ino) of a directory and of each directory above it, up to ``/``, by ``..``.
+
+    Walking ``..`` (not the path text) sees through symlinks and bind mounts."""
+    flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = os.open(".", flags, dir_fd=where) if isinstance(where, int) else os.open(where, flags)
+    out: list[tuple[int, int]] = []
+    try:
+        while True:
+            ident = _identity(os.fstat(fd))
+            if ident in out:
+                return out
+            out.append(ident)
+            parent = os.open("..", flags, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+    finally:
+        os.close(fd)
+
+
+def _check_destination(to: str, where: str | int, evidence: list[str], itself: bool = True) -> None:
+    """Refuse a destination inside the evidence, or one that holds the evidence. ``where`` is
+    the destination's fd, or, before it exists (``itself`` false), the nearest directory above
+    it that does (then only "inside" is checked: a new directory holds nothing)."""
+    mine = _ancestry(where)
+    for item in evidence:
+        try:
+            if not os.path.isdir(item):
+                continue  # an archive: nothing can be written inside it
+            theirs = _ancestry(item)
+        except OSError:
+            continue
+        if theirs[0] in mine:
+            raise RecoverError(f"{to}: refusing to write inside the evidence ({item})")
+        if itself and mine[0] in theirs:
+            raise RecoverError(f"{to}: refusing to write into a directory that holds the "
+                               f"evidence ({item})")
+
+
+# -- paths -------------------------------------------------------------------------------------
+def parse_path(value: str | bytes) -> Path:
+    """A container path to components: absolute or not, ``//`` and ``.`` dropped; ``..`` refused."""
+    raw = os.fsencode(value)
+    if b"\0" in raw:
+        raise RecoverError(f"{escape_bytes(raw)!r}: a path cannot hold a NUL byte")
+    parts = tuple(p for p in raw.split(b"/") if p and p != b".")
+    if b".." in parts:
+        raise RecoverError(f"{escape_bytes(raw)}: '..' is not allowed in a container path")
+    return parts
+
+
+def _safe_name(name: bytes) -> bool:
+    return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
+
+
+# -- the recoverer -----------------------------------------------------------------------------
+class Recoverer:
+    """Recover originals through a :class:`~ovforensics.scanner.diff.Differ` (its ``base`` and
+    ``merged`` views, and its ``changes()`` for ``all_deleted``/``all_modified``)."""
+
+    def __init__(self, differ, to: str, *, evidence: Iterable[str] = (),
+                 include: Iterable[str] = (), exclude: Iterable[str] = (),
+                 on_row: Callable[[ManifestRow], None] | None = None,
+                 keep_owner: bool | None = None, packages=None):
+        self.differ = differ
+        self.packages = packages  # a PackageChecker: each original checked against the image's
+        self.base: View = differ.base
+        self.merged: View = differ.merged
+        self.ns: Namespaces = differ.ns
+        self.to = os.fsdecode(to)
+        self.evidence = [os.fsdecode(e) for e in evidence]
+        for layer in (differ.upper, *differ.lowers):
+            self.evidence.append(layer_location(layer))
+        self.include, self.exclude = list(include), list(exclude)
+        self.on_row = on_row
+        self.keep_owner = os.geteuid() == 0 if keep_owner is None else keep_owner
+        self._positions = {id(layer): pos for pos, layer in enumerate(self.base.layers)}
+        self._done: set[Path] = set()
+        self._dirs: list[tuple[Path, Entry]] = []  # recovered dirs: metadata set at the end
+        self.result: RecoverResult | None = None
+        self._full: OSError | None = None  # the destination filled up (ENOSPC, EDQUOT)
+
+    # -- driver ----------------------------------------------------------------------------------
+    def run(self, paths: Iterable[str | bytes] = (), *, all_deleted: bool = False,
+            all_modified: bool = False) -> RecoverResult:
+        named = [parse_path(p) for p in paths]
+        for parts in named:
+            if len(parts) == 1 and parts[0] in MANIFEST_NAMES:
+                raise RecoverError(f"/{escape_bytes(parts[0])}: collides with the manifest "
+                                   f"written at the top of {self.to}")
+        if not named and not all_deleted and not all_modified:
+            raise RecoverError("nothing to recover: name paths, or all_deleted/all_modified")
+        to_fd = self._open_destination()
+        try:
+            return self._run(to_fd, named, all_deleted, all_modified)
+        finally:
+            os.close(to_fd)
+
+    def _open_destination(self) -> int:
+        try:
+            refuse_inside(self.to, self.evidence)
+        except OutputError as exc:
+            raise RecoverError(str(exc)) from None
+        made = False
+        if not os.path.lexists(self.to):
+            # before making anything: the nearest existing directory above must be clean too
+            # (a bind mount of the evidence hides from path checks, not from inode checks)
+            above = os.path.abspath(self.to)
+            while not os.path.lexists(above):
+                above = os.path.dirname(above)
+            try:
+                _check_destination(self.to, above, self.evidence, itself=False)
+            except OSError as exc:
+                raise RecoverError(f"{self.to}: {exc.strerror or exc}") from None
+            parent = os.path.dirname(os.path.abspath(self.to))
+            try:
+                os.makedirs(parent, exist_ok=True)
+                os.mkdir(self.to, 0o700)
+                made = True
+            except OSError as exc:
+                raise RecoverError(f"{self.to}: cannot create: {exc.strerror or exc}") from None
+        try:
+            to_fd = os.open(self.to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RecoverError(f"{self.to}: {exc.strerror or exc}") from None
+        try:
+            try:
+                _check_destination(self.to, to_fd, self.evidence)
+            except OSError as exc:
+                raise RecoverError(f"{self.to}: {exc.strerror or exc}") from None
+            for name in (MANIFEST_CSV, MANIFEST_JSONL):
+                if _lexists(name, to_fd):
+                    raise RecoverError(f"{self.to}: already holds {name} (a finished recovery?); "
+                                       "choose a new destination")
+        except BaseException:
+            os.close(to_fd)
+            if made:
+                try:
+                    os.rmdir(self.to)
+                except OSError:
+                    pass
+            raise
+        return to_fd
+
+    def _run(self, to_fd: int, named: list[Path], all_deleted: bool,
+             all_modified: bool) -> RecoverResult:
+        self.result = RecoverResult(self.to, os.path.join(self.to, MANIFEST_CSV),
+                                    os.path.join(self.to, MANIFEST_JSONL))
+        from ovforensics.packages.verify import COLUMNS as PACKAGE_COLUMNS
+
+        try:
+            self.manifest = _Manifest(to_fd, PACKAGE_COLUMNS if self.packages is not None else ())
+        except OSError as exc:
+            raise RecoverError(f"{self.to}: cannot start the manifest: {_why(exc)}") from None
+        self.dest = _Dest(to_fd)
+        self._full: OSError | None = None
+        stopped_at = None
+        try:
+            try:
+                for parts in named:
+                    self._named(parts)
+                if all_deleted or all_modified:
+                    kinds = {k for k, on in ((DELETED, all_deleted), (MODIFIED, all_modified)) if on}
+                    for record in self.differ.changes():
+                        if record.change in kinds:
+                            self._from_record(record)
+            except _DiskFull as exc:
+                stopped_at = exc.path
+            self._finish_dirs()
+            self.dest.close()
+            self.manifest.finish()
+        except _ManifestFailed as exc:
+            self.dest.close()
+            self.manifest.abandon()
+            raise OutputError(f"{self.to}: the manifest could not be written: {exc}; recovery "
+                              f"stopped ({self.manifest.tmp_csv} holds the whole rows written "
+                              "before)") from None
+        except BaseException:
+            self.dest.close()
+            self.manifest.abandon()
+            raise
+        if stopped_at is not None:
+            counts = ", ".join(f"{n} {status}" for status, n in self.result.counts.items())
+            raise OutputError(f"{self.to}: {_why(self._full)}: recovery stopped at "
+                              f"{escape_bytes(stopped_at)} ({counts}); {MANIFEST_CSV} and "
+                              f"{MANIFEST_JSONL} list what was written") from None
+        return self.result
+
+    # -- sources ------------------------------------------------------------------------------
+    def _named(self, parts: Path) -> None:
+        """A named path: its base version and its whole base subtree."""
+        bframes, mframes = self.base.root_frames, self.merged.root_frames
+        if not parts:
+            self._subtree((), bframes, mframes)
+            return
+        b = m = None
+        for name in parts:
+            b = self.base.lookup(bframes, name) if bframes else None
+            m = self.merged.lookup(mframes, name) if mframes else None
+            bframes = b.frames if b is not None and b.top.is_dir else []
+            mframes = m.frames if m is not None and m.top.is_dir else []
+        if b is None:
+            self._emit(ManifestRow(path=b"/" + join(parts), status=NOT_FOUND,
+                                   change="added" if m is not None else None,
+                                   type=m.top.kind if m is not None else None,
+                                   detail="not in the lower layers"), parts)
+            return
+        self._visit(parts, b, m)
+        if b.top.is_dir:
+            self._subtree(parts, b.frames, m.frames if m is not None and m.top.is_dir else [])
+
+    def _subtree(self, root: Path, bframes: list[Frame], mframes: list[Frame]) -> None:
+        """Every entry below a directory of the base view, depth first in name order."""
+        stack = [iter(self._children(root, bframes, mframes))]
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            path, b, m = item
+            self._visit(path, b, m)
+            if b.top.is_dir:
+                mf = m.frames if m is not None and m.top.is_dir else []
+                stack.append(iter(self._children(path, b.frames, mf)))
+
+    def _children(self, path: Path, bframes: list[Frame], mframes: list[Frame]) -> list:
+        out = []
+        for name in sorted(self.base.names(bframes)):
+            b = self.base.lookup(bframes, name)
+            if b is None:
+                continue
+            out.append((child(path, name), b, self.merged.lookup(mframes, name) if mframes else None))
+        self.base.forget(bframes)
+        self.merged.forget(mframes)
+        return out
+
+    def _visit(self, path: Path, b: Resolved, m: Resolved | None) -> None:
+        if m is None:
+            change, what = DELETED, ()
+        elif same_entry(m.top, b.top):
+            change, what = UNCHANGED, ()
+        else:
+            what, _problems = differences(m.top, m.data, b.top, b.data, self.ns)
+            change = MODIFIED if what else UNCHANGED
+        self._recover(path, b.top, b.data, self._ref(b.top.layer), change, tuple(what))
+
+    def _from_record(self, record) -> None:
+        path = parse_path(record.path)
+        if record.shadow is None:
+            return
+        self._recover(path, record.shadow, record.shadow_data, record.lower_layer,
+                      record.change, tuple(record.what))
+
+    def _ref(self, layer: Layer) -> LayerRef:
+        from ovforensics.scanner.diff import layer_ref
+
+        return layer_ref(layer, self._positions.get(id(layer), getattr(layer, "index", -1)))
+
+    # -- one entry ----------------------------------------------------------------------------
+    def _wanted(self, path: Path) -> bool:
+        if not self.include and not self.exclude:
+            return True
+        text = escape_bytes(b"/" + join(path))
+        if self.include and not any(fnmatch.fnmatchcase(text, g) for g in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(text, g) for g in self.exclude)
+
+    def _recover(self, path: Path, top: Entry, data: Entry | None, ref: LayerRef | None,
+                 change: str, what: tuple[str, ...]) -> None:
+        if path in self._done or not self._wanted(path):
+            return
+        self._done.add(path)
+        row = ManifestRow(path=b"/" + join(path), status=RECOVERED, change=change, what=what,
+                          type=top.kind, mode=top.perm, uid=top.uid, gid=top.gid,
+                          mtime_ns=top.mtime_ns, target=top.target, source_layer=ref,
+                          source_path=top.physical)
+        if top.kind == "file" and data is not None and not same_entry(data, top):
+            row.data_path = data.physical
+        if top.kind == "symlink":
+            row.size = len(top.target or b"")
+        if self.packages is not None:
+            row.extra.update(self.packages.check_original(row.path, top, data))
+        try:
+            self._place(path, top, data, row)
+        except _Blocked as exc:
+            row.status, row.detail = SKIPPED, str(exc)
+        except (OSError, EntryError) as exc:
+            row.status, row.detail = ERROR, _why(exc)
+            self._note_full(exc)
+        self._emit(row, path)
+
+    def _place(self, path: Path, top: Entry, data: Entry | None, row: ManifestRow) -> None:
+        if not path:
+            row.status, row.detail = SKIPPED, "the root directory itself is not recovered"
+            return
+        if not all(_safe_name(p) for p in path):
+            row.status, row.detail = ERROR, "unsafe name; not written"
+            return
+        if len(path) == 1 and path[0] in MANIFEST_NAMES:
+            row.status, row.detail = SKIPPED, "collides with the manifest; not written"
+            return
+        kind = top.kind
+        if kind not in ("file", "dir", "symlink"):
+            row.status, row.detail = SKIPPED, "not a regular file: " + _describe(top)
+            return
+        if kind == "file" and data is None:
+            row.status, row.detail = ERROR, "metacopy file: no lower layer holds its data"
+            return
+        parent = self.dest.dir(path[:-1])
+        name = path[-1]
+        if kind == "dir":
+            self._make_dir(path, parent, name, top, row)
+        elif kind == "symlink":
+            self._make_link(parent, name, top, row)
+        else:
+            self._copy_file(parent, name, top, data, row)
+
+    def _make_dir(self, path: Path, parent: int, name: bytes, top: Entry, row: ManifestRow) -> None:
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            if path not in self.dest.made:  # not one of ours: leave it alone
+                row.status, row.detail = SKIPPED, "exists in the destination; not overwritten"
+                return
+        self.dest.made.add(path)
+        self._dirs.append((path, top))
+        row.detail = self._special_note(top)
+
+    def _make_link(self, parent: int, name: bytes, top: Entry, row: ManifestRow) -> None:
+        try:
+            os.symlink(top.target or b"", name, dir_fd=parent)
+        except FileExistsError:
+            row.status, row.detail = SKIPPED, "exists in the destination; not overwritten"
+            return
+        notes = []
+        if self.keep_owner:
+            try:
+                os.chown(name, top.uid, top.gid, dir_fd=parent, follow_symlinks=False)
+            except OSError as exc:
+                notes.append(f"owner not kept: {_why(exc)}")
+        try:
+            os.utime(name, ns=_times(top), dir_fd=parent, follow_symlinks=False)
+        except OSError as exc:
+            notes.append(f"times not kept: {_why(exc)}")
+        row.detail = "; ".join(notes) or None
+
+    def _copy_file(self, parent: int, name: bytes, top: Entry, data: Entry, row: ManifestRow) -> None:
+        try:
+            src = data.open()
+        except (EntryError, OSError) as exc:
+            row.status, row.detail = ERROR, f"cannot read the original: {_why(exc)}"
+            return
+        with src:
+            try:
+                fd = os.open(name, _NEW_FILE, 0o600, dir_fd=parent)
+            except FileExistsError:
+                row.status, row.detail = SKIPPED, "exists in the destination; not overwritten"
+                return
+            digest = hashlib.sha256()
+            size = 0
+            try:
+                while True:
+                    chunk = src.read(_CHUNK)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    if chunk == _ZEROS[:len(chunk)]:
+                        os.lseek(fd, len(chunk), os.SEEK_CUR)  # a hole: a sparse original stays sparse
+                    else:
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view):]
+                    size += len(chunk)
+                os.ftruncate(fd, size)  # the size, where the file ends in a hole
+                notes = self._set_meta(fd, top)
+            except BaseException as exc:
+                os.close(fd)
+                try:
+                    os.unlink(name, dir_fd=parent)  # ours (O_EXCL): a partial copy is no copy
+                except OSError:
+                    pass
+                if isinstance(exc, (OSError, EntryError)):
+                    row.status, row.detail = ERROR, f"copy failed, partial file removed: {_why(exc)}"
+                    self._note_full(exc)
+                    return
+                raise
+            os.close(fd)
+        row.size, row.sha256 = size, digest.hexdigest()
+        expected = data.size
+        if size != expected:
+            notes.append(f"read {size} bytes, the layer says {expected}")
+        special = self._special_note(top)
+        if special:
+            notes.insert(0, special)
+        row.detail = "; ".join(notes) or None
+
+    # -- metadata ------------------------------------------------------------------------------
+    def _set_meta(self, fd: int, entry: Entry) -> list[str]:
+        """Owner (as root), mode without setuid/setgid, times: on an fd we created."""
+        notes = []
+        if self.keep_owner:
+            try:
+                os.fchown(fd, entry.uid, entry.gid)
+            except OSError as exc:
+                notes.append(f"owner not kept: {_why(exc)}")
+        try:
+            os.fchmod(fd, entry.perm & ~_SPECIAL_BITS)
+        except OSError as exc:
+            notes.append(f"mode not kept: {_why(exc)}")
+        try:
+            os.utime(fd, ns=_times(entry))
+        except OSError as exc:
+            notes.append(f"times not kept: {_why(exc)}")
+        return notes
+
+    @staticmethod
+    def _special_note(entry: Entry) -> str | None:
+        if entry.perm & _SPECIAL_BITS:
+            return f"setuid/setgid dropped on the copy (original mode {format_mode(entry.perm)})"
+        return None
+
+    def _finish_dirs(self) -> None:
+        """Directories' modes and times, deepest first (writing inside one moves its mtime)."""
+        for path, entry in sorted(self._dirs, key=lambda item: len(item[0]), reverse=True):
+            try:
+                self.dest.dir(path[:-1], create=False)
+                parent = self.dest.chain[-1][1] if self.dest.chain else self.dest.to_fd
+                fd = os.open(path[-1], _DIR_FLAGS, dir_fd=parent)
+            except (OSError, _Blocked):
+                continue
+            try:
+                self._set_meta(fd, entry)
+            finally:
+                os.close(fd)
+
+    # -- output --------------------------------------------------------------------------------
+    def _emit(self, row: ManifestRow, path: Path) -> None:
+        self.manifest.write(row)
+        self.result.counts[row.status] = self.result.counts.get(row.status, 0) + 1
+        if self.on_row is not None:
+            self.on_row(row)
+        if self._full is not None:  # the destination is full: stop, with this row written
+            raise _DiskFull(row.path)
+
+    def _note_full(self, exc: BaseException) -> None:
+        if isinstance(exc, OSError) and exc.errno in _FULL and self._full is None:
+            self._full = exc
+
+
+def _times(entry: Entry) -> tuple[int, int]:
+    atime = entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns
+    return (atime, entry.mtime_ns)
+
+
+def _describe(entry: Entry) -> str:
+    if entry.kind in ("char", "block"):
+        return f"{entry.kind} {os.major(entry.rdev)}/{os.minor(entry.rdev)}"
+    return entry.kind
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def layer_location(layer: Layer) -> str:
+    """Where a layer lives: its directory, or its archive."""
+    root = getattr(layer, "root", None)
+    if root is not None:
+        return os.fsdecode(root)
+    return layer.label
+
+
+# -- entry points ------------------------------------------------------------------------------
+def recover(upper, lowers=(), *, to: str, paths: Iterable[str | bytes] = (),
+            all_deleted: bool = False, all_modified: bool = False,
+            evidence: Iterable[str] = (), whiteouts: str = "auto", xattr_ns: str = "auto",
+            include: Iterable[str] = (), exclude: Iterable[str] = (),
+            on_row: Callable[[ManifestRow], None] | None = None,
+            packages: bool = False) -> RecoverResult:
+    """Copy the originals (the lowers' version) of ``paths`` and/or of every deleted/modified
+    path into ``to``, with a manifest there. ``upper``/``lowers`` as for :func:`ovforensics.scan`
+    (directories, archives or layers); ``evidence``: more directories never to write into (an
+    evidence root); every layer directory is one already. Raises :class:`RecoverError` before
+    writing anything when the destination or a path is refused; an entry that cannot be
+    recovered is a manifest row (``skipped``, ``not-found``, ``error``) and the run goes on.
+    ``packages``: each original is checked against the image's package databases (manifest
+    columns ``package``, ``package_status``, ``package_manager``; docs/packages.md).
+    """
+    from ovforensics import _roots, open_layer
+    from ovforensics.scanner.diff import Differ
+
+    opened: list = []  # archives this call opened (closed at the end); given layers stay open
+
+    def layer(spec, index):
+        found = open_layer(spec, index=index, rules=whiteouts)
+        if found is not spec:
+            opened.append(found)
+        return found
+
+    try:
+        upper_layer = layer(upper, -1)
+        lower_layers = [layer(spec, i) for i, spec in enumerate(lowers)]
+        ns = Namespaces.parse(xattr_ns, roots=_roots([upper_layer, *lower_layers]))
+        differ = Differ(upper_layer, lower_layers, ns)
+        checker = None
+        if packages:
+            from ovforensics.packages import PackageChecker, load_stack_databases
+
+            checker = PackageChecker(*load_stack_databases(upper_layer, lower_layers, ns))
+        recoverer = Recoverer(differ, to, evidence=evidence, include=include, exclude=exclude,
+                              on_row=on_row, packages=checker)
+        return recoverer.run(paths, all_deleted=all_deleted, all_modified=all_modified)
+    finally:
+        for item in opened:
+            close = getattr(item, "close", None)
+            if close is not None:
+                close()
+
+
+def recover_container(container, *, to: str, evidence: Iterable[str] | None = None,
+                      whiteouts: str | None = None, xattr_ns: str | None = None,
+                      **options) -> RecoverResult:
+    """:func:`recover` over a container's stack (manifest rows carry the engine's layer ids).
+    ``evidence`` defaults to the engine's store; pass the evidence root for a seized disk."""
+    from ovforensics import container_layers
+
+    layers = container_layers(container, whiteouts)
+    if evidence is None:
+        evidence = [container.store]
+    return recover(layers[0], layers[1:], to=to, evidence=evidence,
+                   xattr_ns=xattr_ns or container.xattr_ns, **options)

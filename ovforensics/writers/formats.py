@@ -1,0 +1,502 @@
+r"""Output writers: turn a stream of :class:`~ovforensics.records.record.Change` records into text.
+
+Every writer renders from :meth:`Change.to_dict` (the JSONL contract), so all formats agree on
+field names and values. Formats (:data:`FORMATS`):
+
+``jsonl``
+    One JSON object per line, as the records arrive. ``json.dumps`` escapes control characters;
+    we also escape U+0085, U+2028 and U+2029, which ``str.splitlines`` and some JSON-lines
+    readers treat as line breaks, so one record is always exactly one line.
+``json``
+    One document, ``{"changes": [...], "summary": {...}}``. Changes are streamed as they arrive;
+    the summary (counts per change kind) follows the list, so nothing is held in memory.
+``csv``
+    Fixed columns (:data:`CSV_COLUMNS`), one header row. The csv module quotes cells holding
+    newlines, so a name with a newline stays one row. **Formula guard:** any text cell that
+    starts with ``=``, ``+``, ``-``, ``@``, tab or CR gets a leading ``'`` (OWASP's advice for
+    CSV injection), so a spreadsheet does not evaluate a name such as ``=cmd|' /C calc'!A0``.
+    That makes guarded cells inexact; the exact bytes stay available in JSON/JSONL, and in the
+    CSV ``path_b64`` column, which is filled when the path is not UTF-8 *or* the guard changed
+    the path cell. Rule for readers: if ``path_b64`` is non-empty it is authoritative, otherwise
+    the ``path`` cell is the exact (UTF-8) path.
+``table``
+    Human output in tabulate's ``simple`` layout: a summary of counts first, then one row per
+    record. It must see every record before printing, so it is the one writer that holds them:
+    in a temporary spool file, not in memory.
+``docker``
+    ``A``/``C``/``D`` + space + path, like ``docker diff``. Anomalies are counted but not
+    printed (docker diff has no way to say them).
+
+In the two human formats (``table``, ``docker``) control and format characters are shown as
+escapes (``\n``, ``\t``, ``\x1b``, ``\u202e`` ...) so a crafted name cannot forge extra rows or
+lines, or send terminal escape sequences. A literal backslash is left as is, as in
+:func:`~ovforensics.records.record.escape_bytes`; use JSON for exact values.
+
+Writers never close the stream (the caller owns it, e.g. ``sys.stdout``) and never swallow
+exceptions such as ``BrokenPipeError``; the CLI decides what to do with them.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import tempfile
+import unicodedata
+from typing import Iterable, Iterator, TextIO
+
+from orjson import dumps as _orjson_dumps
+
+from ovforensics.records.record import ADDED, ANOMALY, CHANGE_KINDS, DELETED, MODIFIED, Change, LayerRef, escape_bytes, format_mode, format_ns
+from ovforensics.evidence.storetext import escape_surrogates, with_b64
+
+FORMATS = ("table", "csv", "json", "jsonl", "docker")
+
+CSV_COLUMNS = (
+    "path", "change", "type", "what", "via", "lower_path", "lower_layer", "lower_layer_dir",
+    "lower_layer_id", "lower_layer_role", "upper_path", "size", "mode", "uid", "gid", "mtime", "target", "renamed_from", "metacopy",
+    "anomaly", "detail", "path_b64",
+)
+
+TABLE_HEADERS = ("change", "path", "type", "what", "via", "lower layer", "size")
+#: ``extra`` fields the table shows as columns when the report carries them (--packages, --yara)
+TABLE_EXTRA = ("package", "package_status", "yara", "lower_yara")
+
+#: Leading characters that make a spreadsheet treat a cell as a formula (OWASP).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+_DOCKER_CODES = {ADDED: "A", MODIFIED: "C", DELETED: "D"}
+
+# Characters that json.dumps(ensure_ascii=False) leaves raw but line splitters break on.
+_JSON_LINEBREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+# -- helpers ------------------------------------------------------------------------------
+def visible(text: str) -> str:
+    r"""Make control/format/line-separator characters visible, e.g. newline -> ``\n``.
+
+    Used by the human formats so one record is one row/line and no escape sequence reaches the
+    terminal.
+    """
+    if text.isprintable():  # fast path: nothing to escape
+        return text
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs"):  # Cs: a lone surrogate
+            code = ord(ch)
+            if ch in _NAMED_ESCAPES:
+                out.append(_NAMED_ESCAPES[ch])
+            elif code < 0x100:
+                out.append(f"\\x{code:02x}")
+            elif code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _text_width():
+    """How tabulate measures a cell: display width where ``wcwidth`` is installed, else len."""
+    try:
+        import wcwidth
+    except ImportError:
+        return len
+    import tabulate
+
+    return wcwidth.wcswidth if getattr(tabulate, "WIDE_CHARS_MODE", False) else len
+
+
+_width = _text_width()
+
+
+def guard_formula(cell: str) -> str:
+    """Prefix ``'`` to a cell a spreadsheet would run as a formula (CSV injection guard); a lone
+    surrogate (from a store string) is written as its ``\\udXXX`` escape, never raw."""
+    if not cell.isascii():
+        cell = escape_surrogates(cell)
+    return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def json_line(record: dict) -> str:
+    """Serialise one record as a single line of compact JSON, whatever characters its names hold.
+
+    orjson (a compiled encoder, ~8x faster than ``json``'s C encoder per record here; bench/README.md)
+    writes what it can; the standard encoder, with the same separators, takes what orjson refuses
+    (an integer beyond 64 bits from a crafted tar header, a lone surrogate), so the output does not
+    depend on which one ran."""
+    try:
+        text = _orjson_dumps(record).decode("utf-8")
+    except TypeError:
+        # a lone surrogate (a store string, storetext.py) goes out as its \uXXXX escape: exact,
+        # and ASCII, so no locale's error handler can write it as a raw byte
+        text = escape_surrogates(_JSON.encode(record))
+    # These characters can only occur inside JSON strings, where an escape is equivalent.
+    for raw, escaped in _JSON_LINEBREAKS.items():
+        if raw in text:
+            text = text.replace(raw, escaped)
+    return text
+
+
+class RecordDicts:
+    """``Change.to_dict()``, the same dict, built with what repeats across a report cached:
+    each lower layer's dict (the differ shares one :class:`LayerRef` per layer) and the
+    whole-second part of timestamps (``format_ns`` is the slow part of ``to_dict``).
+    ``tests/test_perf_paths.py`` holds the two equal."""
+
+    def __init__(self):
+        self._layers: dict[int, tuple[LayerRef, dict]] = {}
+        self._seconds: dict[int, str] = {}
+
+    def __call__(self, c: Change) -> dict:
+        path, path_b64 = _text(c.path)
+        lower_path, lower_b64 = _text(c.lower_path)
+        target, target_b64 = _text(c.target)
+        renamed_from, renamed_b64 = _text(c.renamed_from)
+        out: dict = {
+            "path": path,
+            "change": c.change,
+            "type": c.type,
+            "what": list(c.what),
+            "via": c.via,
+            "lower_path": lower_path,
+            "lower_layer": self._layer(c.lower_layer) if c.lower_layer else None,
+            "upper_path": _text(c.upper_path)[0],
+            "size": c.size,
+            "mode": format_mode(c.mode),
+            "uid": c.uid,
+            "gid": c.gid,
+            "mtime": self._time(c.mtime_ns),
+            "target": target,
+            "renamed_from": renamed_from,
+            "metacopy": c.metacopy,
+        }
+        if path_b64 is not None:
+            out["path_b64"] = path_b64
+        for key, b64 in (("lower_path", lower_b64), ("target", target_b64),
+                         ("renamed_from", renamed_b64)):
+            if b64 is not None:
+                out[key + "_b64"] = b64
+        if c.change == ANOMALY:
+            out["anomaly"] = c.anomaly
+            out["detail"] = c.detail
+        out.update(c.extra)
+        return out
+
+    def _layer(self, ref: LayerRef) -> dict:
+        cached = self._layers.get(id(ref))
+        if cached is None or cached[0] is not ref:
+            cached = self._layers[id(ref)] = (ref, ref.to_dict())
+        return dict(cached[1])
+
+    def _time(self, ns: int | None) -> str | None:
+        if ns is None:
+            return None
+        secs, frac = divmod(ns, 1_000_000_000)
+        head = self._seconds.get(secs)
+        if head is None:
+            whole = format_ns(secs * 1_000_000_000)  # "...T12:34:56.000000000Z", or "@...ns"
+            if not whole.endswith(".000000000Z"):
+                return format_ns(ns)
+            if len(self._seconds) >= 65536:
+                self._seconds.clear()
+            head = self._seconds[secs] = whole[:-len(".000000000Z")]
+        return f"{head}.{frac:09d}Z"
+
+
+def _text(raw: bytes | None) -> tuple[str | None, str | None]:
+    """(``escape_bytes(raw)``, base64 of ``raw`` where it is not UTF-8), decoding once."""
+    if raw is None:
+        return None, None
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return escape_bytes(raw), base64.b64encode(raw).decode("ascii")
+
+
+def empty_counts() -> dict:
+    """Counts per change kind, every kind present (zero) so consumers need no defaults."""
+    return {kind: 0 for kind in CHANGE_KINDS}
+
+
+# -- writers ------------------------------------------------------------------------------
+class Writer:
+    """Base writer: counts records per change kind; subclasses render them.
+
+    ``write(change)`` renders one record; ``close()`` finishes the output (footer, summary),
+    flushes the stream and returns the counts. The stream itself is not closed.
+    """
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.counts = empty_counts()
+        self.closed = False
+        self._dict = RecordDicts()
+
+    def write(self, change: Change) -> None:
+        if self.closed:
+            raise ValueError("write() on a closed writer")
+        self.counts[change.change] = self.counts.get(change.change, 0) + 1
+        self._write(self._dict(change))
+
+    def close(self) -> dict:
+        if not self.closed:
+            self.closed = True
+            self._finish()
+            self.stream.flush()
+        return dict(self.counts)
+
+    def _write(self, record: dict) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        pass
+
+
+class JsonlWriter(Writer):
+    """One JSON object per line, written as each record arrives."""
+
+    def _write(self, record: dict) -> None:
+        self.stream.write(json_line(record) + "\n")
+
+
+class JsonWriter(Writer):
+    """``{"changes": [...], "summary": {...}}``, changes streamed, summary last."""
+
+    def __init__(self, stream: TextIO):
+        super().__init__(stream)
+        self._first = True
+
+    def _write(self, record: dict) -> None:
+        prefix = '{"changes": [\n' if self._first else ",\n"
+        self._first = False
+        self.stream.write(prefix + json_line(record))
+
+    def _finish(self) -> None:
+        head = '{"changes": [' if self._first else "\n"
+        self.stream.write(head + '], "summary": ' + json.dumps(self.counts) + "}\n")
+
+
+class CsvWriter(Writer):
+    """Fixed columns, csv-module quoting, formula guard on text cells (see module docstring)."""
+
+    def __init__(self, stream: TextIO, extra_columns: tuple[str, ...] = ()):
+        super().__init__(stream)
+        self.columns = CSV_COLUMNS + tuple(c for c in extra_columns if c not in CSV_COLUMNS)
+        self._csv = csv.writer(stream)  # QUOTE_MINIMAL quotes cells with \r or \n
+        self._csv.writerow(self.columns)
+
+    def _write(self, record: dict) -> None:
+        layer = record.get("lower_layer") or {}
+        values = dict(record)
+        values["what"] = ";".join(record.get("what") or ())
+        values["lower_layer"] = layer.get("index")
+        values["lower_layer_dir"] = layer.get("dir")
+        values["lower_layer_id"] = layer.get("id")
+        values["lower_layer_role"] = layer.get("role")
+        values["metacopy"] = "true" if record.get("metacopy") else "false"
+        row = [self._cell(values.get(col)) for col in self.columns]
+        path_col, b64_col = self.columns.index("path"), self.columns.index("path_b64")
+        if not row[b64_col] and record.get("path") is not None and row[path_col] != record["path"]:
+            # The guard changed a UTF-8 path; keep its exact bytes recoverable.
+            row[b64_col] = base64.b64encode(record["path"].encode("utf-8")).decode("ascii")
+        self._csv.writerow(row)
+
+    @staticmethod
+    def _cell(value) -> str | int:
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return guard_formula(value)
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int):
+            return value
+        if isinstance(value, (list, tuple)):
+            return guard_formula(";".join(str(v) for v in value))
+        return guard_formula(str(value))
+
+
+class TableWriter(Writer):
+    """Summary of counts, then the table. The summary comes first, so every row must be seen
+    before anything is printed: rows go to a temporary spool file, not to memory (a million
+    records stay a few MB of RSS), with each column's width kept on the way; :meth:`close`
+    then prints tabulate's ``simple`` layout from the spool (``_table_lines``)."""
+
+    def __init__(self, stream: TextIO, extra_columns: tuple[str, ...] = ()):
+        super().__init__(stream)
+        self._spool: TextIO | None = None
+        self._extra = tuple(c for c in TABLE_EXTRA if c in extra_columns)
+        self._headers = TABLE_HEADERS + tuple(c.replace("_", " ") for c in self._extra)
+        self._widths = [_width(h) + 2 for h in self._headers]  # tabulate's header padding
+
+    def _write(self, record: dict) -> None:
+        cells = _table_cells(record) + [visible(str(_row_cell(record.get(c), guard=False)))
+                                        for c in self._extra]
+        widths = self._widths
+        for i, cell in enumerate(cells):
+            width = _width(cell)
+            if width > widths[i]:
+                widths[i] = width
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="",
+                                                 errors="surrogatepass")
+        # visible() leaves no control character in a cell: NUL and newline cannot occur
+        self._spool.write("\0".join(cells) + "\n")
+
+    def _finish(self) -> None:
+        self.stream.write(summary_line(self.counts) + "\n")
+        if self._spool is None:
+            self.stream.write("(no changes)\n")
+            return
+        spool, self._spool = self._spool, None
+        with spool:
+            spool.seek(0)
+            rows = (line[:-1].split("\0") for line in spool)
+            self.stream.write("\n")
+            for line in _table_lines(self._headers, rows, self._widths):
+                self.stream.write(line + "\n")
+
+
+def _table_cells(record: dict) -> list[str]:
+    what = ",".join(record.get("what") or ())
+    if record.get("change") == ANOMALY:
+        # No "what" for an anomaly: say which anomaly it is instead.
+        what = ": ".join(x for x in (record.get("anomaly"), record.get("detail")) if x)
+    layer = record.get("lower_layer") or {}
+    index, size = layer.get("index"), record.get("size")
+    return [
+        visible(record.get("change") or ""),
+        visible(record.get("path") or ""),
+        visible(record.get("type") or ""),
+        visible(what),
+        visible(record.get("via") or (f"renamed from {record['renamed_from']}"
+                                       if record.get("renamed_from") else "")),
+        "" if index is None else str(index),
+        "" if size is None else str(size),
+    ]
+
+
+def _table_lines(headers, rows, widths: list[int]) -> Iterator[str]:
+    """tabulate's ``simple`` layout for text cells (left-aligned, no number parsing, blanks
+    kept), given each column's width: header, rule, rows; trailing blanks trimmed."""
+    def line(cells) -> str:
+        return "  ".join(_pad(c, w) for c, w in zip(cells, widths)).rstrip()
+
+    yield line(headers)
+    yield "  ".join("-" * w for w in widths).rstrip()
+    for cells in rows:
+        yield line(cells)
+
+
+def _pad(cell: str, width: int) -> str:
+    return cell + " " * (width - _width(cell))
+
+
+class DockerWriter(Writer):
+    """``A``/``C``/``D`` lines like ``docker diff``; anomalies are counted, not printed."""
+
+    def _write(self, record: dict) -> None:
+        code = _DOCKER_CODES.get(record.get("change"))
+        if code is not None:
+            self.stream.write(f"{code} {visible(record['path'])}\n")
+
+
+def summary_line(counts: dict) -> str:
+    """``Summary: 3 added, 1 modified, 0 deleted, 2 anomaly`` (plus any unexpected kinds)."""
+    kinds = list(CHANGE_KINDS) + [k for k in counts if k not in CHANGE_KINDS]
+    return "Summary: " + ", ".join(f"{counts.get(k, 0)} {visible(str(k))}" for k in kinds)
+
+
+_WRITERS = {
+    "table": TableWriter,
+    "csv": CsvWriter,
+    "json": JsonWriter,
+    "jsonl": JsonlWriter,
+    "docker": DockerWriter,
+}
+assert tuple(_WRITERS) == FORMATS
+
+
+def open_writer(fmt: str, stream: TextIO, extra_columns: tuple[str, ...] = ()) -> Writer:
+    """Return the writer for ``fmt``; unknown formats raise ``ValueError`` listing valid ones.
+
+    ``extra_columns`` names ``extra`` fields (hashes, file types) that CSV adds as columns;
+    JSON/JSONL always carry every field.
+    """
+    try:
+        cls = _WRITERS[fmt]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown output format {fmt!r}; valid formats: {', '.join(FORMATS)}") from None
+    return cls(stream, extra_columns) if cls in (CsvWriter, TableWriter) else cls(stream)
+
+
+def write_all(fmt: str, changes: Iterable[Change], stream: TextIO) -> dict:
+    """Write every change in ``fmt`` and return the counts per change kind.
+
+    If iteration or writing raises, the writer is not closed, so a JSON document is left
+    visibly incomplete rather than looking like a finished (but partial) result.
+    """
+    writer = open_writer(fmt, stream)
+    for change in changes:
+        writer.write(change)
+    return writer.close()
+
+
+# -- rows: inventories (containers, layers) in the same formats ----------------------------
+def write_rows(fmt: str, rows: Iterable[dict], columns: tuple[str, ...], stream: TextIO) -> int:
+    """Write plain records (``containers``, ``layers``) in any core format; returns the count.
+
+    ``docker`` prints the table without a summary, as ``docker ps`` does. The same guards
+    apply as for changes: formula-guarded CSV cells, visible control characters in tables.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    count = 0
+    if fmt in ("json", "jsonl"):  # exact bytes beside a store string that is no valid text
+        rows = (with_b64(row) for row in rows)
+    if fmt == "jsonl":
+        for row in rows:
+            stream.write(json_line(row) + "\n")
+            count += 1
+    elif fmt == "json":
+        stream.write("[")
+        for row in rows:
+            stream.write(("\n" if not count else ",\n") + json_line(row))
+            count += 1
+        stream.write("\n]\n")
+    elif fmt == "csv":
+        out = csv.writer(stream, lineterminator="\r\n")
+        out.writerow(columns)
+        for row in rows:
+            out.writerow([_row_cell(row.get(c), guard=True) for c in columns])
+            count += 1
+    else:
+        from tabulate import tabulate
+
+        table = [[visible(str(_row_cell(row.get(c), guard=False))) for c in columns] for row in rows]
+        count = len(table)
+        if not table:
+            stream.write("(none)\n")
+        else:
+            stream.write(tabulate(table, headers=columns, disable_numparse=True,
+                                  preserve_whitespace=True) + "\n")
+    stream.flush()
+    return count
+
+
+def _row_cell(value, guard: bool):
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    if isinstance(value, str) and guard:
+        return guard_formula(value)
+    return value
