@@ -8,9 +8,10 @@ from typing import Iterable, Iterator
 
 from ovforensics.layers.layer import Layer, LayerError
 from ovforensics.layers.markers import Namespaces
+from ovforensics.layers.stack import container_layers
 from ovforensics.records.record import CHANGE_KINDS, Change, LayerRef
 
-__version__ = "0.1.0"
+from ovforensics.version import __version__
 __all__ = ["scan", "scan_container", "write_scan", "write_scan_container", "containers", "find_container", "Change", "LayerRef",
            "LayerError", "open_layer", "__version__"]
 
@@ -19,12 +20,6 @@ def open_layer(spec, index: int = -1, rules: str = "auto") -> Layer:
     from ovforensics.layers.stack import open_layer as _open
 
     return _open(spec, index=index, rules=rules)
-
-
-def _roots(layers):
-    from ovforensics.scanner.resolve import layer_root
-
-    return [root for root in map(layer_root, layers) if root is not None]
 
 
 def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | Layer] = (), *,
@@ -84,9 +79,11 @@ def _only(only) -> set | None:
 
 
 def _open_stack(upper, lowers, whiteouts: str, xattr_ns: str):
+    from ovforensics.scanner.resolve import layer_roots
+
     upper_layer = open_layer(upper, index=-1, rules=whiteouts)
     lower_layers = [open_layer(spec, index=i, rules=whiteouts) for i, spec in enumerate(lowers)]
-    ns = Namespaces.parse(xattr_ns, roots=_roots([upper_layer, *lower_layers]))
+    ns = Namespaces.parse(xattr_ns, roots=layer_roots([upper_layer, *lower_layers]))
     return upper_layer, lower_layers, ns
 
 
@@ -147,20 +144,6 @@ def find_container(query: str, root: str = "/", engine: str | None = None,
 
     found = [c for c in containers(root, engine, data_root) if isinstance(c, Container)]
     return select(query, found, namespace=namespace)
-
-
-def container_layers(container, whiteouts: str | None = None) -> list[Layer]:
-    """A container's stack as layers (upper first), each carrying the engine's ``LayerInfo``;
-    marker rules are the store's own unless ``whiteouts`` names others."""
-    from ovforensics.layers.layer import DirLayer
-
-    rules = whiteouts if whiteouts not in (None, "auto") else container.whiteouts
-    layers = []
-    for index, info in enumerate([container.upper, *container.lowers]):
-        layer = DirLayer(info.dir, index=index - 1, rules=rules)
-        layer.info = info
-        layers.append(layer)
-    return layers
 
 
 def scan_container(container, **options) -> Iterator[Change]:

@@ -861,7 +861,7 @@ def bloat_cmd(
     from ovforensics import container_layers, open_layer
     from ovforensics.bloat.audit import BloatError, audit_container
     from ovforensics.layers.markers import Namespaces
-    from ovforensics.scanner.resolve import layer_root
+    from ovforensics.scanner.resolve import layer_roots
 
     fmt = _bloat_format(fmt, output)
     gates = _bloat_gates("container", rows, max_wasted, max_wasted_percent, min_efficiency, ignore,
@@ -880,7 +880,7 @@ def bloat_cmd(
             layers += [open_layer(spec, i, whiteouts) for i, spec in enumerate(stack.layers)]
             ns_value = xattr_ns
             target = {"engine": None, "upper": stack.upper, "lowers": list(stack.layers)}
-        ns = Namespaces.parse(ns_value, roots=[r for r in map(layer_root, layers) if r is not None])
+        ns = Namespaces.parse(ns_value, roots=layer_roots(layers))
         report = audit_container(layers[0], layers[1:], ns, gates=gates, target=target)
     except (LayerError, BloatError, ValueError) as exc:
         raise fail(str(exc)) from None

@@ -29,7 +29,7 @@ import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation, ROUND_HALF_UP
 from fractions import Fraction
-from typing import Iterable, Iterator, TextIO
+from typing import Iterator, TextIO
 
 from tabulate import tabulate
 
@@ -37,8 +37,9 @@ from ovforensics.scanner.diff import Differ
 from ovforensics.layers.layer import Entry, Layer, Path, join
 from ovforensics.layers.markers import Namespaces, interpret, is_metacopy
 from ovforensics.records.record import ADDED, ANOMALY, DELETED, MODIFIED, escape_bytes, is_utf8
-from ovforensics.scanner.resolve import Resolved, View, layer_root
+from ovforensics.scanner.resolve import Resolved, View, layer_root, layer_roots
 from ovforensics.evidence.storetext import escape_surrogates
+from ovforensics.writers.units import human
 from ovforensics.writers.formats import guard_formula, json_line, visible
 
 SCHEMA = 1
@@ -112,18 +113,6 @@ def parse_fraction(value, what: str = "--min-efficiency") -> Decimal:
         raise BloatError(f"{what}: an efficiency is between 0 and 1 (or a percentage such as "
                          f"95%), got {value!r}")
     return number
-
-
-def human(n: int | None) -> str:
-    """``32769847`` -> ``31.3 MiB``."""
-    if n is None:
-        return "?"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -329,10 +318,6 @@ def _allocated(entry: Entry) -> int | None:
     return entry.blocks * 512 if entry.blocks is not None else None
 
 
-def _roots(layers: Iterable[Layer]):
-    return [r for r in map(layer_root, layers) if r is not None]
-
-
 # -- the report -------------------------------------------------------------------------------------
 @dataclass
 class Report:
@@ -401,7 +386,7 @@ def audit_container(upper: Layer, lowers: list[Layer], ns: Namespaces | None = N
     """The bytes of a container's upper layer by category, and the unchanged copies (waste)."""
     gates = gates or Gates()
     if ns is None:
-        ns = Namespaces.parse("auto", roots=_roots([upper, *lowers]))
+        ns = Namespaces.parse("auto", roots=layer_roots([upper, *lowers]))
     differ = Differ(upper, list(lowers), ns)
     recorded = {}
     deleted_files = deleted_bytes = 0
@@ -560,7 +545,7 @@ def audit_image(image, *, gates: Gates | None = None) -> Report:
     gates = gates or Gates()
     layers = [item.layer for item in image.layers]  # bottom first
     index_of = {id(layer): i for i, layer in enumerate(layers)}
-    ns = Namespaces.parse(getattr(image, "xattr_ns", "auto") or "auto", roots=_roots(layers))
+    ns = Namespaces.parse(getattr(image, "xattr_ns", "auto") or "auto", roots=layer_roots(layers))
 
     # what each layer stores: inode groups (hard links store their data once)
     stored: dict[tuple[int, int], dict] = {}

@@ -15,6 +15,7 @@ import html
 import math
 
 from ovforensics.writers.formats import visible
+from ovforensics.writers.units import human
 
 STYLE = """
 :root{--fg:#1d2330;--muted:#5b6472;--line:#d9dde3;--bg:#f6f7f9;--waste:#c8372d;--caused:#e8912d;
@@ -86,12 +87,6 @@ CSP = (f"default-src 'none'; style-src '{_csp_hash(STYLE)}'; script-src '{_csp_h
 def esc(value) -> str:
     """Any value as safe HTML text: control/bidi characters made visible, then escaped."""
     return html.escape(visible("" if value is None else str(value)), quote=True)
-
-
-def human(n) -> str:
-    from ovforensics.bloat.audit import human as _human
-
-    return _human(n)
 
 
 def _short(text, width: int) -> str:

@@ -1,1 +1,7 @@
-"""layers."""
+"""A stack of layers as the scanner reads them: a layer from a directory (``layer``) or a tar
+archive (``tarlayer``), directories too big to hold (``bigdir``), the marker rules that say
+what an entry means to overlayfs (``markers``: whiteouts, opaque directories, xattr namespaces),
+and opening the layers a user or a store names (``stack``).
+
+May import: evidence
+"""

@@ -18,7 +18,7 @@ import stat
 from typing import Iterable, Iterator
 
 from ovforensics.layers.deeppath import child
-from ovforensics.layers.layer import KIND_BY_FMT, DiskEntry, Entry, Path
+from ovforensics.layers.entry import KIND_BY_FMT, DiskEntry, Entry, Path
 
 #: Entries past which a directory is listed by name only. ``OVF_BIG_DIR`` overrides it, so the
 #: kernel-oracle tests can run every directory through this path.

@@ -55,3 +55,15 @@ def open_layer(spec: str | os.PathLike | Layer, index: int = -1, rules: str = "a
     from ovforensics.layers.tarlayer import TarLayer
 
     return TarLayer(path, index=index, rules="oci" if rules == "auto" else rules)
+
+
+def container_layers(container, whiteouts: str | None = None) -> list[Layer]:
+    """A container's stack as layers (upper first), each carrying the engine's ``LayerInfo``;
+    marker rules are the store's own unless ``whiteouts`` names others."""
+    rules = whiteouts if whiteouts not in (None, "auto") else container.whiteouts
+    layers = []
+    for index, info in enumerate([container.upper, *container.lowers]):
+        layer = DirLayer(info.dir, index=index - 1, rules=rules)
+        layer.info = info
+        layers.append(layer)
+    return layers

@@ -953,8 +953,9 @@ def recover(upper, lowers=(), *, to: str, paths: Iterable[str | bytes] = (),
     ``packages``: each original is checked against the image's package databases (manifest
     columns ``package``, ``package_status``, ``package_manager``; docs/packages.md).
     """
-    from ovforensics import _roots, open_layer
+    from ovforensics.layers.stack import open_layer
     from ovforensics.scanner.diff import Differ
+    from ovforensics.scanner.resolve import layer_roots
 
     opened: list = []  # archives this call opened (closed at the end); given layers stay open
 
@@ -967,7 +968,7 @@ def recover(upper, lowers=(), *, to: str, paths: Iterable[str | bytes] = (),
     try:
         upper_layer = layer(upper, -1)
         lower_layers = [layer(spec, i) for i, spec in enumerate(lowers)]
-        ns = Namespaces.parse(xattr_ns, roots=_roots([upper_layer, *lower_layers]))
+        ns = Namespaces.parse(xattr_ns, roots=layer_roots([upper_layer, *lower_layers]))
         differ = Differ(upper_layer, lower_layers, ns)
         checker = None
         if packages:
@@ -989,7 +990,7 @@ def recover_container(container, *, to: str, evidence: Iterable[str] | None = No
                       **options) -> RecoverResult:
     """:func:`recover` over a container's stack (manifest rows carry the engine's layer ids).
     ``evidence`` defaults to the engine's store; pass the evidence root for a seized disk."""
-    from ovforensics import container_layers
+    from ovforensics.layers.stack import container_layers
 
     layers = container_layers(container, whiteouts)
     if evidence is None:

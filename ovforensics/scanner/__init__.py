@@ -1,1 +1,7 @@
-"""scanner."""
+"""The differ: the merged and base views of a stack (``resolve``: name resolution through the
+layers, redirects, opaque directories), what makes two entries differ (``compare``), the walk
+that yields records (``diff``), and the enrichment a record may get (``enrich``: hashes,
+libmagic, exec flags).
+
+May import: evidence, layers, records
+"""

@@ -283,3 +283,8 @@ def layer_root(layer: Layer) -> Entry | None:
         return getter() if getter is not None else None
     except EntryError:
         return None
+
+
+def layer_roots(layers) -> list[Entry]:
+    """The root entries of those layers that have one (for :meth:`Namespaces.parse`)."""
+    return [root for root in map(layer_root, layers) if root is not None]

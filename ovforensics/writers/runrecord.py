@@ -11,7 +11,7 @@ import socket
 import sys
 from typing import Iterable, Iterator
 
-from ovforensics import __version__
+from ovforensics.version import __version__
 from ovforensics.records.record import ANOMALY, CHANGE_KINDS, Change, escape_bytes
 
 
