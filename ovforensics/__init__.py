@@ -93,10 +93,10 @@ def write_scan(fmt: str, stream, upper, lowers=(), *, whiteouts: str = "auto",
     """:func:`scan` written to ``stream`` in ``fmt`` (a :mod:`ovforensics.writers.formats` format);
     returns the counts per change kind. A stack of directory layers in ``jsonl``, ``csv`` or
     ``docker`` with no enrichment or filter but ``only`` asked is diffed and written by the
-    compiled differ (:mod:`ovforensics.scanner.native`), straight to ``stream``'s file descriptor;
+    compiled differ (:mod:`ovforensics.writers.native`), straight to ``stream``'s file descriptor;
     anything else, or where it hands the scan back, by :func:`scan` and the writers: the
     output is the same bytes either way."""
-    from ovforensics.scanner import native
+    from ovforensics.writers import native
     from ovforensics.writers.formats import open_writer
 
     if native.applies(fmt, **options):

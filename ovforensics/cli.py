@@ -42,7 +42,7 @@ def fail(message: str) -> "typer.Exit":
 
 def _version(value: bool) -> None:
     if value:
-        from ovforensics.scanner import native
+        from ovforensics.writers import native
 
         typer.echo(f"ovforensics {__version__}\ndiffer: {native.status()}")
         raise typer.Exit(EXIT_OK)
@@ -231,12 +231,12 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
 
 def _set_max_decompressed(value: Optional[str]) -> Optional[str]:
     from ovforensics.layers import unpack
-    from ovforensics.bloat.audit import BloatError, parse_bytes
+    from ovforensics.units import parse_bytes
 
     if value is not None:
         try:
             unpack.set_limit(parse_bytes(value, unpack.OPTION))
-        except (BloatError, ValueError) as exc:
+        except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
     return value
 
@@ -356,7 +356,7 @@ def diff_cmd(
     max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Report every added, modified and deleted path of a container or an overlay stack."""
-    from ovforensics.scanner import native
+    from ovforensics.writers import native
 
     fmt = _pick_format(fmt, output)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)

@@ -10,8 +10,8 @@ import re
 import ovforensics
 
 PKG = os.path.dirname(ovforensics.__file__)
-#: top-level modules every folder may use (no logic: the version string)
-SHARED = {"ovforensics.version"}
+#: top-level modules every folder may use (no package imports: the version string, sizes)
+SHARED = {"ovforensics.version", "ovforensics.units"}
 
 
 def _modules():

@@ -118,7 +118,7 @@ def test_broken_pipe_is_quiet(tmp_path):
 
 def test_version():
     """--version names the differ in use; OVF_DIFFER=python forces the Python one."""
-    from ovforensics.scanner import native
+    from ovforensics.writers import native
 
     proc = run("--version", check=True)
     head, differ = proc.stdout.splitlines()

@@ -1,4 +1,4 @@
-"""The compiled differ (native/, ovforensics.scanner.native) against the Python differ: byte for byte.
+"""The compiled differ (native/, ovforensics.writers.native) against the Python differ: byte for byte.
 
 The Python differ is the reference (test_kernel_oracle.py holds it to the kernel); here both
 run on the same raw layers and must write the same bytes in every format the compiled one
@@ -29,7 +29,7 @@ from conftest import need, need_whiteout_devices  # noqa: E402
 from test_kernel_oracle import cases, oracle_dir  # noqa: E402,F401  (the fixture is used)
 
 import ovforensics  # noqa: E402
-from ovforensics.scanner import native  # noqa: E402
+from ovforensics.writers import native  # noqa: E402
 from ovforensics.writers.formats import write_all  # noqa: E402
 
 EXAMPLES = int(os.environ.get("OVF_NATIVE_EXAMPLES", "400"))

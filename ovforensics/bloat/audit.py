@@ -24,10 +24,10 @@ import csv
 import fnmatch
 import json
 import os
-import re
+
 import tomllib
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation, ROUND_HALF_UP
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Iterator, TextIO
 
@@ -39,7 +39,8 @@ from ovforensics.layers.markers import Namespaces, interpret, is_metacopy
 from ovforensics.records.record import ADDED, ANOMALY, DELETED, MODIFIED, escape_bytes, is_utf8
 from ovforensics.scanner.resolve import Resolved, View, layer_root, layer_roots
 from ovforensics.evidence.storetext import escape_surrogates
-from ovforensics.writers.units import human
+from ovforensics.units import SizeError, human
+from ovforensics.units import parse_bytes as _parse_bytes
 from ovforensics.writers.formats import guard_formula, json_line, visible
 
 SCHEMA = 1
@@ -61,26 +62,12 @@ class BloatError(ValueError):
 
 
 # -- numbers ---------------------------------------------------------------------------------------
-_UNITS = {"": 1, "b": 1,
-          "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12,
-          "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30,
-          "ti": 2**40, "tib": 2**40}
-
-
 def parse_bytes(value, what: str = "--max-wasted") -> int:
-    """``50MB`` (10^6), ``1.5GiB`` (2^30), ``1200``, ``10k``: a byte count (rounded to whole bytes)."""
-    if isinstance(value, bool):
-        raise BloatError(f"{what}: expected a byte count such as 50MB or 1.5GiB, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise BloatError(f"{what}: must not be negative")
-        return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*", str(value))
-    unit = _UNITS.get(m.group(2).lower()) if m else None
-    if unit is None:
-        raise BloatError(f"{what}: expected a byte count such as 50MB, 1.5GiB or 1200, got {value!r}")
-    return int((Decimal(m.group(1)) * unit).to_integral_value(ROUND_HALF_UP))
+    """``50MB`` (10^6), ``1.5GiB`` (2^30), ``1200``, ``10k``: a byte count (:func:`ovforensics.units.parse_bytes`)."""
+    try:
+        return _parse_bytes(value, what)
+    except SizeError as exc:
+        raise BloatError(str(exc)) from None
 
 
 def _number(value, what: str) -> Decimal:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ovforensics.layers.layer import Entry
+from ovforensics.layers.entry import Entry
 
 WH_PREFIX = b".wh."
 WH_OPAQUE = b".wh..wh..opq"

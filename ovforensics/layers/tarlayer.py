@@ -263,8 +263,6 @@ class _BoundedInfo(tarfile.TarInfo):
 
 def _member_after(fileobj, info: tarfile.TarInfo) -> str:
     """The name of the member an extended header belongs to (its own name if unreadable)."""
-    from ovforensics.records.record import escape_bytes
-
     name = _b(info.name)
     try:
         here = fileobj.tell()
@@ -277,7 +275,7 @@ def _member_after(fileobj, info: tarfile.TarInfo) -> str:
             name = _b(tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape").name)
     except (tarfile.HeaderError, OSError, ValueError, OverflowError):
         pass
-    return repr(escape_bytes(name))
+    return repr(name.decode("utf-8", "backslashreplace"))
 
 
 def open_tar(fh: BinaryIO) -> tarfile.TarFile:

@@ -50,7 +50,7 @@ def limit() -> int:
         return _limit
     text = os.environ.get(ENV)
     if text:
-        from ovforensics.bloat.audit import parse_bytes
+        from ovforensics.units import parse_bytes
 
         try:
             value = parse_bytes(text, ENV)

@@ -6,10 +6,9 @@ checking each changed file against the digest its package manager recorded (:mod
 ``package``/``package_status`` on records), and the packages installed, removed and upgraded
 in a container (:mod:`.changes`). Nothing here runs the image's tools or code the evidence chose.
 
-It may import: :mod:`ovforensics.layers.layer`, :mod:`ovforensics.scanner.resolve`, :mod:`ovforensics.layers.markers`,
-:mod:`ovforensics.records.record`, :mod:`ovforensics.scanner.enrich` (``read_digest``) and
-:mod:`ovforensics.evidence.sqlitedb`. Nothing outside this folder imports it except the pipeline's entry
-points (``ovforensics.scan``, the CLI, the triage report).
+Nothing outside this folder imports it but the pipeline's entry points (``ovforensics.scan``,
+the CLI, recovery's manifest, the triage report).
+May import: evidence, layers, records, scanner
 """
 from __future__ import annotations
 

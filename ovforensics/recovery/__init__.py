@@ -1,5 +1,5 @@
 """Copying the originals a container's changes shadow out of the evidence into a destination of
 the analyst's (``recover``), with its manifest.
 
-May import: evidence, layers, records, scanner, writers
+May import: evidence, layers, records, scanner, packages, writers
 """

@@ -124,7 +124,7 @@ def write_table(summary: dict, stream: TextIO) -> None:
 
 
 def render_html(summary: dict) -> str:
-    from ovforensics.bloat.report_html import CSP, SCRIPT, STYLE, _cards, _table, esc
+    from ovforensics.writers.html import CSP, SCRIPT, STYLE, _cards, _table, esc
 
     t = summary["target"]
     title = f"Triage: {t.get('name') or t.get('upper')}"
