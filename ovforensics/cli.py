@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from ovforensics import __version__, scan
+from ovforensics.version import __version__
 from ovforensics.layers.layer import LayerError
 from ovforensics.layers.markers import RULES
 from ovforensics.writers.output import OutputError, default_format, refuse_inside, report_stream
@@ -133,53 +133,20 @@ def _stack_args():
 _S = _stack_args()
 
 
-class Stack:
-    """What a command reads: a container found offline, or layers named on the command line."""
+def Stack(container, upper, lowers, lower, root, engine, data_root, namespace=None):
+    """The library's :func:`~ovforensics.target.open_target` for a command's options (``--lowers``
+    colon lists first, then each ``--lower``); its refusal is a one-line error."""
+    from ovforensics.target import TargetError, open_target
 
-    def __init__(self, container, upper, lowers, lower, root, engine, data_root, namespace=None):
-        self.found = None
-        if container is not None:
-            if upper or lowers or lower:
-                raise fail("name a container or --upper/--lowers, not both")
-            self.found = _container(container, root, engine, data_root, namespace)
-            self.evidence = [root] if root != "/" else [self.found.store]
-        else:
-            if upper is None:
-                raise fail("name a container, or give --upper (and --lowers/--lower)")
-            self.layers = [item for value in lowers for item in split_lowerdir(value)] + list(lower)
-            if any(not item for item in self.layers):
-                raise fail("--lowers: empty layer in the list (data-only layers after '::' are "
-                           "not supported)")
-            self.upper = upper
-            self.evidence = [upper, *self.layers]
-
-    def write(self, fmt: str, stream, whiteouts: str = "auto", xattr_ns: str = "auto", **options):
-        """The report written by the library (:func:`ovforensics.write_scan`: the compiled
-        differ where it applies)."""
-        from ovforensics import write_scan, write_scan_container
-
-        if self.found is not None:
-            if xattr_ns != "auto":
-                options["xattr_ns"] = xattr_ns
-            return write_scan_container(self.found, fmt, stream, whiteouts=whiteouts, **options)
-        return write_scan(fmt, stream, self.upper, self.layers, whiteouts=whiteouts,
-                          xattr_ns=xattr_ns, **options)
-
-    def records(self, whiteouts: str = "auto", xattr_ns: str = "auto", run=None, **options):
-        from ovforensics import scan_container
-
-        if self.found is not None:
-            if run is not None:
-                run.add_store(self.found)
-            if xattr_ns != "auto":
-                options["xattr_ns"] = xattr_ns
-            return scan_container(self.found, whiteouts=whiteouts, run=run, **options)
-        from ovforensics import open_layer
-
-        upper = open_layer(self.upper, -1, whiteouts)
-        layers = [open_layer(spec, i, whiteouts) for i, spec in enumerate(self.layers)]
-        records = scan(upper, layers, whiteouts=whiteouts, xattr_ns=xattr_ns, run=run, **options)
-        return _noted(records, [upper, *layers])
+    try:
+        target = open_target(container, upper=upper, root=root, engine=engine,
+                             data_root=data_root, namespace=namespace,
+                             lowers=[item for value in lowers for item in split_lowerdir(value)]
+                             + list(lower))
+    except TargetError as exc:
+        raise fail(str(exc)) from None
+    target.on_note = lambda text: say(f"ovforensics: note: {text}")
+    return target
 
 
 def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
@@ -501,35 +468,19 @@ def recover_cmd(
     max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
     """Copy the originals of deleted and modified paths out of the lower layers, with a manifest."""
-    from ovforensics.recovery.recover import recover, recover_container
-
     args = list(args or [])
     container = None if upper is not None else (args.pop(0) if args else None)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     if not (args or all_deleted or all_modified):
         raise fail("name the paths to recover, or give --all-deleted / --all-modified")
-    options = dict(to=to, paths=args, all_deleted=all_deleted, all_modified=all_modified,
-                   include=include, exclude=exclude, evidence=stack.evidence, whiteouts=whiteouts,
-                   packages=packages)
     try:
-        if stack.found is not None:
-            result = recover_container(stack.found, xattr_ns=None if xattr_ns == "auto" else xattr_ns,
-                                       **options)
-        else:
-            result = recover(stack.upper, stack.layers, xattr_ns=xattr_ns, **options)
+        result = stack.recover(to=to, paths=args, all_deleted=all_deleted, all_modified=all_modified,
+                               include=include, exclude=exclude, whiteouts=whiteouts, xattr_ns=xattr_ns,
+                               packages=packages)
     except (LayerError, OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items())
     say(f"ovforensics: {counts}; manifest: {result.manifest_csv}")
-
-
-def _noted(records, layers):
-    """The records, then a note for each layer whose rules ``--whiteouts auto`` chose from its
-    markers (known once the scan has read them)."""
-    yield from records
-    for layer in layers:
-        if getattr(layer, "rules_auto", None):
-            say(f"ovforensics: note: {layer.label}: {layer.rules_auto}")
 
 
 def _with_times(records):
@@ -611,8 +562,8 @@ def triage_cmd(
                    f"{', '.join(triage.FORMATS)}")
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     holder: list = []
-    if stack.found is not None:
-        f = stack.found
+    if stack.container is not None:
+        f = stack.container
         target = {"engine": f.engine, "id": f.id, "name": ",".join(f.names) or f.id,
                   "upper": f.upper.dir}
     else:
@@ -858,7 +809,6 @@ def bloat_cmd(
 ) -> None:
     """Bytes a container's upper layer holds: added, copies with new content, copies with the
     same content (wasted: chmod, chown, touch, hard link), metacopy; allocated beside apparent."""
-    from ovforensics import container_layers, open_layer
     from ovforensics.bloat.audit import BloatError, audit_container
     from ovforensics.layers.markers import Namespaces
     from ovforensics.scanner.resolve import layer_roots
@@ -868,20 +818,11 @@ def bloat_cmd(
                          config, no_config, top, depth)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     try:
-        if stack.found is not None:
-            found = stack.found
-            layers = container_layers(found, whiteouts)
-            ns_value = xattr_ns if xattr_ns != "auto" else found.xattr_ns
-            target = {"engine": found.engine, "id": found.id, "names": list(found.names),
-                      "image": found.image, "upper": found.upper.dir,
-                      "lowers": [info.dir for info in found.lowers]}
-        else:
-            layers = [open_layer(stack.upper, -1, whiteouts)]
-            layers += [open_layer(spec, i, whiteouts) for i, spec in enumerate(stack.layers)]
-            ns_value = xattr_ns
-            target = {"engine": None, "upper": stack.upper, "lowers": list(stack.layers)}
+        layers = stack.layers(whiteouts)
+        found = stack.container
+        ns_value = found.xattr_ns if found is not None and xattr_ns == "auto" else xattr_ns
         ns = Namespaces.parse(ns_value, roots=layer_roots(layers))
-        report = audit_container(layers[0], layers[1:], ns, gates=gates, target=target)
+        report = audit_container(layers[0], layers[1:], ns, gates=gates, target=stack.describe())
     except (LayerError, BloatError, ValueError) as exc:
         raise fail(str(exc)) from None
     _bloat_emit(report, fmt, output, stack.evidence, rows)

@@ -29,6 +29,7 @@ from conftest import need, need_whiteout_devices  # noqa: E402
 from test_kernel_oracle import cases, oracle_dir  # noqa: E402,F401  (the fixture is used)
 
 import ovforensics  # noqa: E402
+import ovforensics.api  # noqa: E402
 from ovforensics.writers import native  # noqa: E402
 from ovforensics.writers.formats import write_all  # noqa: E402
 
@@ -51,7 +52,7 @@ def outputs(upper, lowers, fmt: str, only=None, **options) -> tuple[bytes, bytes
         f.seek(0)
         py = f.buffer.read()
     with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as f:
-        up, lows, ns = ovforensics._open_stack(upper, lowers, options.get("whiteouts", "auto"),
+        up, lows, ns = ovforensics.api._open_stack(upper, lowers, options.get("whiteouts", "auto"),
                                                options.get("xattr_ns", "auto"))
         counts = native.write(fmt, up, lows, ns, f, set(only) if only else None)
         assert counts is not None, "the compiled differ handed this scan back"
@@ -221,7 +222,7 @@ def test_native_refuses_what_it_does_not_cover(tmp_path):
     low.mkdir()
     (low / "x").write_bytes(b"1")
     for rules in ("oci", "fuse"):
-        u, lows, ns = ovforensics._open_stack(str(up), [str(low)], rules, "auto")
+        u, lows, ns = ovforensics.api._open_stack(str(up), [str(low)], rules, "auto")
         with tempfile.TemporaryFile("w+") as f:
             assert native.write("jsonl", u, lows, ns, f) is None
             assert f.tell() == 0
@@ -229,7 +230,7 @@ def test_native_refuses_what_it_does_not_cover(tmp_path):
             assert counts["deleted"] == 1
     tar = tmp_path / "l.tar"
     subprocess.run(["tar", "-cf", str(tar), "-C", str(low), "."], check=True)
-    u, lows, ns = ovforensics._open_stack(str(up), [str(tar)], "auto", "auto")
+    u, lows, ns = ovforensics.api._open_stack(str(up), [str(tar)], "auto", "auto")
     assert native.write("jsonl", u, lows, ns, open(os.devnull, "w")) is None
 
 
@@ -279,7 +280,7 @@ def test_write_scan_takes_any_text_stream(tmp_path):
     assert ovforensics.write_scan("csv", text, str(up), [str(low)]) == counts
     assert text.getvalue() == direct
     with tempfile.TemporaryFile("w+", encoding="latin-1", newline="") as f:
-        u, lows, ns = ovforensics._open_stack(str(up), [str(low)], "auto", "auto")
+        u, lows, ns = ovforensics.api._open_stack(str(up), [str(low)], "auto", "auto")
         assert native.write("csv", u, lows, ns, f) is None
         ovforensics.write_scan("csv", f, str(up), [str(low)])
         f.seek(0)

@@ -8,3 +8,4 @@ no engine.
 
 May import: evidence, layers, records, scanner, packages
 """
+from ovforensics.writers.formats import FORMATS, write_all  # noqa: F401 (the documented API)
