@@ -738,7 +738,7 @@ _B = _bloat_opts()
 
 
 def _bloat_format(fmt: Optional[str], output: Optional[str]) -> str:
-    from ovforensics.bloat.audit import FORMATS as BLOAT_FORMATS
+    from ovforensics.bloat import FORMATS as BLOAT_FORMATS
 
     if fmt is None and output and output != "-" and \
             os.path.splitext(output)[1].lower() in (".html", ".htm"):
@@ -751,7 +751,7 @@ def _bloat_format(fmt: Optional[str], output: Optional[str]) -> str:
 
 def _bloat_gates(kind: str, rows, max_wasted, max_wasted_percent, min_efficiency, ignore, config,
                  no_config, top, depth):
-    from ovforensics.bloat.audit import ROWS, BloatError, make_gates
+    from ovforensics.bloat import ROWS, BloatError, make_gates
 
     if rows is not None and rows not in ROWS[kind]:
         raise fail(f"--rows: expected one of {', '.join(ROWS[kind])} for {'an image' if kind == 'image' else 'a container'}, got {rows!r}")
@@ -764,7 +764,7 @@ def _bloat_gates(kind: str, rows, max_wasted, max_wasted_percent, min_efficiency
 
 
 def _bloat_emit(report, fmt: str, output: Optional[str], evidence: list, rows: Optional[str]) -> None:
-    from ovforensics.bloat.audit import BloatError, write_report
+    from ovforensics.bloat import BloatError, write_report
 
     try:
         if output and output != "-":
@@ -809,7 +809,7 @@ def bloat_cmd(
 ) -> None:
     """Bytes a container's upper layer holds: added, copies with new content, copies with the
     same content (wasted: chmod, chown, touch, hard link), metacopy; allocated beside apparent."""
-    from ovforensics.bloat.audit import BloatError, audit_container
+    from ovforensics.bloat import BloatError, audit_container
     from ovforensics.layers.markers import Namespaces
     from ovforensics.scanner.resolve import layer_roots
 
@@ -856,7 +856,7 @@ def image_cmd(
 ) -> None:
     """Stored, visible and wasted bytes of an image's layers, each wasted byte attributed to a
     path, the layer that stored it and the layer that made it waste."""
-    from ovforensics.bloat.audit import BloatError, audit_image
+    from ovforensics.bloat import BloatError, audit_image
     from ovforensics.stores.images import ImageError, open_image
 
     fmt = _bloat_format(fmt, output)

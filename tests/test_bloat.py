@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import bloat_env as be  # noqa: E402
 from bloat_env import run  # noqa: E402
 
-from ovforensics.bloat.audit import BloatError, Gates, audit_container, audit_image, make_gates, parse_bytes, parse_fraction, parse_percent
+from ovforensics.bloat import BloatError, Gates, audit_container, audit_image, make_gates, parse_bytes, parse_fraction, parse_percent
 from ovforensics.stores.images import open_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

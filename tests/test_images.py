@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import bloat_env as be  # noqa: E402
 
-from ovforensics.bloat.audit import audit_image  # noqa: E402
+from ovforensics.bloat import audit_image  # noqa: E402
 from ovforensics.stores.images import ImageError, open_image, parse_ref, ref_matches  # noqa: E402
 from ovforensics.layers.layer import DirLayer  # noqa: E402
 from ovforensics.layers.tarlayer import TarLayer  # noqa: E402
