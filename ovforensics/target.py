@@ -80,7 +80,7 @@ class Target:
 
     def recover(self, *, to: str, whiteouts: str = "auto", xattr_ns: str = "auto", **options):
         """:func:`ovforensics.recovery.recover.recover` of this stack's originals into ``to``."""
-        from ovforensics.recovery.recover import recover, recover_container
+        from ovforensics.recovery import recover, recover_container
 
         if self.container is not None:
             return recover_container(self.container, to=to, evidence=self.evidence,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import need, need_whiteout_devices
-from ovforensics.recovery.recover import MANIFEST_COLUMNS, RecoverError, recover
+from ovforensics.recovery import MANIFEST_COLUMNS, RecoverError, recover
 
 ROOT = Path(__file__).resolve().parents[1]
 RICH = ROOT / "samples" / "rich"

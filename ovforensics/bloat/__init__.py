@@ -6,8 +6,11 @@ May import: evidence, layers, records, scanner, writers
 """
 from __future__ import annotations
 
-from ovforensics.bloat.container import audit_container  # noqa: F401
-from ovforensics.bloat.gates import BloatError, Gates, load_config, make_gates, parse_bytes, parse_fraction, parse_percent  # noqa: F401
-from ovforensics.bloat.image import audit_image  # noqa: F401
-from ovforensics.bloat.model import Report, SCHEMA  # noqa: F401
-from ovforensics.bloat.output import FORMATS, ROWS, rows_of, write_report  # noqa: F401
+from ovforensics.bloat.container import audit_container
+from ovforensics.bloat.gates import (BloatError, Gates, load_config, make_gates, parse_bytes,
+    parse_fraction, parse_percent)
+from ovforensics.bloat.image import audit_image
+from ovforensics.bloat.model import Report, SCHEMA
+from ovforensics.bloat.output import FORMATS, ROWS, rows_of, write_report
+
+

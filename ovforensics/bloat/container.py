@@ -2,23 +2,13 @@
 same content (chmod, chown, touch, hard link: wasted), metacopy."""
 from __future__ import annotations
 
-from ovforensics.bloat.model import CATEGORIES
-from ovforensics.bloat.gates import Gates
-from ovforensics.bloat.model import Report
-from ovforensics.bloat.model import _allocated
-from ovforensics.bloat.model import _cpath
-from ovforensics.bloat.model import _finish
-from ovforensics.bloat.model import _ignored
-from ovforensics.bloat.model import _path_fields
-from ovforensics.bloat.gates import _ratio
-from ovforensics.bloat.model import _shadow
-from ovforensics.bloat.model import _text
-from ovforensics.bloat.model import dir_of
-from ovforensics.bloat.model import layer_files
-from ovforensics.scanner.diff import Differ
+from ovforensics.bloat.gates import Gates, _ratio
+from ovforensics.bloat.model import (CATEGORIES, Report, _allocated, _cpath, _finish, _ignored,
+    _path_fields, _shadow, _text, dir_of, layer_files)
 from ovforensics.layers.layer import Entry, Layer
 from ovforensics.layers.markers import Namespaces, is_metacopy
 from ovforensics.records.record import ADDED, ANOMALY, DELETED, MODIFIED
+from ovforensics.scanner.diff import Differ
 from ovforensics.scanner.resolve import View, layer_roots
 
 

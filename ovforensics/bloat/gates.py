@@ -7,8 +7,8 @@ import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from ovforensics.units import SizeError, human
-from ovforensics.units import parse_bytes as _parse_bytes
+
+from ovforensics.units import SizeError, human, parse_bytes as _parse_bytes
 
 
 CONFIG_NAME = ".ovforensics.toml"

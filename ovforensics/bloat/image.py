@@ -2,20 +2,13 @@
 to a path, the layer that stored it and the layer that made it waste."""
 from __future__ import annotations
 
-from ovforensics.bloat.gates import Gates
-from ovforensics.bloat.model import REASONS
-from ovforensics.bloat.model import Report
-from ovforensics.bloat.model import _cpath
-from ovforensics.bloat.model import _finish
-from ovforensics.bloat.model import _ignored
-from ovforensics.bloat.model import _path_fields
-from ovforensics.bloat.gates import _ratio
-from ovforensics.bloat.model import _shadow
-from ovforensics.bloat.model import layer_files
-from ovforensics.scanner.diff import Differ
+from ovforensics.bloat.gates import Gates, _ratio
+from ovforensics.bloat.model import (REASONS, Report, _cpath, _finish, _ignored, _path_fields,
+    _shadow, layer_files)
 from ovforensics.layers.layer import Entry, Layer, Path
 from ovforensics.layers.markers import Namespaces, is_metacopy
 from ovforensics.records.record import ADDED, ANOMALY, DELETED, MODIFIED
+from ovforensics.scanner.diff import Differ
 from ovforensics.scanner.resolve import View, layer_roots
 
 

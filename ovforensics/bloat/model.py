@@ -2,13 +2,12 @@
 layer, lookups through a view, allocated sizes."""
 from __future__ import annotations
 
-from ovforensics.bloat.gates import DEFAULT_DEPTH
-from ovforensics.bloat.gates import Gates
-from ovforensics.bloat.gates import evaluate
 import base64
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Iterator
+
+from ovforensics.bloat.gates import DEFAULT_DEPTH, Gates, evaluate
 from ovforensics.layers.layer import Entry, Layer, Path, join
 from ovforensics.layers.markers import Namespaces, interpret
 from ovforensics.records.record import escape_bytes, is_utf8

@@ -1,14 +1,14 @@
 """An audit's report in every format (table, csv, json, jsonl; html through ``report_html``)."""
 from __future__ import annotations
 
-from ovforensics.bloat.gates import BloatError
-from ovforensics.bloat.model import Report
-from ovforensics.bloat.model import SCHEMA
 import base64
 import csv
 import json
-from typing import TextIO
 from tabulate import tabulate
+from typing import TextIO
+
+from ovforensics.bloat.gates import BloatError
+from ovforensics.bloat.model import Report, SCHEMA
 from ovforensics.evidence.storetext import escape_surrogates
 from ovforensics.units import human
 from ovforensics.writers.formats import guard_formula, json_line, visible

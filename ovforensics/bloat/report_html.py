@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from ovforensics.writers.formats import visible
 from ovforensics.units import human
+from ovforensics.writers.formats import visible
 from ovforensics.writers.html import CSP, SCRIPT, STYLE, _b, _cards, _n, _table, esc
 
 

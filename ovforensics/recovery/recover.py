@@ -33,12 +33,6 @@ Rules:
 - The manifest is written under temporary names and linked to ``manifest.csv``/``manifest.jsonl``
   (never replacing a file) when the run is complete; a run into a ``TO`` that already holds a
   manifest is refused. A top-level container entry with a manifest's name is ``skipped``.
-- A destination that fills up (no space, no inodes, over quota) stops the run: the entry that
-  failed gets its ``error`` row (its partial copy removed), the manifest of everything written
-  is finished (a 64 KiB reserve file, made first, is given back for it), and the run ends with
-  an :class:`OutputError` naming the cause (exit 2). Rows are written whole, through the fd.
-- A zero-filled stretch of an original (1 MiB grain) is left as a hole in the copy: a sparse
-  original stays sparse (it is still read, and hashed, whole).
 
 Rows come in this order: the named paths, in the order given (each subtree depth first, names
 sorted by bytes), then the ``all_deleted``/``all_modified`` records in path order; a path met
@@ -46,55 +40,36 @@ twice has one row.
 
 Manifest statuses: ``recovered``, ``skipped`` (exists in ``TO``, not a regular file, ...),
 ``not-found`` (the path is not in the lower layers), ``error`` (could not be read or written;
-a partly written file is removed).
-"""
+a partly written file is removed)."""
 from __future__ import annotations
 
-import base64
-import csv
-import errno
 import fnmatch
 import hashlib
-import io
 import os
-import secrets
 import stat
-from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from ovforensics.scanner.compare import differences, same_entry
 from ovforensics.layers.deeppath import child
 from ovforensics.layers.layer import Entry, EntryError, Layer, Path, join
 from ovforensics.layers.markers import Namespaces
-from ovforensics.writers.output import OutputError, refuse_inside
-from ovforensics.records.record import DELETED, MODIFIED, LayerRef, escape_bytes, format_mode, format_ns, is_utf8
+from ovforensics.records.record import DELETED, LayerRef, MODIFIED, escape_bytes, format_mode
+from ovforensics.recovery.destination import (RecoverError, _Blocked, _DIR_FLAGS, _Dest, _FULL,
+    _NEW_FILE, _check_destination, _why)
+from ovforensics.recovery.manifest import (ERROR, MANIFEST_CSV, MANIFEST_JSONL, MANIFEST_NAMES,
+    ManifestRow, NOT_FOUND, RECOVERED, RecoverResult, SKIPPED, UNCHANGED, _Manifest,
+    _ManifestFailed, _lexists)
+from ovforensics.scanner.compare import differences, same_entry
 from ovforensics.scanner.resolve import Frame, Resolved, View
+from ovforensics.writers.output import OutputError, refuse_inside
 
-MANIFEST_CSV = "manifest.csv"
-MANIFEST_JSONL = "manifest.jsonl"
-MANIFEST_NAMES = (MANIFEST_CSV.encode(), MANIFEST_JSONL.encode())
-
-RECOVERED = "recovered"
-SKIPPED = "skipped"
-NOT_FOUND = "not-found"
-ERROR = "error"
-STATUSES = (RECOVERED, SKIPPED, NOT_FOUND, ERROR)
-
-UNCHANGED = "unchanged"
-
-MANIFEST_COLUMNS = (
-    "path", "change", "what", "type", "status", "detail", "size", "sha256", "mode", "uid",
-    "gid", "mtime", "target", "source_layer", "source_layer_dir", "source_layer_id",
-    "source_path", "data_path", "path_b64",
-)
 
 _CHUNK = 1 << 20
+
+
 _ZEROS = bytes(_CHUNK)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 _SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
-_FULL = (errno.ENOSPC, errno.EDQUOT)  # no blocks, no inodes, over quota
-_RESERVE = 64 << 10  # bytes kept free for the manifest's last rows when the destination fills
 
 
 class _DiskFull(Exception):
@@ -103,403 +78,6 @@ class _DiskFull(Exception):
     def __init__(self, path: bytes):
         super().__init__(path)
         self.path = path
-
-
-class RecoverError(OutputError):
-    """The recovery cannot start: a bad path, a destination inside the evidence, a manifest
-    already there. Nothing has been written when it is raised (but ``TO`` itself, if made)."""
-
-
-# -- the manifest ------------------------------------------------------------------------------
-@dataclass
-class ManifestRow:
-    """One entry recovered, or not, and why. ``path`` is the raw container path (bytes)."""
-
-    path: bytes
-    status: str
-    change: str | None = None  # deleted, modified, unchanged (named paths), added (not-found)
-    what: tuple[str, ...] = ()
-    type: str | None = None
-    detail: str | None = None
-    size: int | None = None  # bytes copied (a file), target length (a symlink)
-    sha256: str | None = None
-    mode: int | None = None  # the original's permission bits, setuid/setgid included
-    uid: int | None = None
-    gid: int | None = None
-    mtime_ns: int | None = None
-    target: bytes | None = None
-    source_layer: LayerRef | None = None
-    source_path: bytes | None = None  # the original entry on disk / in the archive
-    data_path: bytes | None = None  # where the bytes came from, when not source_path (metacopy)
-    extra: dict = field(default_factory=dict)  # --packages: package, package_status, ...
-
-    def to_dict(self) -> dict:
-        out = {
-            "path": escape_bytes(self.path),
-            "change": self.change,
-            "what": list(self.what),
-            "type": self.type,
-            "status": self.status,
-            "detail": self.detail,
-            "size": self.size,
-            "sha256": self.sha256,
-            "mode": format_mode(self.mode),
-            "uid": self.uid,
-            "gid": self.gid,
-            "mtime": format_ns(self.mtime_ns),
-            "target": _text(self.target),
-            "source_layer": self.source_layer.to_dict() if self.source_layer else None,
-            "source_path": _text(self.source_path),
-            "data_path": _text(self.data_path),
-        }
-        for key, raw in (("path", self.path), ("target", self.target),
-                         ("source_path", self.source_path), ("data_path", self.data_path)):
-            if raw is not None and not is_utf8(raw):
-                out[key + "_b64"] = base64.b64encode(raw).decode("ascii")
-        out.update(self.extra)
-        return out
-
-
-def _text(raw: bytes | None) -> str | None:
-    return escape_bytes(raw) if raw is not None else None
-
-
-@dataclass
-class RecoverResult:
-    """What a run did: where, the manifests, and the count of rows per status."""
-
-    to: str
-    manifest_csv: str
-    manifest_jsonl: str
-    counts: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STATUSES})
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-
-class _ManifestFailed(Exception):
-    """The manifest itself could not be written (``cause``: the OSError)."""
-
-    def __init__(self, cause: OSError):
-        super().__init__(_why(cause))
-        self.cause = cause
-
-
-class _Sink:
-    """One manifest file, written a whole row at a time through its fd (no buffer: what a
-    failed write leaves is never half a row, the file is cut back to the last whole one)."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.size = 0
-
-    def put(self, data: bytes, on_full: Callable[[], bool]) -> None:
-        start, view, retried = self.size, memoryview(data), False
-        while view:
-            try:
-                n = os.write(self.fd, view)
-            except OSError as exc:
-                if exc.errno in _FULL and not retried and on_full():
-                    retried = True  # room was made (the reserve): try once more
-                    continue
-                try:
-                    os.ftruncate(self.fd, start)
-                    os.lseek(self.fd, start, os.SEEK_SET)
-                    self.size = start
-                except OSError:
-                    pass
-                raise
-            view = view[n:]
-            self.size += n
-
-
-class _Manifest:
-    """Both manifests, written as rows arrive under temporary names inside ``TO``.
-
-    A destination that fills up (``ENOSPC``, ``EDQUOT``: no blocks, or no inodes) must still
-    get a manifest of what was recovered: a small reserve file is made first and given back
-    when the disk is full, so the row of the entry that failed and the final names fit."""
-
-    def __init__(self, to_fd: int, extra_columns: tuple[str, ...] = ()):
-        from ovforensics.writers.formats import guard_formula, json_line
-
-        self.columns = MANIFEST_COLUMNS + tuple(extra_columns)
-
-        self._guard, self._json_line = guard_formula, json_line
-        self.to_fd = to_fd
-        token = secrets.token_hex(6)
-        self.tmp_csv = f".ovf-manifest-{token}.csv.partial"
-        self.tmp_jsonl = f".ovf-manifest-{token}.jsonl.partial"
-        self.reserve: str | None = f".ovf-reserve-{token}"
-        self._made: list[str] = []
-        self._cells = io.StringIO()
-        self.csv = csv.writer(self._cells)
-        try:
-            self._make_reserve()
-            self.csv_fh = _Sink(self._create(self.tmp_csv))
-            self.jsonl_fh = _Sink(self._create(self.tmp_jsonl))
-            self.csv.writerow(self.columns)
-            self.csv_fh.put(self._take_csv(), self.release)
-        except OSError:
-            self._remove_all()
-            raise
-
-    def _create(self, name: str) -> int:
-        fd = os.open(name, _NEW_FILE, 0o600, dir_fd=self.to_fd)
-        self._made.append(name)
-        return fd
-
-    def _make_reserve(self) -> None:
-        fd = self._create(self.reserve)
-        try:
-            try:
-                os.posix_fallocate(fd, 0, _RESERVE)
-            except OSError as exc:
-                if exc.errno in _FULL:
-                    raise
-                os.write(fd, bytes(_RESERVE))  # no fallocate on this filesystem
-        finally:
-            os.close(fd)
-
-    def release(self) -> bool:
-        """Give the reserve back (the destination is full); False when it is already gone."""
-        if self.reserve is None:
-            return False
-        try:
-            os.unlink(self.reserve, dir_fd=self.to_fd)
-        except OSError:
-            pass
-        self.reserve = None
-        return True
-
-    def _take_csv(self) -> bytes:
-        data = self._cells.getvalue().encode("utf-8", "backslashreplace")
-        self._cells.seek(0)
-        self._cells.truncate()
-        return data
-
-    def write(self, row: ManifestRow) -> None:
-        record = row.to_dict()
-        layer = record["source_layer"] or {}
-        values = dict(record, what=";".join(record["what"]), source_layer=layer.get("index"),
-                      source_layer_dir=layer.get("dir"), source_layer_id=layer.get("id"))
-        cells = []
-        for col in self.columns:
-            value = values.get(col)
-            cells.append("" if value is None else
-                         self._guard(value) if isinstance(value, str) else value)
-        path_col, b64_col = MANIFEST_COLUMNS.index("path"), MANIFEST_COLUMNS.index("path_b64")
-        if not cells[b64_col] and cells[path_col] != record["path"]:
-            cells[b64_col] = base64.b64encode(row.path).decode("ascii")  # the guard changed it
-        self.csv.writerow(cells)
-        line = (self._json_line(record) + "\n").encode("utf-8", "backslashreplace")
-        try:
-            self.jsonl_fh.put(line, self.release)
-            try:
-                self.csv_fh.put(self._take_csv(), self.release)
-            except OSError:  # keep both files to the same rows
-                size = self.jsonl_fh.size - len(line)
-                os.ftruncate(self.jsonl_fh.fd, size)
-                os.lseek(self.jsonl_fh.fd, size, os.SEEK_SET)
-                self.jsonl_fh.size = size
-                raise
-        except OSError as exc:
-            self._take_csv()
-            raise _ManifestFailed(exc) from None
-
-    def finish(self) -> None:
-        """Sync, and give the files their final names without replacing anything."""
-        try:
-            for sink, tmp, final in ((self.csv_fh, self.tmp_csv, MANIFEST_CSV),
-                                     (self.jsonl_fh, self.tmp_jsonl, MANIFEST_JSONL)):
-                os.fsync(sink.fd)
-                os.close(sink.fd)
-                sink.fd = -1
-                self._final_name(tmp, final)
-        except OSError as exc:
-            raise _ManifestFailed(exc) from None
-        finally:
-            self.release()
-
-    def _final_name(self, tmp: str, final: str) -> None:
-        try:
-            os.link(tmp, final, src_dir_fd=self.to_fd, dst_dir_fd=self.to_fd,
-                    follow_symlinks=False)
-        except FileExistsError:
-            raise OutputError(f"{final} appeared in the destination during the run; "
-                              f"the manifest is left as {tmp}") from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, *_FULL):
-                raise
-            # no hard links here (vfat, some network filesystems; tmpfs out of inodes counts a
-            # link as one): rename, after a check
-            if _lexists(final, self.to_fd):
-                raise OutputError(f"{final} appeared in the destination during the run; "
-                                  f"the manifest is left as {tmp}") from None
-            os.rename(tmp, final, src_dir_fd=self.to_fd, dst_dir_fd=self.to_fd)
-            return
-        os.unlink(tmp, dir_fd=self.to_fd)
-
-    def abandon(self) -> None:
-        """A run that failed: close the partial manifests (kept: whole rows of what was
-        written) and drop the reserve."""
-        for sink in (self.csv_fh, self.jsonl_fh):
-            if sink.fd >= 0:
-                try:
-                    os.close(sink.fd)
-                except OSError:
-                    pass
-                sink.fd = -1
-        self.release()
-
-    def _remove_all(self) -> None:
-        """The manifest could not even start: nothing of it is left in ``TO``."""
-        for name in self._made:
-            try:
-                os.unlink(name, dir_fd=self.to_fd)
-            except OSError:
-                pass
-        self.reserve = None
-
-
-def _lexists(name: str | bytes, dir_fd: int) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-# -- the destination ---------------------------------------------------------------------------
-class _Blocked(Exception):
-    """A directory of the destination path exists and is not a directory (or a link): skip."""
-
-
-class _Dest:
-    """Directories of ``TO``, opened relative to each other with ``O_NOFOLLOW``.
-
-    Keeps the last directory chain (records come in path order, so most lookups share a long
-    prefix with the previous one), but an fd only for every :data:`WAYPOINT`-th directory and
-    the deepest one: a 10,000-deep path must not need 10,000 fds. Going back up to a directory
-    whose fd was let go re-opens it from the waypoint above, one ``O_NOFOLLOW`` step at a time.
-    """
-
-    WAYPOINT = 64
-
-    def __init__(self, to_fd: int):
-        self.to_fd = to_fd
-        self.chain: list[tuple[bytes, int | None]] = []
-        self.made: set[Path] = set()  # directories this run created
-
-    def close(self) -> None:
-        for _, fd in self.chain:
-            if fd is not None:
-                os.close(fd)
-        self.chain = []
-
-    def dir(self, parts: Path, create: bool = True) -> int:
-        keep = 0
-        while (keep < len(self.chain) and keep < len(parts)
-               and self.chain[keep][0] == parts[keep]):
-            keep += 1
-        for _, fd in self.chain[keep:]:
-            if fd is not None:
-                os.close(fd)
-        del self.chain[keep:]
-        if self.chain and self.chain[-1][1] is None:
-            self._reopen_last(parts)
-        for depth in range(keep, len(parts)):
-            parent = self.chain[-1][1] if self.chain else self.to_fd
-            name = parts[depth]
-            if create:
-                try:
-                    os.mkdir(name, 0o755, dir_fd=parent)
-                    self.made.add(parts[:depth + 1])
-                except FileExistsError:
-                    pass
-            fd = self._open(name, parent, parts[:depth + 1])
-            if self.chain and len(self.chain) % self.WAYPOINT:  # the parent is no waypoint
-                os.close(parent)
-                self.chain[-1] = (self.chain[-1][0], None)
-            self.chain.append((name, fd))
-        return self.chain[-1][1] if self.chain else self.to_fd
-
-    def _open(self, name: bytes, parent: int, where: Path) -> int:
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
-                raise _Blocked(f"{escape_bytes(b'/'.join(where))} in the destination "
-                               f"{_what_is(name, parent)}; not followed") from None
-            raise
-
-    def _reopen_last(self, parts: Path) -> None:
-        """Open the chain's deepest directory again, from the nearest waypoint above it."""
-        last = len(self.chain) - 1
-        base = last - 1
-        while base >= 0 and self.chain[base][1] is None:
-            base -= 1
-        fd = self.chain[base][1] if base >= 0 else self.to_fd
-        for depth in range(base + 1, last + 1):
-            try:
-                child = self._open(self.chain[depth][0], fd, parts[:depth + 1])
-            finally:
-                if depth > base + 1:
-                    os.close(fd)  # an intermediate step, not the waypoint
-            fd = child
-        self.chain[last] = (self.chain[last][0], fd)
-
-
-def _what_is(name: bytes, dir_fd: int) -> str:
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return "is missing"
-    return "is a symbolic link" if stat.S_ISLNK(st.st_mode) else "is not a directory"
-
-
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return (st.st_dev, st.st_ino)
-
-
-def _ancestry(where: str | bytes | int) -> list[tuple[int, int]]:
-    """(dev, ino) of a directory and of each directory above it, up to ``/``, by ``..``.
-
-    Walking ``..`` (not the path text) sees through symlinks and bind mounts."""
-    flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
-    fd = os.open(".", flags, dir_fd=where) if isinstance(where, int) else os.open(where, flags)
-    out: list[tuple[int, int]] = []
-    try:
-        while True:
-            ident = _identity(os.fstat(fd))
-            if ident in out:
-                return out
-            out.append(ident)
-            parent = os.open("..", flags, dir_fd=fd)
-            os.close(fd)
-            fd = parent
-    finally:
-        os.close(fd)
-
-
-def _check_destination(to: str, where: str | int, evidence: list[str], itself: bool = True) -> None:
-    """Refuse a destination inside the evidence, or one that holds the evidence. ``where`` is
-    the destination's fd, or, before it exists (``itself`` false), the nearest directory above
-    it that does (then only "inside" is checked: a new directory holds nothing)."""
-    mine = _ancestry(where)
-    for item in evidence:
-        try:
-            if not os.path.isdir(item):
-                continue  # an archive: nothing can be written inside it
-            theirs = _ancestry(item)
-        except OSError:
-            continue
-        if theirs[0] in mine:
-            raise RecoverError(f"{to}: refusing to write inside the evidence ({item})")
-        if itself and mine[0] in theirs:
-            raise RecoverError(f"{to}: refusing to write into a directory that holds the "
-                               f"evidence ({item})")
 
 
 # -- paths -------------------------------------------------------------------------------------
@@ -923,10 +501,6 @@ def _describe(entry: Entry) -> str:
     return entry.kind
 
 
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
 
 
 def layer_location(layer: Layer) -> str:

@@ -33,5 +33,8 @@ too. Nothing found, or several different images found, raises :class:`ImageError
 one-line message."""
 from __future__ import annotations
 
-from ovforensics.stores.images.find import find_image, open_image  # noqa: F401
-from ovforensics.stores.images.model import ENGINES, Image, ImageError, ImageLayer, Ref, parse_ref, ref_matches  # noqa: F401
+from ovforensics.stores.images.find import find_image, open_image
+from ovforensics.stores.images.model import (ENGINES, Image, ImageError, ImageLayer, Ref,
+    parse_ref, ref_matches)
+
+

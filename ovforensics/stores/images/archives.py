@@ -2,27 +2,20 @@
 one), read in place through windows on the archive; nothing is extracted."""
 from __future__ import annotations
 
-from ovforensics.stores.images.model import Image
-from ovforensics.stores.images.model import ImageError
-from ovforensics.stores.images.model import ImageLayer
-from ovforensics.stores.images.model import MAX_JSON
-from ovforensics.stores.images.model import _apply_config
-from ovforensics.stores.images.model import _attach_history
-from ovforensics.stores.images.model import _blob_name
-from ovforensics.stores.images.model import _json
-from ovforensics.stores.images.model import _manifest_from
-from ovforensics.stores.images.model import _pick
 import io
 import os
 import re
 import stat
 import tarfile
 from typing import BinaryIO
+
 from ovforensics.evidence import safeio
+from ovforensics.evidence.rootfs import Root, RootEscape
 from ovforensics.layers import unpack
 from ovforensics.layers.layer import Layer, LayerError
-from ovforensics.evidence.rootfs import Root, RootEscape
 from ovforensics.layers.tarlayer import HeaderTooLarge, TarLayer, _compression, normalise, open_tar
+from ovforensics.stores.images.model import (Image, ImageError, ImageLayer, MAX_JSON,
+    _apply_config, _attach_history, _blob_name, _json, _manifest_from, _pick)
 
 
 # -- archives: a tar read in place ---------------------------------------------------------------

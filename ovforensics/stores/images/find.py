@@ -1,19 +1,15 @@
 """One image by name or id across the local stores, or from a path (an archive or OCI layout)."""
 from __future__ import annotations
 
-from ovforensics.stores.images.model import ENGINES
-from ovforensics.stores.images.model import Image
-from ovforensics.stores.images.model import ImageError
-from ovforensics.stores.images.model import _Candidate
+import os
+
+from ovforensics.evidence.rootfs import Root
+from ovforensics.stores.images.archives import _open_path
 from ovforensics.stores.images.from_containerd import _containerd_candidates
 from ovforensics.stores.images.from_docker import _docker_candidates
-from ovforensics.stores.images.model import _hex_query
-from ovforensics.stores.images.archives import _open_path
 from ovforensics.stores.images.from_podman import _podman_candidates
-from ovforensics.stores.images.model import parse_ref
-from ovforensics.stores.images.model import ref_matches
-import os
-from ovforensics.evidence.rootfs import Root
+from ovforensics.stores.images.model import (ENGINES, Image, ImageError, _Candidate, _hex_query,
+    parse_ref, ref_matches)
 
 
 _FINDERS = {"docker": _docker_candidates, "podman": _podman_candidates,

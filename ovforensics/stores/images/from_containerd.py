@@ -2,20 +2,13 @@
 content store, each layer from its committed snapshot or, never unpacked, its blob."""
 from __future__ import annotations
 
-from ovforensics.stores.images.model import Image
-from ovforensics.stores.images.model import ImageError
-from ovforensics.stores.images.model import ImageLayer
-from ovforensics.stores.images.model import _Candidate
-from ovforensics.stores.images.model import _DIGEST
-from ovforensics.stores.images.model import _apply_config
-from ovforensics.stores.images.model import _attach_history
-from ovforensics.stores.images.model import _hex_query
-from ovforensics.stores.images.model import _manifest_from
-from ovforensics.stores.images.model import ref_matches
 import os
-from ovforensics.layers.layer import DirLayer, Layer, LayerError
+
 from ovforensics.evidence.rootfs import Root, RootEscape
+from ovforensics.layers.layer import DirLayer, Layer, LayerError
 from ovforensics.layers.tarlayer import TarLayer
+from ovforensics.stores.images.model import (Image, ImageError, ImageLayer, _Candidate, _DIGEST,
+    _apply_config, _attach_history, _hex_query, _manifest_from, ref_matches)
 
 
 def _containerd_candidates(root: Root, data_root: str | None, query: str, warnings: list[str],

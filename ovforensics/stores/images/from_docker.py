@@ -2,20 +2,15 @@
 (containerd images of namespace ``moby``)."""
 from __future__ import annotations
 
-from ovforensics.stores.images.model import Image
-from ovforensics.stores.images.model import ImageError
-from ovforensics.stores.images.model import ImageLayer
-from ovforensics.stores.images.model import _Candidate
-from ovforensics.stores.images.model import _apply_config
-from ovforensics.stores.images.model import _attach_history
-from ovforensics.stores.images.from_containerd import _containerd_candidates
-from ovforensics.stores.images.model import _json
-from ovforensics.stores.images.model import ref_matches
 import os
 import re
+
 from ovforensics.evidence import safeio
-from ovforensics.layers.layer import DirLayer, LayerError
 from ovforensics.evidence.rootfs import Root
+from ovforensics.layers.layer import DirLayer, LayerError
+from ovforensics.stores.images.from_containerd import _containerd_candidates
+from ovforensics.stores.images.model import (Image, ImageError, ImageLayer, _Candidate,
+    _apply_config, _attach_history, _json, ref_matches)
 
 
 def _docker_candidates(root: Root, data_root: str | None, query: str, warnings: list[str]):

@@ -2,18 +2,13 @@
 chain, the config as the image's big-data item."""
 from __future__ import annotations
 
-from ovforensics.stores.images.model import Image
-from ovforensics.stores.images.model import ImageError
-from ovforensics.stores.images.model import ImageLayer
-from ovforensics.stores.images.model import _Candidate
-from ovforensics.stores.images.model import _apply_config
-from ovforensics.stores.images.model import _attach_history
-from ovforensics.stores.images.model import _json
-from ovforensics.stores.images.model import ref_matches
 import re
+
 from ovforensics.evidence import storetext
-from ovforensics.layers.layer import DirLayer, LayerError
 from ovforensics.evidence.rootfs import Root, RootEscape
+from ovforensics.layers.layer import DirLayer, LayerError
+from ovforensics.stores.images.model import (Image, ImageError, ImageLayer, _Candidate,
+    _apply_config, _attach_history, _json, ref_matches)
 
 
 def _podman_big_data_name(key: str) -> str:

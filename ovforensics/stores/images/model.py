@@ -6,6 +6,7 @@ import platform
 import re
 from dataclasses import dataclass, field
 from typing import Callable
+
 from ovforensics.evidence import storetext
 from ovforensics.layers.layer import Layer
 
