@@ -1,0 +1,68 @@
+"""The commands about the stores: ``containers``, ``layers``."""
+from __future__ import annotations
+
+import os
+import typer
+from typing import List, Optional
+
+from ovforensics.cli.app import app, fail, say
+from ovforensics.cli.options import (_container, _data_root_opt, _emit_rows, _engine_opt,
+    _format_opt, _namespace_opt, _output_opt, _pick_format, _root_opt)
+
+
+@app.command("containers")
+def containers_cmd(
+    root: str = _root_opt(),
+    engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
+    data_root: Optional[str] = _data_root_opt(),
+    fmt: Optional[str] = _format_opt(),
+    output: Optional[str] = _output_opt(),
+    filters: List[str] = typer.Option([], "--filter", metavar="KEY=VALUE",
+                                      help="Keep containers whose KEY is VALUE: engine, state, name "
+                                           "(a part of a name), image (name or id), namespace, pod, "
+                                           "pod_namespace, role (sandbox, container). Repeat: the "
+                                           "same key is either value, different keys all hold."),
+) -> None:
+    """List every container of every engine found, from the engines' files alone."""
+    from ovforensics import containers
+    from ovforensics.stores.base import Broken
+    from ovforensics.stores.registry import matches, parse_filters
+    from ovforensics.stores.inventory import CONTAINER_COLUMNS, container_row
+
+    fmt = _pick_format(fmt, output)
+    if not os.path.isdir(root):
+        raise fail(f"--root: {root}: not a directory")
+    try:
+        wanted = parse_filters(filters + ([f"namespace={namespace}"] if namespace is not None else []))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+    def rows():
+        for item in containers(root, engine, data_root):
+            if isinstance(item, Broken):
+                say(f"ovforensics: warning: {item.engine}: {item.where}: {item.why}")
+                continue
+            if matches(item, wanted):
+                yield container_row(item)
+
+    _emit_rows(fmt, rows(), CONTAINER_COLUMNS, output, [root] if root != "/" else [])
+
+
+@app.command("layers")
+def layers_cmd(
+    container: str = typer.Argument(..., metavar="CONTAINER", help="Container name, id or id prefix."),
+    root: str = _root_opt(),
+    engine: Optional[str] = _engine_opt(),
+    namespace: Optional[str] = _namespace_opt(),
+    data_root: Optional[str] = _data_root_opt(),
+    fmt: Optional[str] = _format_opt(),
+    output: Optional[str] = _output_opt(),
+) -> None:
+    """Show a container's stack: upper, init and image layers, with ids, entry counts and sizes."""
+    from ovforensics.stores.inventory import LAYER_COLUMNS, layer_rows
+
+    fmt = _pick_format(fmt, output)
+    found = _container(container, root, engine, data_root, namespace)
+    _emit_rows(fmt, layer_rows(found), LAYER_COLUMNS, output,
+               [root] if root != "/" else [found.store])

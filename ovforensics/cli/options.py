@@ -1,0 +1,272 @@
+"""What the commands share: their options, picking a format, opening what a command reads (a call
+to the library's ``open_target``), and writing a report or an inventory."""
+from __future__ import annotations
+
+import os
+import typer
+from typing import List, Optional
+
+from ovforensics.cli.app import fail, run, say
+from ovforensics.layers.layer import LayerError
+from ovforensics.layers.markers import RULES
+from ovforensics.layers.stack import split_lowerdir
+from ovforensics.writers.formats import FORMATS, open_writer, write_rows
+from ovforensics.writers.output import OutputError, default_format, refuse_inside, report_stream
+
+
+def _split_list(values: List[str]) -> List[str]:
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+ROOT_HELP = "Evidence root: a mounted image of a seized host; every path found is resolved under it."
+
+
+ENGINE_HELP = "Only this engine: docker, podman, containerd (default: all found)."
+
+
+DATA_ROOT_HELP = "The engine's data root inside --root (default: from the engine's config, else its default)."
+
+
+def _root_opt():
+    return typer.Option("/", "--root", metavar="DIR", help=ROOT_HELP)
+
+
+def _engine_opt():
+    return typer.Option(None, "--engine", metavar="ENGINE", help=ENGINE_HELP)
+
+
+def _namespace_opt():
+    return typer.Option(None, "--namespace", metavar="NS",
+                        help="containerd namespace (default, k8s.io, moby, ...): only that "
+                             "namespace's containers and images are looked at.")
+
+
+def _data_root_opt():
+    return typer.Option(None, "--data-root", metavar="DIR", help=DATA_ROOT_HELP)
+
+
+def _format_opt():
+    return typer.Option(None, "--format", "-f", metavar="FORMAT",
+                        help=f"One of {', '.join(FORMATS)}. Default: table on a terminal, else from "
+                             "-o's extension, else jsonl.")
+
+
+def _output_opt():
+    return typer.Option(None, "--output", "-o", metavar="FILE",
+                        help="Write the report to FILE (it appears only when complete).")
+
+
+def _pick_format(fmt: Optional[str], output: Optional[str]) -> str:
+    fmt = fmt or default_format(output)
+    if fmt not in FORMATS:
+        raise fail(f"--format: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def _container(query: str, root: str, engine: Optional[str], data_root: Optional[str],
+               namespace: Optional[str] = None):
+    from ovforensics import find_container
+    from ovforensics.stores.registry import LookupError_
+
+    if not os.path.isdir(root):
+        raise fail(f"--root: {root}: not a directory")
+    try:
+        return find_container(query, root=root, engine=engine, data_root=data_root,
+                              namespace=namespace)
+    except (LookupError_, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _stack_args():
+    """The options every stack-reading command shares, as typer parameters."""
+    return dict(
+        container=typer.Argument(None, metavar="[CONTAINER]",
+                                 help="Container name, id or id prefix (found offline in the engines' "
+                                      "files); or name the layers with --upper."),
+        upper=typer.Option(None, "--upper", metavar="PATH",
+                           help="The upperdir (a directory, or a tar archive of one)."),
+        lowers=typer.Option([], "--lowers", metavar="DIR:DIR...",
+                            help="Lower layers as a colon list, topmost first (as lowerdir= and "
+                                 "docker inspect's LowerDir give it)."),
+        lower=typer.Option([], "--lower", metavar="PATH",
+                           help="One lower layer (directory or tar); repeat, topmost first. Comes "
+                                "after the --lowers entries."),
+    )
+
+
+_S = _stack_args()
+
+
+def Stack(container, upper, lowers, lower, root, engine, data_root, namespace=None):
+    """The library's :func:`~ovforensics.target.open_target` for a command's options (``--lowers``
+    colon lists first, then each ``--lower``); its refusal is a one-line error."""
+    from ovforensics.target import TargetError, open_target
+
+    try:
+        target = open_target(container, upper=upper, root=root, engine=engine,
+                             data_root=data_root, namespace=namespace,
+                             lowers=[item for value in lowers for item in split_lowerdir(value)]
+                             + list(lower))
+    except TargetError as exc:
+        raise fail(str(exc)) from None
+    target.on_note = lambda text: say(f"ovforensics: note: {text}")
+    return target
+
+
+def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
+          extra_columns: tuple = (), write=None) -> None:
+    """Write a report; with a run record: JSON/JSONL get it first, other formats a side file."""
+    import shutil
+    import tempfile
+
+    from ovforensics.writers import progress
+    from ovforensics.writers.formats import json_line
+
+    records = progress.tracked(records, progress.wanted(fmt, output))  # stderr, on a terminal
+
+    def write_records(stream) -> None:
+        if write is not None:
+            write(fmt, records, stream)
+            return
+        writer = open_writer(fmt, stream, extra_columns)
+        for record in records:
+            writer.write(record)
+        writer.close()
+
+    inline_meta = run is not None and fmt in ("json", "jsonl") and write is None
+    if run is not None and not inline_meta and (not output or output == "-"):
+        raise fail(f"--meta with --format {fmt} writes a side file FILE.meta.json: give -o FILE")
+    try:
+        if output and output != "-":
+            refuse_inside(output, evidence)
+        with report_stream(output) as stream:
+            if not inline_meta:
+                write_records(stream)
+            else:  # the run record comes first, but is complete only at the end: spool
+                with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as spool:
+                    write_records(spool)
+                    spool.seek(0)
+                    meta = json_line({"meta": run.to_dict()})
+                    if fmt == "json":
+                        spool.read(1)  # the document's opening brace
+                        stream.write("{" + meta[1:-1] + ", ")
+                    else:
+                        stream.write(meta + "\n")
+                    shutil.copyfileobj(spool, stream)
+        if run is not None and not inline_meta:
+            with report_stream(output + ".meta.json") as side:
+                side.write(json_line({"meta": run.to_dict()}) + "\n")
+    except (LayerError, OutputError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _set_max_decompressed(value: Optional[str]) -> Optional[str]:
+    from ovforensics.layers import unpack
+    from ovforensics.units import parse_bytes
+
+    if value is not None:
+        try:
+            unpack.set_limit(parse_bytes(value, unpack.OPTION))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _max_decompressed_opt():
+    from ovforensics.layers.unpack import DEFAULT_LIMIT, ENV
+
+    return typer.Option(None, "--max-decompressed", metavar="SIZE", callback=_set_max_decompressed,
+                        help=f"Cap on a compressed archive's decompressed copy in $TMPDIR (default "
+                             f"{DEFAULT_LIMIT >> 30}GiB, or ${ENV}); past it the archive is refused.")
+
+
+def _meta_opt():
+    return typer.Option(False, "--meta", help="Add the run record (tool, command line, host, times, "
+                                              "layers read, counts, entries not read): first record "
+                                              "in JSON/JSONL, else a side file FILE.meta.json.")
+
+
+def _hash_opt():
+    return typer.Option(None, "--hash", metavar="ALGOS",
+                        help="Hash both versions of each changed file: md5, sha1, sha256, sha512 "
+                             "(comma list).")
+
+
+def _packages_opt():
+    return typer.Option(False, "--packages",
+                        help="Check each change against the stack's package databases (dpkg, "
+                             "rpm, apk): package, package_status (intact, altered, unowned, ...).")
+
+
+def _yara_opts():
+    return dict(
+        yara=typer.Option(None, "--yara", metavar="RULES",
+                          help="Match YARA rules (a file, or a directory of *.yar) against every "
+                               "added and modified file: the yara field (needs yara-python)."),
+        yara_originals=typer.Option(False, "--yara-originals",
+                                    help="With --yara, match the shadowed originals too "
+                                         "(lower_yara)."),
+    )
+
+
+_Y = _yara_opts()
+
+
+def _more_columns(packages: bool, yara: Optional[str], originals: bool) -> tuple:
+    from ovforensics.packages.verify import COLUMNS
+
+    cols = COLUMNS if packages else ()
+    if yara:
+        cols += ("yara", "lower_yara") if originals else ("yara",)
+    return cols
+
+
+def _filter_opts():
+    return dict(
+        include=typer.Option([], "--include", metavar="GLOB",
+                             help="Keep only paths matching GLOB (repeatable)."),
+        exclude=typer.Option([], "--exclude", metavar="GLOB",
+                             help="Drop paths matching GLOB (repeatable)."),
+        whiteouts=typer.Option("auto", "--whiteouts", metavar="RULES",
+                               help="Marker rules: auto (oci for tar; kernel for directories, unless "
+                                    "one carries only OCI/AUFS or fuse-overlayfs marks; the "
+                                    f"store's own for a container), {', '.join(RULES)}."),
+        xattr_ns=typer.Option("auto", "--xattr-ns", metavar="NS",
+                              help="Control xattr namespace honoured: auto (from the layer roots), "
+                                   "both, trusted (root mounts), user (userxattr mounts)."),
+    )
+
+
+_F = _filter_opts()
+
+
+def _extra_columns(hashes, magic: bool, deleted_only: bool = False) -> tuple:
+    if not hashes and not magic:
+        return ()
+    from ovforensics.scanner.enrich import parse_hashes
+
+    try:
+        algorithms = parse_hashes(hashes)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    cols = []
+    for algorithm in algorithms:
+        cols += [f"lower_{algorithm}"] if deleted_only else [algorithm, f"lower_{algorithm}"]
+    if magic:
+        cols += ["magic", "mime", "exec_flags", "new_executable"]
+    return tuple(cols)
+
+
+def _emit_rows(fmt: str, rows, columns: tuple, output: Optional[str], evidence: list) -> None:
+    """Write an inventory (containers, layers); never inside the evidence."""
+    try:
+        if output and output != "-":
+            refuse_inside(output, evidence)
+        with report_stream(output) as stream:
+            write_rows(fmt, rows, columns, stream)
+    except (OutputError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
