@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use crate::layer::{same_entry, Entry, Kind, Layer, Listing, Node};
-use crate::out::{Meta, Out, Rec};
+use crate::out::{Lower, Meta, Out, Rec};
 use crate::sys::{self, Xattrs};
 
 pub const TRUSTED: &[u8] = b"trusted.overlay.";
@@ -944,6 +944,20 @@ impl Differ {
             mtime_ns: entry.st.mtime_ns(),
         };
         let layer_ref = shadow.map(|_| shadow_pos + 1);
+        let (was, was_target) = match shadow {
+            Some(s) if change == "modified" => (Some(s), self.target(s)),
+            _ => (None, None),
+        };
+        let lower = was.map(|s| Lower {
+            meta: Meta {
+                size: s.st.size,
+                mode: s.st.mode & 0o7777,
+                uid: s.st.uid,
+                gid: s.st.gid,
+                mtime_ns: s.st.mtime_ns(),
+            },
+            target: was_target.as_deref(),
+        });
         let rec = Rec {
             path,
             change,
@@ -959,6 +973,7 @@ impl Differ {
             metacopy,
             anomaly: None,
             detail: None,
+            lower,
         };
         self.out.write(&rec)
     }

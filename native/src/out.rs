@@ -22,6 +22,12 @@ pub struct Meta {
     pub mtime_ns: i128,
 }
 
+/// A modified record's shadowed original, as it was (Change.lower_size ... lower_target).
+pub struct Lower<'a> {
+    pub meta: Meta,
+    pub target: Option<&'a [u8]>,
+}
+
 pub struct Rec<'a> {
     pub path: &'a [u8],
     pub change: &'static str,
@@ -37,6 +43,7 @@ pub struct Rec<'a> {
     pub metacopy: bool,
     pub anomaly: Option<&'static str>,
     pub detail: Option<String>,
+    pub lower: Option<Lower<'a>>,
 }
 
 impl<'a> Rec<'a> {
@@ -56,12 +63,13 @@ impl<'a> Rec<'a> {
             metacopy: false,
             anomaly: Some(kind),
             detail: Some(detail),
+            lower: None,
         }
     }
 }
 
 const WHAT: [&str; 7] = ["type", "content", "target", "mode", "owner", "mtime", "xattrs"];
-const CSV_HEADER: &str = "path,change,type,what,via,lower_path,lower_layer,lower_layer_dir,lower_layer_id,lower_layer_role,upper_path,size,mode,uid,gid,mtime,target,renamed_from,metacopy,anomaly,detail,path_b64\r\n";
+const CSV_HEADER: &str = "path,change,type,what,via,lower_path,lower_layer,lower_layer_dir,lower_layer_id,lower_layer_role,upper_path,size,mode,uid,gid,mtime,target,renamed_from,metacopy,anomaly,detail,path_b64,lower_size,lower_mode,lower_uid,lower_gid,lower_mtime,lower_target\r\n";
 
 pub struct Out {
     fd: i32,
@@ -194,13 +202,24 @@ impl Out {
         b.extend_from_slice(b",\"renamed_from\":");
         let renamed_b64 = json_opt_bytes(&mut b, r.renamed_from);
         b.extend_from_slice(if r.metacopy { b",\"metacopy\":true" } else { b",\"metacopy\":false" });
+        let mut lower_target_b64 = false;
+        if let Some(l) = &r.lower {
+            b.extend_from_slice(format!(",\"lower_size\":{},\"lower_mode\":\"{:04o}\",\"lower_uid\":{},\"lower_gid\":{},\"lower_mtime\":\"",
+                                        l.meta.size, l.meta.mode, l.meta.uid, l.meta.gid).as_bytes());
+            let t = self.mtime(l.meta.mtime_ns);
+            b.extend_from_slice(&t);
+            b.extend_from_slice(b"\",\"lower_target\":");
+            lower_target_b64 = json_opt_bytes(&mut b, l.target);
+        }
         if path_b64 {
             b.extend_from_slice(b",\"path_b64\":\"");
             base64(&mut b, r.path);
             b.push(b'"');
         }
+        let lower_target = r.lower.as_ref().and_then(|l| l.target);
         for (key, raw, bad) in [("lower_path_b64", r.lower_path, lower_b64), ("target_b64", r.target, target_b64),
-                                ("renamed_from_b64", r.renamed_from, renamed_b64)] {
+                                ("renamed_from_b64", r.renamed_from, renamed_b64),
+                                ("lower_target_b64", lower_target, lower_target_b64)] {
             if bad {
                 b.extend_from_slice(format!(",\"{}\":\"", key).as_bytes());
                 base64(&mut b, raw.unwrap());
@@ -273,6 +292,16 @@ impl Out {
         b.push(b',');
         if std::str::from_utf8(r.path).is_err() || path_guarded {
             base64(&mut b, r.path);
+        }
+        match &r.lower {
+            Some(l) => {
+                b.extend_from_slice(format!(",{},{:04o},{},{},", l.meta.size, l.meta.mode, l.meta.uid, l.meta.gid).as_bytes());
+                let t = self.mtime(l.meta.mtime_ns);
+                csv_cell(&mut b, std::str::from_utf8(&t).unwrap(), true);
+                b.push(b',');
+                csv_opt_bytes(&mut b, l.target);
+            }
+            None => b.extend_from_slice(b",,,,,,"),
         }
         b.extend_from_slice(b"\r\n");
         self.buf = b;

@@ -55,6 +55,8 @@ CSV_COLUMNS = (
     "path", "change", "type", "what", "via", "lower_path", "lower_layer", "lower_layer_dir",
     "lower_layer_id", "lower_layer_role", "upper_path", "size", "mode", "uid", "gid", "mtime", "target", "renamed_from", "metacopy",
     "anomaly", "detail", "path_b64",
+    # a modified record's original, as it was (appended: the columns before keep their places)
+    "lower_size", "lower_mode", "lower_uid", "lower_gid", "lower_mtime", "lower_target",
 )
 
 TABLE_HEADERS = ("change", "path", "type", "what", "via", "lower layer", "size")
@@ -175,10 +177,19 @@ class RecordDicts:
             "renamed_from": renamed_from,
             "metacopy": c.metacopy,
         }
+        lower_target_b64 = None
+        if c.change == MODIFIED:
+            lower_target, lower_target_b64 = _text(c.lower_target)
+            out["lower_size"] = c.lower_size
+            out["lower_mode"] = format_mode(c.lower_mode)
+            out["lower_uid"] = c.lower_uid
+            out["lower_gid"] = c.lower_gid
+            out["lower_mtime"] = self._time(c.lower_mtime_ns)
+            out["lower_target"] = lower_target
         if path_b64 is not None:
             out["path_b64"] = path_b64
         for key, b64 in (("lower_path", lower_b64), ("target", target_b64),
-                         ("renamed_from", renamed_b64)):
+                         ("renamed_from", renamed_b64), ("lower_target", lower_target_b64)):
             if b64 is not None:
                 out[key + "_b64"] = b64
         if c.change == ANOMALY:
