@@ -49,6 +49,11 @@ class Target:
                        **options)
         return self._noted(records, layers)
 
+    @property
+    def diff_hides(self) -> tuple[str, ...]:
+        """Paths the engine's own diff leaves out (``-f docker`` leaves them out too)."""
+        return tuple(getattr(self.container, "diff_hides", ()) or ())
+
     def write(self, fmt: str, stream, whiteouts: str = "auto", xattr_ns: str = "auto",
               **options) -> dict:
         """The report written to ``stream`` (:func:`ovforensics.write_scan`: the compiled

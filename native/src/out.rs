@@ -81,6 +81,7 @@ pub struct Out {
     refs_json: Vec<Vec<u8>>,
     refs_csv: Vec<Vec<u8>>,
     seconds: HashMap<i64, Vec<u8>>,
+    printed: Vec<Vec<u8>>, // docker: directories printed on the current branch, top down
 }
 
 fn kind_index(change: &str) -> usize {
@@ -104,6 +105,7 @@ impl Out {
             refs_json,
             refs_csv,
             seconds: HashMap::new(),
+            printed: Vec::new(),
         };
         if fmt == Format::Csv {
             out.buf.extend_from_slice(CSV_HEADER.as_bytes());
@@ -308,6 +310,8 @@ impl Out {
     }
 
     // -- docker -----------------------------------------------------------------------------
+    /// writers.DockerWriter: docker diff's lines (one D for a deleted directory, a C for the
+    /// parent of each added or deleted path unless printed already).
     fn docker(&mut self, r: &Rec) {
         let code = match r.change {
             "added" => b'A',
@@ -315,9 +319,39 @@ impl Out {
             "deleted" => b'D',
             _ => return,
         };
+        if code == b'D' && r.via == Some("parent") {
+            return;
+        }
+        let path = r.path;
+        while let Some(top) = self.printed.last() {
+            let mut prefix = top.clone();
+            while prefix.last() == Some(&b'/') {
+                prefix.pop();
+            }
+            prefix.push(b'/');
+            if path.starts_with(&prefix) {
+                break;
+            }
+            self.printed.pop();
+        }
+        if code != b'C' {
+            let cut = path.iter().rposition(|&c| c == b'/').unwrap_or(0);
+            let parent = &path[..cut];
+            if !parent.is_empty() && self.printed.last().map(|p| &p[..] != parent).unwrap_or(true) {
+                self.docker_line(b'C', parent);
+                self.printed.push(parent.to_vec());
+            }
+        }
+        self.docker_line(code, path);
+        if r.kind == Some("dir") && code != b'D' {
+            self.printed.push(path.to_vec());
+        }
+    }
+
+    fn docker_line(&mut self, code: u8, path: &[u8]) {
         self.buf.push(code);
         self.buf.push(b' ');
-        let text = show_cow(r.path);
+        let text = show_cow(path);
         visible(&mut self.buf, &text);
         self.buf.push(b'\n');
     }

@@ -130,6 +130,29 @@ class Change:
         return out
 
 
+def what_text(record: dict) -> str:
+    """What changed, before and after, for people: ``mode 0755 -> 4755, owner 0:0 -> 1000:1000,
+    content (size 5 -> 10)``. ``record`` is a :meth:`Change.to_dict`; a record without the
+    original's fields (not modified) gives the bare ``what`` names."""
+    what = record.get("what") or ()
+    if record.get("change") != MODIFIED or "lower_mode" not in record:
+        return ", ".join(what)
+    out = []
+    for item in what:
+        if item == "mode":
+            out.append(f"mode {record.get('lower_mode')} -> {record.get('mode')}")
+        elif item == "owner":
+            out.append(f"owner {record.get('lower_uid')}:{record.get('lower_gid')} -> "
+                       f"{record.get('uid')}:{record.get('gid')}")
+        elif item == "target":
+            out.append(f"target {record.get('lower_target')} -> {record.get('target')}")
+        elif item == "content" and record.get("lower_size") != record.get("size"):
+            out.append(f"content (size {record.get('lower_size')} -> {record.get('size')})")
+        else:
+            out.append(item)
+    return ", ".join(out)
+
+
 def is_utf8(raw: bytes) -> bool:
     try:
         raw.decode("utf-8")

@@ -92,11 +92,11 @@ def status() -> str:
 
 
 def applies(fmt: str, *, hashes=(), magic=False, include=(), exclude=(), run=None,
-            packages=False, yara=None) -> bool:
+            packages=False, yara=None, hide=()) -> bool:
     """Whether a report with these options is one the compiled differ can write (the layers
     are checked by :func:`write`): none of the columns it does not compute is asked for."""
     return (fmt in FORMATS and not hashes and not magic and not include and not exclude
-            and run is None and not packages and not yara and enabled())
+            and run is None and not packages and not yara and not hide and enabled())
 
 
 def _field(out: list, value) -> None:

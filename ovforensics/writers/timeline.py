@@ -132,7 +132,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Iterator, TextIO
 
-from ovforensics.records.record import ADDED, DELETED, MODIFIED, Change, escape_bytes, format_mode, is_utf8
+from ovforensics.records.record import (ADDED, DELETED, MODIFIED, Change, escape_bytes, format_mode,
+                                        is_utf8, what_text)
 from ovforensics.writers.formats import guard_formula, json_line, visible
 
 __all__ = ["FORMATS", "CSV_COLUMNS", "TIME_FIELDS", "UTC_NOTE", "Subject", "subjects",
@@ -386,7 +387,7 @@ def bodyfile_line(change: Change, subject: Subject) -> str:
 def _message(change: Change, subject: Subject) -> str:
     text = f"{change.change} {visible(change.path_text)}"
     if change.what:
-        text += f" ({', '.join(change.what)})"
+        text += f" ({visible(_what(change))})"
     if change.via:
         text += f" via {change.via}"
     if change.renamed_from is not None:
@@ -394,6 +395,13 @@ def _message(change: Change, subject: Subject) -> str:
     if subject.kind == "symlink" and subject.target is not None:
         text += f" -> {visible(escape_bytes(subject.target))}"
     return f"{text} - {subject.message_label}"
+
+
+def _what(change: Change) -> str:
+    """``mode 0755 -> 4755, content (size 5 -> 10)``: what changed, before and after."""
+    if change.change != "modified" or change.lower_mode is None:
+        return ", ".join(change.what)
+    return what_text(change.to_dict())
 
 
 def _base_fields(change: Change) -> dict:
