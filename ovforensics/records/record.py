@@ -130,27 +130,29 @@ class Change:
         return out
 
 
-def what_text(record: dict) -> str:
+def what_text(record: dict, sep: str = ", ") -> str:
     """What changed, before and after, for people: ``mode 0755 -> 4755, owner 0:0 -> 1000:1000,
-    content (size 5 -> 10)``. ``record`` is a :meth:`Change.to_dict`; a record without the
-    original's fields (not modified) gives the bare ``what`` names."""
+    content (size 5 -> 10)``. ``record`` is a :meth:`Change.to_dict`; where the original's
+    fields are unknown (not a modified record, or one built without them) the bare ``what``
+    names stay."""
     what = record.get("what") or ()
-    if record.get("change") != MODIFIED or "lower_mode" not in record:
-        return ", ".join(what)
+    if record.get("change") != MODIFIED:
+        return sep.join(what)
     out = []
     for item in what:
-        if item == "mode":
-            out.append(f"mode {record.get('lower_mode')} -> {record.get('mode')}")
-        elif item == "owner":
-            out.append(f"owner {record.get('lower_uid')}:{record.get('lower_gid')} -> "
+        if item == "mode" and record.get("lower_mode") is not None:
+            out.append(f"mode {record['lower_mode']} -> {record.get('mode')}")
+        elif item == "owner" and record.get("lower_uid") is not None:
+            out.append(f"owner {record['lower_uid']}:{record.get('lower_gid')} -> "
                        f"{record.get('uid')}:{record.get('gid')}")
-        elif item == "target":
-            out.append(f"target {record.get('lower_target')} -> {record.get('target')}")
-        elif item == "content" and record.get("lower_size") != record.get("size"):
-            out.append(f"content (size {record.get('lower_size')} -> {record.get('size')})")
+        elif item == "target" and record.get("lower_target") is not None:
+            out.append(f"target {record['lower_target']} -> {record.get('target')}")
+        elif item == "content" and record.get("lower_size") is not None \
+                and record["lower_size"] != record.get("size"):
+            out.append(f"content (size {record['lower_size']} -> {record.get('size')})")
         else:
             out.append(item)
-    return ", ".join(out)
+    return sep.join(out)
 
 
 def is_utf8(raw: bytes) -> bool:

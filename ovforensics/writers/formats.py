@@ -377,7 +377,7 @@ class TableWriter(Writer):
 
 
 def _table_cells(record: dict) -> list[str]:
-    what = what_text(record)
+    what = what_text(record, ",")
     if record.get("change") == ANOMALY:
         # No "what" for an anomaly: say which anomaly it is instead.
         what = ": ".join(x for x in (record.get("anomaly"), record.get("detail")) if x)
