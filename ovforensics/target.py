@@ -65,13 +65,19 @@ class Target:
                 options["xattr_ns"] = xattr_ns
             return write_scan_container(self.container, fmt, stream, whiteouts=whiteouts,
                                         **options)
-        return write_scan(fmt, stream, self.upper, self.lowers, whiteouts=whiteouts,
-                          xattr_ns=xattr_ns, **options)
+        layers = self.layers(whiteouts)
+        counts = write_scan(fmt, stream, layers[0], layers[1:], whiteouts=whiteouts,
+                            xattr_ns=xattr_ns, **options)
+        self._notes(layers)
+        return counts
 
     def _noted(self, records, layers):
         """The records, then a note for each layer whose rules ``--whiteouts auto`` chose from
         its markers (known once the scan has read them)."""
         yield from records
+        self._notes(layers)
+
+    def _notes(self, layers) -> None:
         for layer in layers:
             if getattr(layer, "rules_auto", None) and self.on_note is not None:
                 self.on_note(f"{layer.label}: {layer.rules_auto}")

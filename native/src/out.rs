@@ -82,6 +82,9 @@ pub struct Out {
     refs_csv: Vec<Vec<u8>>,
     seconds: HashMap<i64, Vec<u8>>,
     printed: Vec<Vec<u8>>, // docker: directories printed on the current branch, top down
+    /// while a --whiteouts auto layer is undecided, nothing is written (its rules may send the
+    /// scan back to the Python differ): the records are held in ``buf``
+    pub hold: bool,
 }
 
 fn kind_index(change: &str) -> usize {
@@ -106,6 +109,7 @@ impl Out {
             refs_csv,
             seconds: HashMap::new(),
             printed: Vec::new(),
+            hold: false,
         };
         if fmt == Format::Csv {
             out.buf.extend_from_slice(CSV_HEADER.as_bytes());
@@ -134,10 +138,15 @@ impl Out {
             Format::Csv => self.csv(r),
             Format::Docker => self.docker(r),
         }
-        if self.buf.len() >= (1 << 18) {
+        if self.buf.len() >= (1 << 18) && !self.hold {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Bytes held, not written yet.
+    pub fn held(&self) -> usize {
+        self.buf.len()
     }
 
     fn mtime(&mut self, ns: i128) -> Vec<u8> {
