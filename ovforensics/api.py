@@ -2,13 +2,13 @@
 ``ovforensics/__init__.py`` re-exports them; the CLI calls them."""
 from __future__ import annotations
 
-import fnmatch
 import os
 from typing import Iterable, Iterator
 
 from ovforensics.layers.layer import Layer
 from ovforensics.layers.markers import Namespaces
 from ovforensics.layers.stack import container_layers
+from ovforensics.scanner.globs import compile_globs, matches
 from ovforensics.records.record import CHANGE_KINDS, Change
 
 
@@ -46,7 +46,7 @@ def scan(upper: str | os.PathLike | Layer, lowers: Iterable[str | os.PathLike | 
 
     algorithms = parse_hashes(hashes)
     only_set = _only(only)
-    include, exclude = list(include), list(exclude)
+    include, exclude = compile_globs("--include", include), compile_globs("--exclude", exclude)
     upper_layer, lower_layers, ns = _open_stack(upper, lowers, whiteouts, xattr_ns)
     if run is not None:
         run.add_layers([upper_layer, *lower_layers])
@@ -116,9 +116,9 @@ def _filtered(records, only_set, include, exclude) -> Iterator[Change]:
             continue
         if include or exclude:
             text = record.path_text
-            if include and not any(fnmatch.fnmatchcase(text, g) for g in include):
+            if include and not matches(text, include):
                 continue
-            if any(fnmatch.fnmatchcase(text, g) for g in exclude):
+            if exclude and matches(text, exclude):
                 continue
         yield record
 

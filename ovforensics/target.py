@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from ovforensics.layers.entry import Layer
+from ovforensics.layers.upperform import UpperError, check_upper
 from ovforensics.layers.stack import container_layers, open_layer
 from ovforensics.records.record import Change
 
@@ -32,6 +33,11 @@ class Target:
     evidence: list[str] = field(default_factory=list)
     #: told one line per note (e.g. which marker rules ``--whiteouts auto`` chose for a layer)
     on_note: Callable[[str], None] | None = None
+    #: told each of :attr:`warnings` once the report is complete (a run that fails says only why)
+    on_warning: Callable[[str], None] | None = None
+    #: what looked wrong in what was named (an upper with no lower, a layer directory given
+    #: for its diff/): the report goes on, the caller shows these
+    warnings: list[str] = field(default_factory=list)
 
     def records(self, whiteouts: str = "auto", xattr_ns: str = "auto", run=None,
                 **options) -> Iterator[Change]:
@@ -78,6 +84,9 @@ class Target:
         self._notes(layers)
 
     def _notes(self, layers) -> None:
+        if self.on_warning is not None:
+            for warning in self.warnings:
+                self.on_warning(warning)
         for layer in layers:
             if getattr(layer, "rules_auto", None) and self.on_note is not None:
                 self.on_note(f"{layer.label}: {layer.rules_auto}")
@@ -134,5 +143,9 @@ def open_target(container: str | None = None, *, upper: str | None = None,
         raise TargetError("name a container, or give --upper (and --lowers/--lower)")
     if any(not item for item in lowers):
         raise TargetError("--lowers: empty layer in the list (data-only layers after '::' are "
-                          "not supported)")
-    return Target(upper=upper, lowers=lowers, evidence=[upper, *lowers])
+                          "not supported, and an empty --lower is an unset variable?)")
+    try:
+        read, warnings = check_upper(upper, bool(lowers))
+    except UpperError as exc:
+        raise TargetError(str(exc)) from None
+    return Target(upper=read, lowers=lowers, evidence=[upper, read, *lowers], warnings=warnings)

@@ -2,12 +2,14 @@
 repository's ``.ovforensics.toml``; sizes and ratios as users write them."""
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
+from ovforensics.scanner.globs import compile_globs
 from ovforensics.units import SizeError, human, parse_bytes as _parse_bytes
 
 
@@ -101,7 +103,19 @@ def load_config(path: str | None, use_default: bool = True) -> tuple[dict, str |
         raise BloatError(f"--config: {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise BloatError(f"--config: {path}: not valid TOML ({exc})") from None
-    table = doc.get("bloat", {})
+    loose = sorted(k for k, v in doc.items() if not isinstance(v, dict))
+    if loose:
+        raise BloatError(f"--config: {path}: key {loose[0]!r} outside any table: put it under "
+                         "[bloat]")
+    unknown = sorted(k for k in doc if k != "bloat")
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], ["bloat"], n=1)
+        hint = " (did you mean [bloat]?)" if near else ""
+        raise BloatError(f"--config: {path}: unknown table [{unknown[0]}]{hint}; the only table "
+                         "is [bloat]")
+    if "bloat" not in doc:
+        raise BloatError(f"--config: {path}: no [bloat] table: nothing would be configured")
+    table = doc["bloat"]
     if not isinstance(table, dict):
         raise BloatError(f"--config: {path}: [bloat] must be a table")
     out = {}
@@ -139,7 +153,10 @@ def make_gates(*, max_wasted=None, max_wasted_percent=None, min_efficiency=None,
         conf_ignore = [conf_ignore]
     if not isinstance(conf_ignore, list) or not all(isinstance(g, str) for g in conf_ignore):
         raise BloatError(f"ignore{where}: expected a list of globs")
-    gates.ignore = list(conf_ignore) + list(ignore)
+    try:
+        gates.ignore = compile_globs("--ignore", list(conf_ignore) + list(ignore))
+    except ValueError as exc:
+        raise BloatError(str(exc)) from None
     for key, cli in (("top", top), ("depth", depth)):
         value, what = pick(cli, key)
         if value is None:

@@ -3,10 +3,10 @@ layer, lookups through a view, allocated sizes."""
 from __future__ import annotations
 
 import base64
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ovforensics.scanner.globs import matches
 from ovforensics.bloat.gates import DEFAULT_DEPTH, Gates, evaluate
 from ovforensics.layers.layer import Entry, Layer, Path, join
 from ovforensics.layers.markers import Namespaces, interpret
@@ -46,7 +46,7 @@ def dir_of(path: bytes, depth: int) -> bytes:
 
 def _ignored(path: bytes, globs: list[str]) -> bool:
     text = _text(path)
-    return any(fnmatch.fnmatchcase(text, g) for g in globs)
+    return bool(globs) and matches(text, globs)
 
 
 def _cpath(path: Path) -> bytes:

@@ -6,7 +6,7 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
-from ovforensics.cli.options import (Stack, _F, _S, _data_root_opt, _engine_opt,
+from ovforensics.cli.options import (_force_opt, Stack, _F, _S, _data_root_opt, _engine_opt,
     _max_decompressed_opt, _namespace_opt, _root_opt)
 from ovforensics.layers.layer import LayerError
 from ovforensics.writers.output import OutputError, default_format, refuse_inside, report_stream
@@ -36,7 +36,7 @@ def _bloat_opts():
                             help="Wasted paths matching GLOB do not count as waste (repeatable; "
                                  "* matches / too)."),
         config=typer.Option(None, "--config", metavar="FILE",
-                            help="Read gates from FILE's [bloat] table (default: ./.ovforensics.toml "
+                            help="Read gates from FILE's \\[bloat] table (default: ./.ovforensics.toml "
                                  "when it exists)."),
         no_config=typer.Option(False, "--no-config", help="Do not read ./.ovforensics.toml."),
         top=typer.Option(None, "--top", metavar="N", help="How many paths the top list shows "
@@ -111,6 +111,7 @@ def bloat_cmd(
     xattr_ns: str = _F["xattr_ns"],
     fmt: Optional[str] = _B["fmt"],
     output: Optional[str] = _B["output"],
+    force: bool = _force_opt(),
     max_wasted: Optional[str] = _B["max_wasted"],
     max_wasted_percent: Optional[str] = _B["max_wasted_percent"],
     min_efficiency: Optional[str] = _B["min_efficiency"],
@@ -158,6 +159,7 @@ def image_cmd(
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = _B["fmt"],
     output: Optional[str] = _B["output"],
+    force: bool = _force_opt(),
     max_wasted: Optional[str] = _B["max_wasted"],
     max_wasted_percent: Optional[str] = _B["max_wasted_percent"],
     min_efficiency: Optional[str] = _B["min_efficiency"],

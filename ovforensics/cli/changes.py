@@ -6,7 +6,7 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
-from ovforensics.cli.options import (Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
+from ovforensics.cli.options import (_force_opt, Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
     _extra_columns, _format_opt, _hash_opt, _max_decompressed_opt, _meta_opt, _more_columns,
     _namespace_opt, _output_opt, _packages_opt, _pick_format, _root_opt, _split_list)
 from ovforensics.layers.layer import LayerError
@@ -26,6 +26,7 @@ def diff_cmd(
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = _format_opt(),
     output: Optional[str] = _output_opt(),
+    force: bool = _force_opt(),
     only: List[str] = typer.Option([], "--only", metavar="KINDS",
                                    help="Keep only these change kinds: added, modified, deleted, anomaly "
                                         "(comma list or repeated)."),
@@ -89,6 +90,7 @@ def deleted_cmd(
     fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
                                       help=f"One of {', '.join(FORMATS)}. Default: csv."),
     output: Optional[str] = _output_opt(),
+    force: bool = _force_opt(),
     include: List[str] = _F["include"],
     exclude: List[str] = _F["exclude"],
     whiteouts: str = _F["whiteouts"],
@@ -129,6 +131,7 @@ def timeline_cmd(
                                            "timesketch-csv. Default: from -o's extension (.body, "
                                            ".jsonl, .csv), else bodyfile."),
     output: Optional[str] = _output_opt(),
+    force: bool = _force_opt(),
     include: List[str] = _F["include"],
     exclude: List[str] = _F["exclude"],
     whiteouts: str = _F["whiteouts"],

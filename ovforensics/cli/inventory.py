@@ -6,7 +6,7 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
-from ovforensics.cli.options import (_container, _data_root_opt, _emit_rows, _engine_opt,
+from ovforensics.cli.options import (_force_opt, _container, _data_root_opt, _emit_rows, _engine_opt,
     _format_opt, _namespace_opt, _output_opt, _pick_format, _root_opt)
 
 
@@ -18,6 +18,7 @@ def containers_cmd(
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = _format_opt(),
     output: Optional[str] = _output_opt(),
+    force: bool = _force_opt(),
     filters: List[str] = typer.Option([], "--filter", metavar="KEY=VALUE",
                                       help="Keep containers whose KEY is VALUE: engine, state, name "
                                            "(a part of a name), image (name or id), namespace, pod, "
@@ -58,6 +59,7 @@ def layers_cmd(
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = _format_opt(),
     output: Optional[str] = _output_opt(),
+    force: bool = _force_opt(),
 ) -> None:
     """Show a container's stack: upper, init and image layers, with ids, entry counts and sizes."""
     from ovforensics.stores.inventory import LAYER_COLUMNS, layer_rows

@@ -53,11 +53,28 @@ def _format_opt():
 
 def _output_opt():
     return typer.Option(None, "--output", "-o", metavar="FILE",
-                        help="Write the report to FILE (it appears only when complete).")
+                        help="Write the report to FILE (it appears only when complete; an "
+                             "existing FILE is refused unless --force).")
+
+
+def _set_force(value: bool) -> bool:
+    from ovforensics.writers.output import set_force
+
+    set_force(value)
+    return value
+
+
+def _force_opt():
+    return typer.Option(False, "--force", callback=_set_force,
+                        help="Replace an existing -o FILE.")
 
 
 def _pick_format(fmt: Optional[str], output: Optional[str]) -> str:
-    fmt = fmt or default_format(output)
+    if fmt is None:
+        try:
+            fmt = default_format(output)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
     if fmt not in FORMATS:
         raise fail(f"--format: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     return fmt
@@ -110,7 +127,19 @@ def Stack(container, upper, lowers, lower, root, engine, data_root, namespace=No
     except TargetError as exc:
         raise fail(str(exc)) from None
     target.on_note = lambda text: say(f"ovforensics: note: {text}")
+    target.on_warning = lambda text: say(f"ovforensics: warning: {text}")
     return target
+
+
+def _preload() -> None:
+    """Import what the scan imports lazily, before a report file exists: a Ctrl-C that lands
+    inside Python's import machinery can be swallowed there ("Exception ignored in ...
+    _get_module_lock") and the run then completes, or dies of the signal; between statements
+    of our own it is a KeyboardInterrupt the run turns into exit 130 with the file removed."""
+    import ovforensics.layers.formguess  # noqa: F401
+    import ovforensics.scanner.diff  # noqa: F401
+    import ovforensics.scanner.enrich  # noqa: F401
+    import ovforensics.writers.native  # noqa: F401
 
 
 def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
@@ -123,6 +152,7 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
     from ovforensics.writers.formats import json_line
 
     records = progress.tracked(records, progress.wanted(fmt, output))  # stderr, on a terminal
+    _preload()
 
     def write_records(stream) -> None:
         if write is not None:

@@ -7,7 +7,7 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import _warn, app, fail
-from ovforensics.cli.options import (Stack, _F, _S, _Y, _data_root_opt, _emit_rows, _engine_opt,
+from ovforensics.cli.options import (_force_opt, Stack, _F, _S, _Y, _data_root_opt, _emit_rows, _engine_opt,
     _format_opt, _namespace_opt, _output_opt, _pick_format, _root_opt)
 from ovforensics.layers.layer import LayerError
 from ovforensics.writers.output import OutputError, refuse_inside, report_stream
@@ -25,6 +25,7 @@ def packages_cmd(
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = _format_opt(),
     output: Optional[str] = _output_opt(),
+    force: bool = _force_opt(),
     whiteouts: str = _F["whiteouts"],
     xattr_ns: str = _F["xattr_ns"],
     every: bool = typer.Option(False, "--all", help="List unchanged packages too."),
@@ -63,6 +64,7 @@ def triage_cmd(
                                       help="table, json or html. Default: from -o's extension "
                                            "(.html, .json), else table."),
     output: Optional[str] = _output_opt(),
+    force: bool = _force_opt(),
     whiteouts: str = _F["whiteouts"],
     xattr_ns: str = _F["xattr_ns"],
     yara: Optional[str] = _Y["yara"],

@@ -43,12 +43,12 @@ Manifest statuses: ``recovered``, ``skipped`` (exists in ``TO``, not a regular f
 a partly written file is removed)."""
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import stat
 from typing import Callable, Iterable
 
+from ovforensics.scanner.globs import compile_globs, matches
 from ovforensics.layers.deeppath import child
 from ovforensics.layers.layer import Entry, EntryError, Layer, Path, join
 from ovforensics.layers.markers import Namespaces
@@ -114,7 +114,8 @@ class Recoverer:
         self.evidence = [os.fsdecode(e) for e in evidence]
         for layer in (differ.upper, *differ.lowers):
             self.evidence.append(layer_location(layer))
-        self.include, self.exclude = list(include), list(exclude)
+        self.include = compile_globs("--include", include)
+        self.exclude = compile_globs("--exclude", exclude)
         self.on_row = on_row
         self.keep_owner = os.geteuid() == 0 if keep_owner is None else keep_owner
         self._positions = {id(layer): pos for pos, layer in enumerate(self.base.layers)}
@@ -304,9 +305,9 @@ class Recoverer:
         if not self.include and not self.exclude:
             return True
         text = escape_bytes(b"/" + join(path))
-        if self.include and not any(fnmatch.fnmatchcase(text, g) for g in self.include):
+        if self.include and not matches(text, self.include):
             return False
-        return not any(fnmatch.fnmatchcase(text, g) for g in self.exclude)
+        return not (self.exclude and matches(text, self.exclude))
 
     def _recover(self, path: Path, top: Entry, data: Entry | None, ref: LayerRef | None,
                  change: str, what: tuple[str, ...]) -> None:

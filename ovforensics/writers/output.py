@@ -27,10 +27,15 @@ def refuse_inside(target: str, evidence: Iterable[str]) -> None:
 
 
 @contextlib.contextmanager
-def report_stream(target: str | None) -> Iterator[TextIO]:
+def report_stream(target: str | None, force: bool | None = None) -> Iterator[TextIO]:
     if target is None or target == "-":
         yield sys.stdout
         return
+    if not target:
+        raise OutputError("-o: the path is empty (an unset shell variable?): give a file, or - "
+                          "for standard output")
+    if not (_FORCE if force is None else force) and os.path.lexists(target):
+        raise OutputError(f"{target}: exists; give --force to replace it (nothing written)")
     directory = os.path.dirname(os.path.abspath(target))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".ovf-", suffix=".partial", dir=directory)
@@ -50,6 +55,14 @@ def report_stream(target: str | None) -> Iterator[TextIO]:
         raise
 
 
+_FORCE = False  # --force: an existing report file is replaced
+
+
+def set_force(value: bool) -> None:
+    global _FORCE
+    _FORCE = bool(value)
+
+
 def _unlink(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -59,6 +72,10 @@ def default_format(target: str | None) -> str:
     """``table`` on a terminal, else from the file's extension, else ``jsonl``."""
     if target and target != "-":
         ext = os.path.splitext(target)[1].lower().lstrip(".")
-        return {"csv": "csv", "json": "json", "jsonl": "jsonl", "ndjson": "jsonl",
-                "txt": "table"}.get(ext, "jsonl")
+        known = {"csv": "csv", "json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "txt": "table"}
+        if ext not in known:
+            raise ValueError(f"-o {target}: {'the extension .' + ext if ext else 'no extension'} "
+                             "says no format: give -f (table, csv, json, jsonl, docker) or a "
+                             ".csv, .json, .jsonl or .txt name")
+        return known[ext]
     return "table" if sys.stdout.isatty() else "jsonl"

@@ -1,0 +1,127 @@
+"""Issue 14: input that is not what it seems is refused or warned about, never reported as if
+normal; one rule for patterns and output files in every command."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import overlay  # noqa: F401 (fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "ovforensics", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def _write(path, data="x"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(data)
+
+
+def _paths(proc):
+    return [json.loads(line)["path"] for line in proc.stdout.splitlines()]
+
+
+def test_an_empty_upper_is_an_error_not_the_working_directory(tmp_path):
+    _write(tmp_path / "cwd/secret")
+    for args in (["--upper", ""], ["--upper", tmp_path / "cwd", "--lower", ""]):
+        proc = cli("diff", *args, "-f", "jsonl", cwd=tmp_path / "cwd")
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert "empty" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_an_upper_with_no_lower_warns_once_written(tmp_path):
+    _write(tmp_path / "up/f")
+    proc = cli("diff", "--upper", tmp_path / "up", "-f", "jsonl")
+    assert proc.returncode == 0 and _paths(proc) == ["/f"]
+    assert "has no lower layer" in proc.stderr and "whiteouts delete nothing" in proc.stderr
+
+
+def test_an_overlay2_layer_directory_is_read_at_its_diff(tmp_path):
+    layer, lower = tmp_path / "overlay2/abc", tmp_path / "low"
+    _write(layer / "diff/etc/new")
+    _write(layer / "link", "SHORTID")
+    _write(layer / "lower", "l/OTHER")
+    _write(lower / "etc/old")
+    proc = cli("diff", "--upper", layer, "--lower", lower, "-f", "jsonl")
+    assert proc.returncode == 0, proc.stderr
+    assert _paths(proc) == ["/etc/new"]  # not /diff/etc/new, /link, /lower
+    assert "overlay2 layer directory" in proc.stderr and "diff" in proc.stderr
+
+
+def test_the_l_directory_is_refused(tmp_path):
+    store = tmp_path / "overlay2"
+    _write(store / "abc/diff/f")
+    (store / "l").mkdir()
+    os.symlink("../abc/diff", store / "l/SHORTID")
+    proc = cli("diff", "--upper", store / "l", "--lower", store / "abc/diff", "-f", "jsonl")
+    assert proc.returncode == 2 and "l/ directory of short links" in proc.stderr, proc.stderr
+
+
+def test_a_mounted_overlay_is_refused_naming_its_upperdir(tmp_path, overlay):  # noqa: F811
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    _write(lower / "f")
+    upper.mkdir()
+    merged = overlay.mount([lower], upper=upper)
+    proc = cli("diff", "--upper", merged, "--lower", lower, "-f", "jsonl")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "mounted overlay" in proc.stderr and str(upper) in proc.stderr, proc.stderr
+
+
+def test_a_directory_pattern_takes_its_subtree_and_relative_ones_are_anchored(tmp_path):
+    up, low = tmp_path / "up", tmp_path / "low"
+    for name in ("usr/share/doc/a/1", "usr/share/doc/b", "usr/bin/x", "etc/y"):
+        _write(up / name)
+    low.mkdir()
+    both = ["--upper", up, "--lower", low, "-f", "jsonl"]
+    kept = _paths(cli("diff", *both, "--include", "/usr/share/doc"))
+    assert kept == ["/usr/share/doc", "/usr/share/doc/a", "/usr/share/doc/a/1", "/usr/share/doc/b"]
+    assert _paths(cli("diff", *both, "--include", "usr/share/doc")) == kept  # anchored
+    gone = _paths(cli("diff", *both, "--exclude", "/usr/share/doc/"))
+    assert not any(p.startswith("/usr/share/doc") for p in gone) and "/usr/bin/x" in gone
+    for option in ("--include", "--exclude"):
+        proc = cli("diff", *both, option, "")
+        assert proc.returncode == 2 and option in proc.stderr and "empty" in proc.stderr
+
+
+def test_output_extension_and_existing_file(tmp_path):
+    up, low = tmp_path / "up", tmp_path / "low"
+    _write(up / "f")
+    low.mkdir()
+    both = ["--upper", up, "--lower", low]
+    for name in ("out.xlsx", "out.body", "report"):
+        proc = cli("diff", *both, "-o", tmp_path / name)
+        assert proc.returncode == 2 and "-f" in proc.stderr and not (tmp_path / name).exists()
+    out = tmp_path / "out.jsonl"
+    assert cli("diff", *both, "-o", out).returncode == 0
+    first = out.read_text()
+    out.write_text("the analyst's notes\n")
+    proc = cli("diff", *both, "-o", out)
+    assert proc.returncode == 2 and "--force" in proc.stderr
+    assert out.read_text() == "the analyst's notes\n"  # refused: nothing replaced
+    assert cli("diff", *both, "-o", out, "--force").returncode == 0
+    assert out.read_text() == first
+    proc = cli("diff", *both, "-f", "csv", "-o", tmp_path / "t.body")  # -f says the format
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("text, want", [
+    ("[blot]\nmax-wasted = '1MB'\n", "unknown table [blot] (did you mean [bloat]?)"),
+    ("max-wasted = '1MB'\n", "outside any table: put it under [bloat]"),
+    ("# nothing\n", "no [bloat] table"),
+])
+def test_a_misspelt_config_table_is_an_error(tmp_path, text, want):
+    up, low = tmp_path / "up", tmp_path / "low"
+    _write(up / "f")
+    low.mkdir()
+    config = tmp_path / "gates.toml"
+    config.write_text(text)
+    proc = cli("bloat", "--upper", up, "--lower", low, "--config", config, "-f", "json")
+    assert proc.returncode == 2 and want in proc.stderr, proc.stderr
