@@ -140,6 +140,13 @@ def find_container(query: str, root: str = "/", engine: str | None = None,
     from ovforensics.stores.registry import select
 
     found = [c for c in containers(root, engine, data_root) if isinstance(c, Container)]
+    if not found:
+        from ovforensics.evidence.rootfs import open_root
+        from ovforensics.stores.registry import LookupError_
+        from ovforensics.stores.survey import summary, survey
+
+        raise LookupError_(f"{query}: no such container: no container in any store "
+                           f"({summary(survey(open_root(root), engine, data_root))})")
     return select(query, found, namespace=namespace)
 
 

@@ -39,15 +39,23 @@ def containers_cmd(
     except ValueError as exc:
         raise fail(str(exc)) from None
 
+    listed = []
+
     def rows():
         for item in containers(root, engine, data_root):
             if isinstance(item, Broken):
                 say(f"ovforensics: warning: {item.engine}: {item.where}: {item.why}")
                 continue
+            listed.append(item)
             if matches(item, wanted):
                 yield container_row(item)
 
     _emit_rows(fmt, rows(), CONTAINER_COLUMNS, output, [root] if root != "/" else [])
+    if not listed:  # say where the stores were looked for, and what was there
+        from ovforensics.stores.survey import survey
+
+        for seen in survey(open_root(root), engine, data_root):
+            say(f"ovforensics: note: no container: {seen.line()}")
 
 
 @app.command("layers")

@@ -1,6 +1,7 @@
 """All engines at once: list every container found, pick one by name or id prefix."""
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from typing import Iterator
@@ -104,7 +105,10 @@ def select(query: str, candidates: list[Container], namespace: str | None = None
         where = ", ".join(sorted({c.engine for c in candidates})) or "no engine store found"
         if namespace is not None:
             where += f"; containerd namespace {namespace} only"
-        raise LookupError_(f"{query}: no such container (looked in: {where})")
+        near = difflib.get_close_matches(name, [n.lstrip("/") for c in candidates for n in c.names],
+                                         n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise LookupError_(f"{query}: no such container (looked in: {where}){hint}")
     if len(matches) > 1:
         listed = "; ".join(_label(c) for c in matches)
         raise LookupError_(f"{query}: ambiguous, matches {listed} (use {_hint(matches)})")
