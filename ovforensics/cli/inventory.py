@@ -6,13 +6,14 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
-from ovforensics.cli.options import (_container, _data_root_opt, _emit_rows, _engine_opt,
+from ovforensics.cli.options import (_partition_opt, _container, _data_root_opt, _emit_rows, _engine_opt,
     _format_opt, _namespace_opt, _output_opt, _pick_format, _root_opt)
 
 
 @app.command("containers")
 def containers_cmd(
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
@@ -53,6 +54,7 @@ def containers_cmd(
 def layers_cmd(
     container: str = typer.Argument(..., metavar="CONTAINER", help="Container name, id or id prefix."),
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
