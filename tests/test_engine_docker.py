@@ -592,3 +592,39 @@ def test_evidence_run_never_opens_a_path_outside_the_evidence(dockerd, live, tmp
         live_store = str(dockerd.data)
         assert not [p for p in touched if p == live_store or p.startswith(live_store + "/")], args
         assert any(p.startswith(store_copy) for p in touched), "the run did read the evidence"
+
+
+# -- a disk image's store (--root disk.img): read through evidence/fs.py -----------------------
+def _image_records(container) -> list[str]:
+    import ovforensics
+
+    return sorted(f"{r.change} {r.path_text} {r.via or ''} {r.anomaly or ''}"
+                  for r in ovforensics.scan_container(container))
+
+
+def test_a_store_attached_as_an_image_reads_as_the_directory(dockerd, live, tmp_path):
+    evidence = tmp_path / "evidence"
+    store = _copy_store(dockerd, evidence / "var/lib/docker")
+    from test_diskimage_plumbing import DirFS
+    from ovforensics.evidence import fs
+
+    dir_fs = DirFS(str(evidence))
+    prefix = fs.attach(dir_fs, str(tmp_path / "no-such-disk.img"))
+    assert not os.path.lexists(prefix.rstrip("!"))  # nothing on the host answers to it
+    try:
+        items = list(docker.find(Root(prefix)))
+        assert [b for b in items if isinstance(b, Broken)] == []
+        found = {c.names[0]: c for c in items if isinstance(c, Container)}
+        direct = {c.names[0]: c for c in docker.find(Root(str(evidence)))
+                  if isinstance(c, Container)}
+        assert sorted(found) == sorted(direct) == sorted(live)
+        for name, ref in direct.items():
+            got = found[name]
+            assert got.upper.dir == got.upper.dir.replace(str(evidence), "")  # no host path
+            assert got.upper.dir.startswith(prefix)
+            assert got.upper.dir[len(prefix):] == ref.upper.dir[len(str(evidence)):]
+            assert _image_records(got) == _image_records(ref), name
+        assert dir_fs.calls > 0
+    finally:
+        fs.detach(prefix)
+    assert os.path.isdir(store)

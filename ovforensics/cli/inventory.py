@@ -1,7 +1,6 @@
 """The commands about the stores: ``containers``, ``layers``."""
 from __future__ import annotations
 
-import os
 import typer
 from typing import List, Optional
 
@@ -27,14 +26,14 @@ def containers_cmd(
 ) -> None:
     """List every container of every engine found, from the engines' files alone."""
     from ovforensics import containers
+    from ovforensics.evidence.rootfs import open_root
     from ovforensics.stores.base import Broken
     from ovforensics.stores.registry import matches, parse_filters
     from ovforensics.stores.inventory import CONTAINER_COLUMNS, container_row
 
     fmt = _pick_format(fmt, output)
-    if not os.path.isdir(root):
-        raise fail(f"--root: {root}: not a directory")
     try:
+        open_root(root)  # a directory, or a disk image read without mounting it
         wanted = parse_filters(filters + ([f"namespace={namespace}"] if namespace is not None else []))
     except ValueError as exc:
         raise fail(str(exc)) from None

@@ -2,7 +2,6 @@
 to the library's ``open_target``), and writing a report or an inventory."""
 from __future__ import annotations
 
-import os
 import typer
 from typing import List, Optional
 
@@ -85,8 +84,6 @@ def _container(query: str, root: str, engine: Optional[str], data_root: Optional
     from ovforensics import find_container
     from ovforensics.stores.registry import LookupError_
 
-    if not os.path.isdir(root):
-        raise fail(f"--root: {root}: not a directory")
     try:
         return find_container(query, root=root, engine=engine, data_root=data_root,
                               namespace=namespace)
