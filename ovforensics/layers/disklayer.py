@@ -91,6 +91,14 @@ class DiskImageLayer:
             out[name] = DiskEntry(self, child(path, name), kind, est)
         return out
 
+    def btime_ns(self, entry: Entry) -> int | None:
+        """Birth time, where the image's filesystem records one (ext4's crtime)."""
+        getter = getattr(self._fs, "btime_ns", None)
+        try:
+            return getter(self._path(entry.path)) if getter is not None else None
+        except OSError:
+            return None
+
     def read_target(self, entry: Entry) -> bytes:
         try:
             return os.fsencode(self._fs.readlink(self._path(entry.path)))
