@@ -85,24 +85,25 @@ def _open_stack(upper, lowers, whiteouts: str, xattr_ns: str):
 
 def write_scan(fmt: str, stream, upper, lowers=(), *, whiteouts: str = "auto",
                xattr_ns: str = "auto", only: Iterable[str] | None = None, extra_columns=(),
-               **options) -> dict:
+               hide: Iterable[str] = (), **options) -> dict:
     """:func:`scan` written to ``stream`` in ``fmt`` (a :mod:`ovforensics.writers.formats` format);
     returns the counts per change kind. A stack of directory layers in ``jsonl``, ``csv`` or
     ``docker`` with no enrichment or filter but ``only`` asked is diffed and written by the
     compiled differ (:mod:`ovforensics.writers.native`), straight to ``stream``'s file descriptor;
     anything else, or where it hands the scan back, by :func:`scan` and the writers: the
-    output is the same bytes either way."""
+    output is the same bytes either way. ``hide``: paths ``docker`` lines leave out."""
     from ovforensics.writers import native
     from ovforensics.writers.formats import open_writer
 
-    if native.applies(fmt, **options):
+    hide = tuple(hide) if fmt == "docker" else ()
+    if native.applies(fmt, hide=hide, **options):
         only_set = _only(only)
         upper_layer, lower_layers, ns = _open_stack(upper, lowers, whiteouts, xattr_ns)
         counts = native.write(fmt, upper_layer, lower_layers, ns, stream, only_set)
         if counts is not None:
             return counts
         upper, lowers = upper_layer, lower_layers  # hand back: the Python differ reads them
-    writer = open_writer(fmt, stream, tuple(extra_columns))
+    writer = open_writer(fmt, stream, tuple(extra_columns), hide=hide)
     for record in scan(upper, lowers, whiteouts=whiteouts, xattr_ns=xattr_ns, only=only,
                        **options):
         writer.write(record)
@@ -150,7 +151,9 @@ def scan_container(container, **options) -> Iterator[Change]:
 
 
 def write_scan_container(container, fmt: str, stream, **options) -> dict:
-    """:func:`write_scan` over a container's stack."""
+    """:func:`write_scan` over a container's stack (``docker`` lines leave out what the
+    engine's own diff does)."""
+    options.setdefault("hide", getattr(container, "diff_hides", ()))
     layers = container_layers(container, options.pop("whiteouts", None))
     options.setdefault("xattr_ns", container.xattr_ns)
     return write_scan(fmt, stream, layers[0], layers[1:], **options)

@@ -50,6 +50,11 @@ class Target:
                        **options)
         return self._noted(records, layers)
 
+    @property
+    def diff_hides(self) -> tuple[str, ...]:
+        """Paths the engine's own diff leaves out (``-f docker`` leaves them out too)."""
+        return tuple(getattr(self.container, "diff_hides", ()) or ())
+
     def write(self, fmt: str, stream, whiteouts: str = "auto", xattr_ns: str = "auto",
               **options) -> dict:
         """The report written to ``stream`` (:func:`ovforensics.write_scan`: the compiled
@@ -61,13 +66,19 @@ class Target:
                 options["xattr_ns"] = xattr_ns
             return write_scan_container(self.container, fmt, stream, whiteouts=whiteouts,
                                         **options)
-        return write_scan(fmt, stream, self.upper, self.lowers, whiteouts=whiteouts,
-                          xattr_ns=xattr_ns, **options)
+        layers = self.layers(whiteouts)
+        counts = write_scan(fmt, stream, layers[0], layers[1:], whiteouts=whiteouts,
+                            xattr_ns=xattr_ns, **options)
+        self._notes(layers)
+        return counts
 
     def _noted(self, records, layers):
         """The records, then a note for each layer whose rules ``--whiteouts auto`` chose from
         its markers (known once the scan has read them)."""
         yield from records
+        self._notes(layers)
+
+    def _notes(self, layers) -> None:
         for layer in layers:
             if getattr(layer, "rules_auto", None) and self.on_note is not None:
                 self.on_note(f"{layer.label}: {layer.rules_auto}")

@@ -547,3 +547,36 @@ def test_rootless_storage_path_and_volatile_containers(world, tmp_path):
     assert broken == [] and sorted(containers) == ["c1", "c2", "c3", "c4"]
     assert {c.store for c in containers.values()} == {str(store)}
     assert {c.xattr_ns for c in containers.values()} == {"user"}  # bob's store: rootless
+
+
+# -- -f docker: what podman diff prints ------------------------------------------------------------
+
+def test_docker_format_prints_what_podman_diff_prints(world):
+    """``diff -f docker`` on a Podman container against ``podman diff``: podman's own files
+    (/etc/hosts, /run/.containerenv ...) left out as it leaves them out, one D for a deleted
+    directory, a C for the parent of each A and D. Left, where podman is wrong: its C for a file
+    copied up unchanged, its D for a directory made opaque (the directory is there), and the
+    files an opaque directory hid (ours lists them, D)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("c1", "c2", "c4"):
+        proc = subprocess.run([sys.executable, "-m", "ovforensics", "diff", name, "--engine",
+                               "podman", "--data-root", str(world.storage), "-f", "docker"],
+                              capture_output=True, text=True, cwd=root)
+        assert proc.returncode == 0, proc.stderr
+        ours = {}
+        for line in proc.stdout.splitlines():
+            kind, _, path = line.partition(" ")
+            ours[path.replace("\\n", "\n")] = kind
+        theirs = world.diffs[name]
+        want = EXPECTED[name]
+        assert not set(ours) & STUBS, name  # podman's own files, left out
+        extra = {p for p, k in ours.items() if theirs.get(p) != k}
+        assert extra <= want.get("opaque-hidden", set()) | want.get("D-opaque", set()), (name, extra)
+        missing = {p for p, k in theirs.items() if ours.get(p) != k}
+        noise = {p for p in missing if theirs[p] == "C" and any(q.startswith(p + "/") for q in ours)}
+        assert missing - noise <= want.get("C-copy-up", set()) | want.get("D-opaque", set()), \
+            (name, missing - noise)
+        assert not any(p.startswith(d + "/") for d in want.get("below-deleted", set()) for p in ours)

@@ -326,3 +326,112 @@ def test_native_matches_python_on_a_chained_redirect(oracle_dir):  # noqa: F811
     finally:
         oracle.umount_all()
         shutil.rmtree(d, ignore_errors=True)
+
+
+# -- --whiteouts auto: the rules decided natively, the output held until then ----------------------
+def _write(path: str, data: bytes = b"") -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+def _native(upper, lowers, fmt="jsonl", stream=None, env_cap=None):
+    """(counts or None, the bytes written) of the compiled differ under --whiteouts auto."""
+    up, lows, ns = ovforensics.api._open_stack(upper, lowers, "auto", "auto")
+    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as f:
+        counts = native.write(fmt, up, lows, ns, stream or f, None)
+        f.seek(0)
+        return counts, f.buffer.read(), up
+
+
+def _python(upper, lowers, fmt="jsonl") -> bytes:
+    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as f:
+        write_all(fmt, ovforensics.scan(upper, lowers), f)
+        f.seek(0)
+        return f.buffer.read()
+
+
+def _oci(tmp_path):
+    lower, upper = str(tmp_path / "L"), str(tmp_path / "U")
+    for name in ("a/x", "b/y", "keep"):
+        _write(f"{lower}/{name}", b"v")
+    _write(f"{upper}/.wh.a")
+    _write(f"{upper}/b/.wh..wh..opq")
+    _write(f"{upper}/b/new", b"n")
+    return upper, lower
+
+
+def test_auto_oci_layer_is_handed_back_with_nothing_written(tmp_path):
+    upper, lower = _oci(tmp_path)
+    counts, written, up = _native(upper, [lower])
+    assert counts is None and written == b""  # held, then discarded: Python writes it all
+    assert up.rules == "oci" and "OCI/AUFS" in up.rules_auto  # decided once, kept on the layer
+    out = tmp_path / "report.jsonl"
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        counts = ovforensics.write_scan("jsonl", f, upper, [lower])
+    assert out.read_bytes() == _python(upper, [lower])  # one report, not two
+    assert counts["deleted"] == 3 and counts["anomaly"] == 0
+
+
+def test_auto_oci_layer_into_a_pipe_writes_one_report(tmp_path):
+    upper, lower = _oci(tmp_path)
+    code = (f"import sys, ovforensics; ovforensics.write_scan('jsonl', sys.stdout, {upper!r}, "
+            f"[{lower!r}])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == _python(upper, [lower])
+
+
+def test_auto_kernel_layer_with_wh_names_is_decided_natively(tmp_path):
+    lower, upper = str(tmp_path / "L"), str(tmp_path / "U")
+    _write(f"{lower}/gone", b"g")
+    _write(f"{lower}/d/f", b"f")
+    _write(f"{upper}/.wh.data", b"not empty: a file the container made")
+    os.mknod(f"{upper}/gone", 0o20000 | 0o600, os.makedev(0, 0))
+    _write(f"{upper}/d/new", b"n")
+    for fmt in FORMATS:
+        counts, written, up = _native(upper, [lower], fmt)
+        assert counts is not None, fmt  # the kernel's form: the compiled differ wrote it
+        assert up.rules == "kernel"
+        assert written == _python(upper, [lower], fmt), fmt
+
+
+def test_auto_fuse_layer_is_handed_back(tmp_path):
+    lower, upper = str(tmp_path / "L"), str(tmp_path / "U")
+    _write(f"{lower}/d/old", b"o")
+    _write(f"{upper}/d/.wh..opq")  # fuse-overlayfs' opaque marker
+    _write(f"{upper}/d/new", b"n")
+    counts, written, up = _native(upper, [lower])
+    assert counts is None and written == b"" and up.rules == "fuse"
+
+
+def test_auto_held_output_past_the_cap_is_decided_at_once(tmp_path):
+    """More held output than OVF_NATIVE_HOLD_CAP before any .wh. name: every undecided layer is
+    decided then (the guess walk), and the scan goes on natively or is handed back whole."""
+    lower, upper = str(tmp_path / "L"), str(tmp_path / "U")
+    for i in range(200):
+        _write(f"{upper}/a{i:03d}", b"x")  # added, listed before the .wh. name below
+    _write(f"{lower}/zz/old", b"o")
+    _write(f"{upper}/zz/.wh.old")  # OCI form, met last
+    code = f"""
+import os, sys, tempfile
+sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+import ovforensics, ovforensics.api
+from ovforensics.writers import native
+up, lows, ns = ovforensics.api._open_stack({upper!r}, [{lower!r}], "auto", "auto")
+with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as f:
+    counts = native.write("jsonl", up, lows, ns, f, None)
+    f.seek(0)
+    print(counts is None, len(f.read()), up.rules)
+"""
+    for cap, want in (("100", "True 0 oci"), ("100000000", "True 0 oci")):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=ROOT, env={**os.environ, "OVF_NATIVE_HOLD_CAP": cap})
+        assert proc.returncode == 0 and proc.stdout.split() == want.split(), proc.stderr
+    os.unlink(f"{upper}/zz/.wh.old")
+    os.mknod(f"{upper}/zz/old", 0o20000 | 0o600, os.makedev(0, 0))  # now the kernel's form
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "OVF_NATIVE_HOLD_CAP": "100"})
+    assert proc.returncode == 0, proc.stderr
+    handed_back, size, rules = proc.stdout.split()
+    assert handed_back == "False" and int(size) > 100 and rules == "kernel"

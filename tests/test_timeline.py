@@ -181,7 +181,7 @@ def read_bodyfile(text: str) -> list[dict]:
         assert len(fields) == 11, line
         assert line.count("|") == 10  # no | inside a field at all (mactime needs that)
         md5, name, inode, mode, uid, gid, size, atime, mtime, ctime, crtime = fields
-        rows.append({"md5": md5, "name": unescape(name), "name_text": name, "inode": int(inode),
+        rows.append({"md5": md5, "name": unescape(name), "name_text": name, "inode": int(inode.partition("-")[0]), "inode_field": inode,
                      "mode": mode, "uid": int(uid), "gid": int(gid), "size": int(size),
                      "atime": parse_time(atime), "mtime": parse_time(mtime),
                      "ctime": parse_time(ctime), "btime": parse_time(crtime),
@@ -286,12 +286,15 @@ def test_bodyfile_fields_exact(stack):
     want = expected_subjects(changes)
     assert n == len(rows) == len(want)
     for row, (change, entry, label, _view) in zip(rows, want):
-        name = change.path + f" ({change.change}; {label})".encode()
+        suffix = {"upper": b"", "original in lower layer 0":
+                  b" (deleted)" if change.change == DELETED else b" (original)"}[label]
+        name = change.path + suffix
         if entry.kind == "symlink":
             name += b" -> " + os.readlink(entry.physical)
         assert row["name"] == name
         st_ = BEFORE[entry.physical][0]
         assert row["inode"] == st_.st_ino
+        assert row["inode_field"] == f"{st_.st_ino}" + ("" if label == "upper" else "-0")
         assert row["mode"] == tsk_mode(st_.st_mode)
         assert (row["uid"], row["gid"], row["size"]) == (st_.st_uid, st_.st_gid, st_.st_size)
         assert row["md5"] == "0"
@@ -300,22 +303,22 @@ def test_bodyfile_fields_exact(stack):
             assert row[key] == times[key], (name, key)
     by_name = {r["name"]: r for r in rows}
     # the documented names, literally
-    assert b"/etc/passwd (modified; upper)" in by_name
-    assert b"/etc/passwd (modified; original in lower layer 0)" in by_name
-    assert b"/gone.txt (deleted; original in lower layer 0)" in by_name
-    assert b"/olddir/inner (deleted; original in lower layer 0)" in by_name
-    original = by_name[b"/etc/passwd (modified; original in lower layer 0)"]
+    assert b"/etc/passwd" in by_name
+    assert b"/etc/passwd (original)" in by_name
+    assert b"/gone.txt (deleted)" in by_name
+    assert b"/olddir/inner (deleted)" in by_name
+    original = by_name[b"/etc/passwd (original)"]
     assert original["mtime"] == PASSWD_LOWER_MTIME and original["atime"] == PASSWD_LOWER_ATIME
-    assert by_name[b"/etc/passwd (modified; upper)"]["atime"] == PASSWD_UPPER_ATIME
-    assert by_name[b"/" + WEIRD + b" (modified; upper)"]["mode"] == "r/rrwsr-xr-x"
-    assert by_name[b"/" + RTL + b" (added; upper)"]["mode"] == "r/rrw-r-Sr--"
-    assert by_name[b"/fifo (added; upper)"]["mode"] == "p/prw-r-----"
-    assert by_name[b"/sticky (added; upper)"]["mode"] == "d/drwxrwxrwt"
-    assert by_name[b"/link (added; upper) -> " + LINK_TARGET]["mode"] == "l/lrwxrwxrwx"
+    assert by_name[b"/etc/passwd"]["atime"] == PASSWD_UPPER_ATIME
+    assert by_name[b"/" + WEIRD + b""]["mode"] == "r/rrwsr-xr-x"
+    assert by_name[b"/" + RTL + b""]["mode"] == "r/rrw-r-Sr--"
+    assert by_name[b"/fifo"]["mode"] == "p/prw-r-----"
+    assert by_name[b"/sticky"]["mode"] == "d/drwxrwxrwt"
+    assert by_name[b"/link -> " + LINK_TARGET]["mode"] == "l/lrwxrwxrwx"
     # the escapes as written
     texts = {r["name_text"] for r in rows}
-    assert "/mod\\x7cpipe\\\\back (modified; upper)" in texts
-    assert "/new\\x0aline \\x2541 \\xff\\xfe (added; upper)" in texts
+    assert "/mod\\x7cpipe\\\\back" in texts
+    assert "/new\\x0aline \\x2541 \\xff\\xfe" in texts
 
 
 def test_bodyfile_md5_from_extra_and_computed(stack):
@@ -323,13 +326,13 @@ def test_bodyfile_md5_from_extra_and_computed(stack):
     digest = lambda p: hashlib.md5(open(p, "rb").read()).hexdigest()  # noqa: E731
     # from scan's own enrichment (md5 / lower_md5 in extra)
     rows = {r["name"]: r for r in read_bodyfile(render("bodyfile", scan(stack, hashes="md5"))[0])}
-    assert rows[b"/etc/passwd (modified; upper)"]["md5"] == digest(upper + b"/etc/passwd")
-    original = rows[b"/etc/passwd (modified; original in lower layer 0)"]
+    assert rows[b"/etc/passwd"]["md5"] == digest(upper + b"/etc/passwd")
+    original = rows[b"/etc/passwd (original)"]
     assert original["md5"] == digest(lower + b"/etc/passwd")
-    gone = rows[b"/gone.txt (deleted; original in lower layer 0)"]
+    gone = rows[b"/gone.txt (deleted)"]
     assert gone["md5"] == digest(lower + b"/gone.txt")
-    assert rows[b"/fifo (added; upper)"]["md5"] == "0"
-    assert rows[b"/sticky (added; upper)"]["md5"] == "0"
+    assert rows[b"/fifo"]["md5"] == "0"
+    assert rows[b"/sticky"]["md5"] == "0"
     # computed by the writer (hashes=True), same answers
     rows2 = {r["name"]: r for r in read_bodyfile(render("bodyfile", scan(stack), hashes=True)[0])}
     assert {k: r["md5"] for k, r in rows2.items()} == {k: r["md5"] for k, r in rows.items()}
@@ -366,7 +369,7 @@ def test_bodyfile_through_real_mactime(stack, tmp_path):
         for letter, raw in zip("macb", (r["raw_times"][1], r["raw_times"][0], r["raw_times"][2],
                                         r["raw_times"][3])):
             secs = int(raw.split(".")[0])
-            key = (date(secs), str(r["inode"]), r["name_text"])
+            key = (date(secs), r["inode_field"], r["name_text"])
             want.setdefault(key, set()).add(letter)
     got: dict = {}
     others = {}
@@ -377,14 +380,15 @@ def test_bodyfile_through_real_mactime(stack, tmp_path):
     for r in rows:  # every line made it through (mactime drops lines it cannot split)
         assert others[r["name_text"]] == (r["size"], r["mode"], r["uid"], r["gid"])
     # literally: the shadowed original's mtime, the upper copy's atime, escapes left as written
-    original = "/etc/passwd (modified; original in lower layer 0)"
-    inode = next(str(r["inode"]) for r in rows if r["name_text"] == original)
+    original = "/etc/passwd (original)"
+    inode = next(r["inode_field"] for r in rows if r["name_text"] == original)
+    assert inode.endswith("-0")  # the layer, in its own field, through mactime
     assert got[("Fri Jul 14 2017 02:40:00", inode, original)] == {"m"}  # PASSWD_LOWER_MTIME
     assert got[("Sun Sep 13 2020 12:26:40", inode, original)] == {"a"}  # PASSWD_LOWER_ATIME
     names = {name for *_, name in out[1:]}
-    assert "/new\\x0aline \\x2541 \\xff\\xfe (added; upper)" in names  # %41 not decoded to A
-    assert "/mod\\x7cpipe\\\\back (modified; upper)" in names
-    assert "/gone.txt (deleted; original in lower layer 0)" in names
+    assert "/new\\x0aline \\x2541 \\xff\\xfe" in names  # %41 not decoded to A
+    assert "/mod\\x7cpipe\\\\back" in names
+    assert "/gone.txt (deleted)" in names
 
 
 def test_bodyfile_tar_layers_unknown_times_are_zero(tmp_path):
@@ -402,9 +406,9 @@ def test_bodyfile_tar_layers_unknown_times_are_zero(tmp_path):
                                          (".wh.gone", b"", 1_700_000_001)])
     changes = list(ovforensics.scan(upper, [lower]))
     rows = read_bodyfile(render("bodyfile", changes)[0])
-    assert [r["name"] for r in rows] == [b"/etc/passwd (modified; upper)",
-                                         b"/etc/passwd (modified; original in lower layer 0)",
-                                         b"/gone (deleted; original in lower layer 0)"]
+    assert [r["name"] for r in rows] == [b"/etc/passwd",
+                                         b"/etc/passwd (original)",
+                                         b"/gone (deleted)"]
     assert [r["mtime"] for r in rows] == [1_700_000_000 * S, 1_500_000_000 * S, 1_500_000_001 * S]
     for r in rows:
         assert r["raw_times"][0] == r["raw_times"][2] == r["raw_times"][3] == "0"
@@ -425,8 +429,8 @@ def test_records_without_entries_and_lower_side_labels(tmp_path):
     rows = read_bodyfile(render("bodyfile", bare)[0])
     fields = ("name", "mode", "uid", "gid", "size", "mtime", "atime")
     assert [tuple(r[f] for f in fields) for r in rows] == [
-        (b"/new (added; upper)", "r/rrwxr-xr-x", 1, 2, 3, 5 * S + 7, None),
-        (b"/old (deleted; original in lower layer 2)", "d/drwx------", 0, 0, 0, 4 * S, None)]
+        (b"/new", "r/rrwxr-xr-x", 1, 2, 3, 5 * S + 7, None),
+        (b"/old (deleted)", "d/drwx------", 0, 0, 0, 4 * S, None)]
     events = [json.loads(x) for x in render("timesketch", bare)[0].splitlines()]
     assert [(e["side"], e["view"], e["layer_index"]) for e in events] == [
         ("upper", "merged", None), ("lower", "original", 2)]
@@ -438,7 +442,7 @@ def test_records_without_entries_and_lower_side_labels(tmp_path):
                    lower_layer=LayerRef(1, str(tmp_path / "l1")), lower_path=entry.physical,
                    entry=entry, data=entry, shadow=entry)
     rows = read_bodyfile(render("bodyfile", [moved])[0])
-    assert [r["name"] for r in rows] == [b"/renamed/f (added; in lower layer 1)"]
+    assert [r["name"] for r in rows] == [b"/renamed/f"]
     events = [json.loads(x) for x in render("timesketch", [moved])[0].splitlines()]
     assert {(e["side"], e["view"], e["layer_index"]) for e in events} == {("lower", "merged", 1)}
     assert all(e["message"] == "added /renamed/f - in lower layer 1" for e in events)
@@ -484,11 +488,11 @@ def test_timesketch_jsonl(stack):
                    if e["side"] == "upper" and e["timestamp_desc"] == "Content Modification Time")
     assert upper_m["datetime"] == "2023-11-14T22:13:20.444444+00:00"
     assert upper_m["timestamp"] == 1_700_000_000_444_444
-    assert upper_m["message"] == "modified /etc/passwd (content, mtime) - upper copy"
+    assert upper_m["message"] == "modified /etc/passwd (content (size 11 -> 22), mtime) - upper copy"
     assert upper_m["what"] == ["content", "mtime"] and upper_m["change"] == "modified"
     assert upper_m["lower_layer"] == 0 and upper_m["size"] == 22 and upper_m["mode"] == "0644"
     orig = next(e for e in passwd if e["view"] == "original")
-    assert orig["message"] == "modified /etc/passwd (content, mtime) - original in lower layer 0"
+    assert orig["message"] == "modified /etc/passwd (content (size 11 -> 22), mtime) - original in lower layer 0"
     assert orig["size"] == 11 and orig["layer_index"] == 0  # the original's own size
     assert orig["physical_path"].endswith("/lower/etc/passwd")
     gone = next(e for e in events if e["path"] == "/gone.txt")

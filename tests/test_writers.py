@@ -276,8 +276,10 @@ def test_docker_lines():
     text, _ = render("docker", sample())
     assert text.split("\n") == [
         "C /etc/passwd",
+        "C /tmp",  # the parent of an added path, as docker diff prints it
         "A /tmp/new",
         "A /bad\\xff",
+        "C /evil\\nD /etc",  # its parent directory (a name with a newline, escaped)
         "A /evil\\nD /etc/shadow",  # the newline cannot forge a "D" line
         "D /gone",
         "A /link",

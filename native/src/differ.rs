@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use crate::layer::{same_entry, Entry, Kind, Layer, Listing, Node};
-use crate::out::{Meta, Out, Rec};
+use crate::out::{Lower, Meta, Out, Rec};
 use crate::sys::{self, Xattrs};
 
 pub const TRUSTED: &[u8] = b"trusted.overlay.";
@@ -170,7 +170,15 @@ pub struct Differ {
     bufs: (Vec<u8>, Vec<u8>), // content comparison, allocated once
     pub big: usize,           // bigdir.BIG: entries past which a directory is listed by name only
     pub cancel: *const i32,
+    pub guess: Option<GuessFn>, // --whiteouts auto: the caller's formguess.guess_rules
+    pub hold_cap: usize,        // held output past which undecided layers are decided at once
+    handback: bool,
 }
+
+/// ``guess(layer index) -> 1`` when the layer is in the kernel's form (formguess.guess_rules).
+pub type GuessFn = extern "C" fn(i32) -> i32;
+/// run()'s error when the scan goes back to the Python differ (nothing written).
+pub const HANDBACK: i32 = -2;
 
 #[derive(Clone, Copy, PartialEq)]
 enum V {
@@ -199,6 +207,9 @@ impl Differ {
             bufs: (vec![0u8; CHUNK], vec![0u8; CHUNK]),
             big: 20000,
             cancel: std::ptr::null(),
+            guess: None,
+            hold_cap: 32 << 20,
+            handback: false,
         })
     }
 
@@ -290,7 +301,11 @@ impl Differ {
             }
         }
         let node = e.node();
-        let listing = match self.layers[e.layer].read_dir(e.layer, &node, self.big) {
+        let read = self.layers[e.layer].read_dir(e.layer, &node, self.big);
+        if self.layers[e.layer].wants_guess {
+            self.decide(e.layer);
+        }
+        let listing = match read {
             None => Vec::new(),
             Some(Listing::Full(l)) => l,
             Some(Listing::Names(names, fd)) => {
@@ -692,7 +707,47 @@ impl Differ {
     }
 
     // -- the walk (diff.Differ.changes) ------------------------------------------------------
+    /// --whiteouts auto: ask the caller which rules the layer was written with
+    /// (formguess.guess_rules, through the callback); anything but kernel rules hands the scan
+    /// back (nothing was written: the output is held while a layer is undecided).
+    fn decide(&mut self, index: usize) {
+        let layer = &mut self.layers[index];
+        layer.wants_guess = false;
+        if !layer.auto {
+            return;
+        }
+        layer.auto = false;
+        let kernel = match self.guess {
+            Some(f) => f(index as i32) == 1,
+            None => false,
+        };
+        if !kernel {
+            self.handback = true;
+        }
+        if !self.layers.iter().any(|l| l.auto) {
+            self.out.hold = false;
+        }
+    }
+
+    /// Held output past the cap: decide every undecided layer now.
+    fn decide_all(&mut self) {
+        for i in 0..self.layers.len() {
+            if self.layers[i].auto {
+                self.decide(i);
+            }
+        }
+    }
+
     pub fn run(&mut self) -> Result<(), i32> {
+        self.out.hold = self.layers.iter().any(|l| l.auto);
+        let r = self.walk();
+        if self.handback {
+            return Err(HANDBACK);
+        }
+        r
+    }
+
+    fn walk(&mut self) -> Result<(), i32> {
         let mroot = self.root_frames(V::Merged);
         let broot = self.root_frames(V::Base);
         if !mroot.is_empty() && !broot.is_empty() && mroot[0].pos == 0 {
@@ -711,6 +766,13 @@ impl Differ {
         stack.push(self.enter(first));
         let mut ticks = 0u32;
         while let Some(top) = stack.last_mut() {
+            if self.handback {
+                return Err(HANDBACK);
+            }
+            if self.out.hold && self.out.held() > self.hold_cap {
+                self.decide_all();
+                continue;
+            }
             ticks += 1;
             if ticks & 1023 == 0 && !self.cancel.is_null() && unsafe { std::ptr::read_volatile(self.cancel) } != 0 {
                 return Err(-1);
@@ -944,6 +1006,20 @@ impl Differ {
             mtime_ns: entry.st.mtime_ns(),
         };
         let layer_ref = shadow.map(|_| shadow_pos + 1);
+        let (was, was_target) = match shadow {
+            Some(s) if change == "modified" => (Some(s), self.target(s)),
+            _ => (None, None),
+        };
+        let lower = was.map(|s| Lower {
+            meta: Meta {
+                size: s.st.size,
+                mode: s.st.mode & 0o7777,
+                uid: s.st.uid,
+                gid: s.st.gid,
+                mtime_ns: s.st.mtime_ns(),
+            },
+            target: was_target.as_deref(),
+        });
         let rec = Rec {
             path,
             change,
@@ -959,6 +1035,7 @@ impl Differ {
             metacopy,
             anomaly: None,
             detail: None,
+            lower,
         };
         self.out.write(&rec)
     }

@@ -376,12 +376,16 @@ pub struct Layer {
     pub label: String,
     pub errors: Vec<(Vec<u8>, String)>,
     pub walker: Walker,
+    /// --whiteouts auto, rules not decided yet (DirLayer.guess_rules)
+    pub auto: bool,
+    /// a listing of this auto layer held a .wh. name: the rules must be decided now
+    pub wants_guess: bool,
 }
 
 impl Layer {
     pub fn new(root: Vec<u8>, label: String) -> Layer {
         let walker = Walker::new(&root);
-        Layer { root, label, errors: Vec::new(), walker }
+        Layer { root, label, errors: Vec::new(), walker, auto: false, wants_guess: false }
     }
 
     /// DirLayer.physical for a directory node.
@@ -512,6 +516,9 @@ impl Layer {
                         }
                     }
                     names.sort_unstable();
+                    if self.auto && names.iter().any(|n| n.starts_with(b".wh.")) {
+                        self.wants_guess = true; // bigdir.NameListing.take_over's check_rules
+                    }
                     return match sys::dup_fd(dir.fd) {
                         Ok(fd) => Some(Listing::Names(names, fd)),
                         Err(e) => {
@@ -538,6 +545,9 @@ impl Layer {
                     }
                 },
             }
+        }
+        if self.auto && out.iter().any(|e| e.name.starts_with(b".wh.")) {
+            self.wants_guess = true; // DirLayer._read_dir's check_rules
         }
         Some(Listing::Full(out))
     }

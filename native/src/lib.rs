@@ -2,13 +2,17 @@
 //! layers, writing jsonl, csv or docker lines straight to a file descriptor. Std only; loaded
 //! by ovforensics/native.py through ctypes (a C ABI: one library per platform, not per Python).
 //!
-//! ``ovf_diff(spec, spec_len, fd, cancel, result, result_len)``: ``spec`` is a sequence of
+//! ``ovf_diff(spec, spec_len, fd, cancel, guess, result, result_len)``: ``spec`` is a sequence of
 //! fields, each a little-endian u32 length and its bytes: "ovf-diff-1", the format (jsonl, csv,
 //! docker), the kinds kept (4 bytes of 0/1: added, modified, deleted, anomaly), the honoured
 //! control prefixes ("TU", "T" or "U": trusted.overlay., user.overlay., in that order),
 //! bigdir.BIG (entries past which a directory is listed by name only), the number of layers,
 //! then per layer (upper first): root, label, rules, the lower_layer JSON
-//! value and its four CSV cells. ``cancel`` points at an int the caller sets to stop the scan.
+//! value and its four CSV cells; rules are ``kernel`` or ``auto`` (--whiteouts auto, undecided:
+//! the first listing of the layer that holds a ``.wh.`` name calls ``guess(layer index)``, the
+//! caller's formguess.guess_rules, 1 for the kernel's form; until every such layer is decided
+//! the output is held, and any other form hands the scan back with nothing written).
+//! ``cancel`` points at an int the caller sets to stop the scan.
 //! Returns 0 done (``result``: "added modified deleted anomaly written"), 1 hand back to the
 //! Python differ before anything was written (``result``: why), 2 an OS error writing or
 //! reading a layer root (``result``: "errno bytes-written"), 3 cancelled, 4 a bad spec, 5 a
@@ -51,7 +55,8 @@ enum Outcome {
     BadSpec(String),
 }
 
-fn run(spec: &[u8], fd: c_int, cancel: *const i32, written: &mut u64) -> Outcome {
+fn run(spec: &[u8], fd: c_int, cancel: *const i32, guess: Option<differ::GuessFn>,
+       written: &mut u64) -> Outcome {
     let f = match fields(spec) {
         Some(f) if f.len() >= 6 && f[0] == b"ovf-diff-1" => f,
         _ => return Outcome::BadSpec("not an ovf-diff-1 spec".into()),
@@ -90,7 +95,7 @@ fn run(spec: &[u8], fd: c_int, cancel: *const i32, written: &mut u64) -> Outcome
     let mut refs_csv = Vec::with_capacity(n);
     for i in 0..n {
         let g = &f[6 + 5 * i..11 + 5 * i];
-        if g[2] != b"kernel" {
+        if g[2] != b"kernel" && g[2] != b"auto" {
             return Outcome::Handback(format!("{} rules are not native", differ::show(g[2])));
         }
         let label = match std::str::from_utf8(g[1]) {
@@ -99,7 +104,9 @@ fn run(spec: &[u8], fd: c_int, cancel: *const i32, written: &mut u64) -> Outcome
         };
         refs_json.push(g[3].to_vec());
         refs_csv.push(g[4].to_vec());
-        layers.push(layer::Layer::new(g[0].to_vec(), label));
+        let mut l = layer::Layer::new(g[0].to_vec(), label);
+        l.auto = g[2] == b"auto";
+        layers.push(l);
     }
     let o = out::Out::new(fd, fmt, only, refs_json, refs_csv);
     let mut d = match differ::Differ::new(layers, prefixes, o) {
@@ -109,6 +116,10 @@ fn run(spec: &[u8], fd: c_int, cancel: *const i32, written: &mut u64) -> Outcome
     };
     d.cancel = cancel;
     d.big = big;
+    d.guess = guess;
+    if let Some(cap) = std::env::var("OVF_NATIVE_HOLD_CAP").ok().and_then(|v| v.parse().ok()) {
+        d.hold_cap = cap; // tests: decide undecided layers after this many held bytes
+    }
     if std::env::var_os("OVF_NATIVE_NO_OPENAT2").is_some() {
         layer::no_openat2(); // tests: one O_NOFOLLOW openat per component, as without openat2
     }
@@ -121,6 +132,7 @@ fn run(spec: &[u8], fd: c_int, cancel: *const i32, written: &mut u64) -> Outcome
             Outcome::Done(format!("{} {} {} {} {}", c[0], c[1], c[2], c[3], d.out.written))
         }
         Err(-1) => Outcome::Cancelled,
+        Err(differ::HANDBACK) => Outcome::Handback("--whiteouts auto: a layer is not in the kernel's form".into()),
         Err(e) => Outcome::Os(e, d.out.written),
     }
 }
@@ -142,11 +154,12 @@ fn put(result: *mut u8, len: usize, text: &str) {
 /// bytes, ``cancel`` at an int (or be null); ``fd`` must be open for writing.
 #[no_mangle]
 pub unsafe extern "C" fn ovf_diff(spec: *const u8, spec_len: usize, fd: c_int, cancel: *const i32,
-                                  result: *mut u8, result_len: usize) -> c_int {
+                                  guess: Option<differ::GuessFn>, result: *mut u8,
+                                  result_len: usize) -> c_int {
     let spec = std::slice::from_raw_parts(spec, spec_len);
     let mut written = 0u64;
     WRITTEN.store(0, Ordering::SeqCst);
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, fd, cancel, &mut written)));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, fd, cancel, guess, &mut written)));
     match caught {
         Ok(Outcome::Done(s)) => {
             put(result, result_len, &s);
@@ -175,5 +188,5 @@ pub unsafe extern "C" fn ovf_diff(spec: *const u8, spec_len: usize, fd: c_int, c
 /// The ABI version this library speaks.
 #[no_mangle]
 pub extern "C" fn ovf_abi() -> c_int {
-    1
+    2
 }

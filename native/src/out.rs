@@ -22,6 +22,12 @@ pub struct Meta {
     pub mtime_ns: i128,
 }
 
+/// A modified record's shadowed original, as it was (Change.lower_size ... lower_target).
+pub struct Lower<'a> {
+    pub meta: Meta,
+    pub target: Option<&'a [u8]>,
+}
+
 pub struct Rec<'a> {
     pub path: &'a [u8],
     pub change: &'static str,
@@ -37,6 +43,7 @@ pub struct Rec<'a> {
     pub metacopy: bool,
     pub anomaly: Option<&'static str>,
     pub detail: Option<String>,
+    pub lower: Option<Lower<'a>>,
 }
 
 impl<'a> Rec<'a> {
@@ -56,12 +63,13 @@ impl<'a> Rec<'a> {
             metacopy: false,
             anomaly: Some(kind),
             detail: Some(detail),
+            lower: None,
         }
     }
 }
 
 const WHAT: [&str; 7] = ["type", "content", "target", "mode", "owner", "mtime", "xattrs"];
-const CSV_HEADER: &str = "path,change,type,what,via,lower_path,lower_layer,lower_layer_dir,lower_layer_id,lower_layer_role,upper_path,size,mode,uid,gid,mtime,target,renamed_from,metacopy,anomaly,detail,path_b64\r\n";
+const CSV_HEADER: &str = "path,change,type,what,via,lower_path,lower_layer,lower_layer_dir,lower_layer_id,lower_layer_role,upper_path,size,mode,uid,gid,mtime,target,renamed_from,metacopy,anomaly,detail,path_b64,lower_size,lower_mode,lower_uid,lower_gid,lower_mtime,lower_target\r\n";
 
 pub struct Out {
     fd: i32,
@@ -73,6 +81,10 @@ pub struct Out {
     refs_json: Vec<Vec<u8>>,
     refs_csv: Vec<Vec<u8>>,
     seconds: HashMap<i64, Vec<u8>>,
+    printed: Vec<Vec<u8>>, // docker: directories printed on the current branch, top down
+    /// while a --whiteouts auto layer is undecided, nothing is written (its rules may send the
+    /// scan back to the Python differ): the records are held in ``buf``
+    pub hold: bool,
 }
 
 fn kind_index(change: &str) -> usize {
@@ -96,6 +108,8 @@ impl Out {
             refs_json,
             refs_csv,
             seconds: HashMap::new(),
+            printed: Vec::new(),
+            hold: false,
         };
         if fmt == Format::Csv {
             out.buf.extend_from_slice(CSV_HEADER.as_bytes());
@@ -124,10 +138,15 @@ impl Out {
             Format::Csv => self.csv(r),
             Format::Docker => self.docker(r),
         }
-        if self.buf.len() >= (1 << 18) {
+        if self.buf.len() >= (1 << 18) && !self.hold {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Bytes held, not written yet.
+    pub fn held(&self) -> usize {
+        self.buf.len()
     }
 
     fn mtime(&mut self, ns: i128) -> Vec<u8> {
@@ -194,13 +213,24 @@ impl Out {
         b.extend_from_slice(b",\"renamed_from\":");
         let renamed_b64 = json_opt_bytes(&mut b, r.renamed_from);
         b.extend_from_slice(if r.metacopy { b",\"metacopy\":true" } else { b",\"metacopy\":false" });
+        let mut lower_target_b64 = false;
+        if let Some(l) = &r.lower {
+            b.extend_from_slice(format!(",\"lower_size\":{},\"lower_mode\":\"{:04o}\",\"lower_uid\":{},\"lower_gid\":{},\"lower_mtime\":\"",
+                                        l.meta.size, l.meta.mode, l.meta.uid, l.meta.gid).as_bytes());
+            let t = self.mtime(l.meta.mtime_ns);
+            b.extend_from_slice(&t);
+            b.extend_from_slice(b"\",\"lower_target\":");
+            lower_target_b64 = json_opt_bytes(&mut b, l.target);
+        }
         if path_b64 {
             b.extend_from_slice(b",\"path_b64\":\"");
             base64(&mut b, r.path);
             b.push(b'"');
         }
+        let lower_target = r.lower.as_ref().and_then(|l| l.target);
         for (key, raw, bad) in [("lower_path_b64", r.lower_path, lower_b64), ("target_b64", r.target, target_b64),
-                                ("renamed_from_b64", r.renamed_from, renamed_b64)] {
+                                ("renamed_from_b64", r.renamed_from, renamed_b64),
+                                ("lower_target_b64", lower_target, lower_target_b64)] {
             if bad {
                 b.extend_from_slice(format!(",\"{}\":\"", key).as_bytes());
                 base64(&mut b, raw.unwrap());
@@ -274,11 +304,23 @@ impl Out {
         if std::str::from_utf8(r.path).is_err() || path_guarded {
             base64(&mut b, r.path);
         }
+        match &r.lower {
+            Some(l) => {
+                b.extend_from_slice(format!(",{},{:04o},{},{},", l.meta.size, l.meta.mode, l.meta.uid, l.meta.gid).as_bytes());
+                let t = self.mtime(l.meta.mtime_ns);
+                csv_cell(&mut b, std::str::from_utf8(&t).unwrap(), true);
+                b.push(b',');
+                csv_opt_bytes(&mut b, l.target);
+            }
+            None => b.extend_from_slice(b",,,,,,"),
+        }
         b.extend_from_slice(b"\r\n");
         self.buf = b;
     }
 
     // -- docker -----------------------------------------------------------------------------
+    /// writers.DockerWriter: docker diff's lines (one D for a deleted directory, a C for the
+    /// parent of each added or deleted path unless printed already).
     fn docker(&mut self, r: &Rec) {
         let code = match r.change {
             "added" => b'A',
@@ -286,9 +328,39 @@ impl Out {
             "deleted" => b'D',
             _ => return,
         };
+        if code == b'D' && r.via == Some("parent") {
+            return;
+        }
+        let path = r.path;
+        while let Some(top) = self.printed.last() {
+            let mut prefix = top.clone();
+            while prefix.last() == Some(&b'/') {
+                prefix.pop();
+            }
+            prefix.push(b'/');
+            if path.starts_with(&prefix) {
+                break;
+            }
+            self.printed.pop();
+        }
+        if code != b'C' {
+            let cut = path.iter().rposition(|&c| c == b'/').unwrap_or(0);
+            let parent = &path[..cut];
+            if !parent.is_empty() && self.printed.last().map(|p| &p[..] != parent).unwrap_or(true) {
+                self.docker_line(b'C', parent);
+                self.printed.push(parent.to_vec());
+            }
+        }
+        self.docker_line(code, path);
+        if r.kind == Some("dir") && code != b'D' {
+            self.printed.push(path.to_vec());
+        }
+    }
+
+    fn docker_line(&mut self, code: u8, path: &[u8]) {
         self.buf.push(code);
         self.buf.push(b' ');
-        let text = show_cow(r.path);
+        let text = show_cow(path);
         visible(&mut self.buf, &text);
         self.buf.push(b'\n');
     }

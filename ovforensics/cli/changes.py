@@ -57,7 +57,8 @@ def diff_cmd(
     extra = _extra_columns(hashes, magic) + _more_columns(packages, yara, yara_originals)
     try:
         direct = native.applies(fmt, hashes=hashes, magic=magic, include=include,
-                                exclude=exclude, run=run, packages=packages, yara=yara)
+                                exclude=exclude, run=run, packages=packages, yara=yara,
+                                hide=stack.diff_hides if fmt == "docker" else ())
     except native.NativeError as exc:
         raise fail(str(exc)) from None
     if direct:  # the compiled differ writes the report itself, straight to the output's fd
@@ -72,7 +73,8 @@ def diff_cmd(
                                 packages=packages, yara=yara, yara_originals=yara_originals)
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
-    _emit(fmt, records, output, stack.evidence, run=run, extra_columns=extra)
+    _emit(fmt, records, output, stack.evidence, run=run, extra_columns=extra,
+          hide=stack.diff_hides)
 
 
 @app.command("deleted")

@@ -128,7 +128,7 @@ def Stack(container, upper, lowers, lower, root, engine, data_root, namespace=No
 
 
 def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
-          extra_columns: tuple = (), write=None) -> None:
+          extra_columns: tuple = (), write=None, hide=()) -> None:
     """Write a report; with a run record: JSON/JSONL get it first, other formats a side file."""
     import shutil
     import tempfile
@@ -142,7 +142,7 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
         if write is not None:
             write(fmt, records, stream)
             return
-        writer = open_writer(fmt, stream, extra_columns)
+        writer = open_writer(fmt, stream, extra_columns, hide=hide)
         for record in records:
             writer.write(record)
         writer.close()

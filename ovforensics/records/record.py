@@ -19,6 +19,9 @@ CHANGE_KINDS = (ADDED, MODIFIED, DELETED, ANOMALY)
 #: The order in which ``what`` lists differences.
 WHAT_ORDER = ("type", "content", "target", "mode", "owner", "mtime", "xattrs")
 
+#: What a modified record says of its shadowed original (in every format, for modified records).
+LOWER_FIELDS = ("lower_size", "lower_mode", "lower_uid", "lower_gid", "lower_mtime", "lower_target")
+
 #: Why a path counts as deleted.
 VIA_KINDS = ("whiteout", "xwhiteout", "wh-file", "opaque", "parent", "type-change")
 
@@ -66,6 +69,14 @@ class Change:
     metacopy: bool = False
     anomaly: str | None = None
     detail: str | None = None
+    # A modified record's shadowed original, as it was (the fields above are what it is now):
+    # set for modified records only; written as lower_size, lower_mode, ... (LOWER_FIELDS).
+    lower_size: int | None = None
+    lower_mode: int | None = None
+    lower_uid: int | None = None
+    lower_gid: int | None = None
+    lower_mtime_ns: int | None = None
+    lower_target: bytes | None = None
     extra: dict = field(default_factory=dict)
     # The entries behind the record, for enrichment (hashes, file types, timelines, recovery);
     # never serialised. ``entry``/``data``: what the merged view shows and where its bytes are
@@ -100,10 +111,16 @@ class Change:
             "renamed_from": escape_bytes(self.renamed_from) if self.renamed_from is not None else None,
             "metacopy": self.metacopy,
         }
+        if self.change == MODIFIED:
+            out.update(lower_size=self.lower_size, lower_mode=format_mode(self.lower_mode),
+                       lower_uid=self.lower_uid, lower_gid=self.lower_gid,
+                       lower_mtime=format_ns(self.lower_mtime_ns),
+                       lower_target=escape_bytes(self.lower_target)
+                       if self.lower_target is not None else None)
         if not is_utf8(self.path):
             out["path_b64"] = base64.b64encode(self.path).decode("ascii")
         for key, raw in (("lower_path", self.lower_path), ("target", self.target),
-                         ("renamed_from", self.renamed_from)):
+                         ("renamed_from", self.renamed_from), ("lower_target", self.lower_target)):
             if raw is not None and not is_utf8(raw):
                 out[key + "_b64"] = base64.b64encode(raw).decode("ascii")
         if self.change == ANOMALY:
@@ -111,6 +128,31 @@ class Change:
             out["detail"] = self.detail
         out.update(self.extra)
         return out
+
+
+def what_text(record: dict, sep: str = ", ") -> str:
+    """What changed, before and after, for people: ``mode 0755 -> 4755, owner 0:0 -> 1000:1000,
+    content (size 5 -> 10)``. ``record`` is a :meth:`Change.to_dict`; where the original's
+    fields are unknown (not a modified record, or one built without them) the bare ``what``
+    names stay."""
+    what = record.get("what") or ()
+    if record.get("change") != MODIFIED:
+        return sep.join(what)
+    out = []
+    for item in what:
+        if item == "mode" and record.get("lower_mode") is not None:
+            out.append(f"mode {record['lower_mode']} -> {record.get('mode')}")
+        elif item == "owner" and record.get("lower_uid") is not None:
+            out.append(f"owner {record['lower_uid']}:{record.get('lower_gid')} -> "
+                       f"{record.get('uid')}:{record.get('gid')}")
+        elif item == "target" and record.get("lower_target") is not None:
+            out.append(f"target {record['lower_target']} -> {record.get('target')}")
+        elif item == "content" and record.get("lower_size") is not None \
+                and record["lower_size"] != record.get("size"):
+            out.append(f"content (size {record['lower_size']} -> {record.get('size')})")
+        else:
+            out.append(item)
+    return sep.join(out)
 
 
 def is_utf8(raw: bytes) -> bool:

@@ -191,6 +191,7 @@ class Differ:
                 data: Entry | None = None, shadow_data: Entry | None = None) -> Change:
         in_upper = entry.layer is self.upper
         metacopy = is_metacopy(entry, self.ns)
+        was = shadow if change == MODIFIED else None  # the original, as it was
         return Change(
             path=b"/" + join(path),
             change=change,
@@ -208,6 +209,12 @@ class Differ:
             target=entry.target,
             renamed_from=renamed_from,
             metacopy=metacopy,
+            lower_size=was.size if was is not None else None,
+            lower_mode=was.perm if was is not None else None,
+            lower_uid=was.uid if was is not None else None,
+            lower_gid=was.gid if was is not None else None,
+            lower_mtime_ns=was.mtime_ns if was is not None else None,
+            lower_target=was.target if was is not None else None,
             entry=entry,
             data=data,
             shadow=shadow,

@@ -47,6 +47,9 @@ class Container:
     finished: str | None = None
     #: why ``state`` is None (the files do not say), for the analyst
     state_note: str | None = None
+    #: paths the engine's own diff leaves out (``podman diff``: its /etc/hosts, /run/.containerenv
+    #: ...); ``-f docker`` leaves them out too, to print what the engine prints
+    diff_hides: tuple[str, ...] = ()
     #: Kubernetes (containerd's CRI plugin, CRI-O): the pod and the container's name in it;
     #: ``role`` is "sandbox" (the pod's pause container) or "container"
     pod: str | None = None

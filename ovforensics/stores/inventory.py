@@ -12,7 +12,7 @@ CONTAINER_COLUMNS = ("engine", "id", "names", "image", "image_id", "state", "exi
                      "started", "finished", "upperdir", "layers", "upper_entries", "upper_bytes",
                      "namespace", "pod", "pod_namespace", "pod_uid", "container_name", "role",
                      "state_note")
-LAYER_COLUMNS = ("position", "role", "id", "dir", "link", "diff_id", "chain_id", "image_index",
+LAYER_COLUMNS = ("index", "role", "id", "dir", "link", "diff_id", "chain_id", "image_index",
                  "entries", "bytes")
 
 
@@ -61,15 +61,18 @@ def container_row(c: Container, sizes: bool = True) -> dict:
 
 
 def layer_rows(c: Container):
-    """The stack top down: position 0 is the upper, then the lowers (init first)."""
-    for position, layer in enumerate([c.upper, *c.lowers]):
-        yield layer_row(position, layer)
+    """The stack top down: the upper (no index), then the lowers, each with the index a diff
+    record's ``lower_layer.index`` gives it (0 = the topmost lower: the init layer, where the
+    engine has one), the number the timeline's ``lower layer N`` labels use too."""
+    yield layer_row(None, c.upper)
+    for index, layer in enumerate(c.lowers):
+        yield layer_row(index, layer)
 
 
-def layer_row(position: int, layer: LayerInfo) -> dict:
+def layer_row(index: int | None, layer: LayerInfo) -> dict:
     entries, size = tree_stats(layer.dir)
     return {
-        "position": position, "role": layer.role, "id": layer.id, "dir": layer.dir,
+        "index": index, "role": layer.role, "id": layer.id, "dir": layer.dir,
         "link": layer.link, "diff_id": layer.diff_id, "chain_id": layer.chain_id,
         "image_index": layer.image_index, "entries": entries, "bytes": size,
     }

@@ -97,6 +97,12 @@ from ovforensics.evidence import storetext
 from ovforensics.evidence.rootfs import Root, RootEscape
 from ovforensics.stores.base import Broken, Container, LayerInfo, StoreError
 
+#: What ``podman diff`` never prints: its initInodes (libpod/diff.go), the files podman puts in
+#: every container itself; exact paths (their children are printed).
+PODMAN_DIFF_HIDES = ("/dev", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/proc", "/run",
+                     "/run/notify", "/run/.containerenv", "/run/secrets", "/run/podman-init",
+                     "/sys", "/etc/mtab")
+
 ENGINE = "podman"
 DEFAULT_GRAPHROOT = "/var/lib/containers/storage"
 ROOTLESS_DEFAULT = ".local/share/containers/storage"
@@ -476,6 +482,7 @@ class _Store:
             started=state.started if state else None,
             finished=state.finished if state else None,
             state_note=None if state else self.state_note,
+            diff_hides=PODMAN_DIFF_HIDES,
             **self.k8s(cid),
         )
 

@@ -24,8 +24,10 @@ field names and values. Formats (:data:`FORMATS`):
     record. It must see every record before printing, so it is the one writer that holds them:
     in a temporary spool file, not in memory.
 ``docker``
-    ``A``/``C``/``D`` + space + path, like ``docker diff``. Anomalies are counted but not
-    printed (docker diff has no way to say them).
+    The lines ``docker diff`` (``podman diff`` for a Podman container) prints: ``A``/``C``/``D``
+    + space + path, one ``D`` for a deleted directory, a ``C`` for the parent of each added or
+    deleted path (:class:`DockerWriter`). Anomalies are counted but not printed (docker diff has
+    no way to say them).
 
 In the two human formats (``table``, ``docker``) control and format characters are shown as
 escapes (``\n``, ``\t``, ``\x1b``, ``\u202e`` ...) so a crafted name cannot forge extra rows or
@@ -46,7 +48,8 @@ from typing import Iterable, Iterator, TextIO
 
 from orjson import dumps as _orjson_dumps
 
-from ovforensics.records.record import ADDED, ANOMALY, CHANGE_KINDS, DELETED, MODIFIED, Change, LayerRef, escape_bytes, format_mode, format_ns
+from ovforensics.records.record import (ADDED, ANOMALY, CHANGE_KINDS, DELETED, MODIFIED, Change,
+                                        LayerRef, escape_bytes, format_mode, format_ns, what_text)
 from ovforensics.evidence.storetext import escape_surrogates, with_b64
 
 FORMATS = ("table", "csv", "json", "jsonl", "docker")
@@ -55,6 +58,8 @@ CSV_COLUMNS = (
     "path", "change", "type", "what", "via", "lower_path", "lower_layer", "lower_layer_dir",
     "lower_layer_id", "lower_layer_role", "upper_path", "size", "mode", "uid", "gid", "mtime", "target", "renamed_from", "metacopy",
     "anomaly", "detail", "path_b64",
+    # a modified record's original, as it was (appended: the columns before keep their places)
+    "lower_size", "lower_mode", "lower_uid", "lower_gid", "lower_mtime", "lower_target",
 )
 
 TABLE_HEADERS = ("change", "path", "type", "what", "via", "lower layer", "size")
@@ -175,10 +180,19 @@ class RecordDicts:
             "renamed_from": renamed_from,
             "metacopy": c.metacopy,
         }
+        lower_target_b64 = None
+        if c.change == MODIFIED:
+            lower_target, lower_target_b64 = _text(c.lower_target)
+            out["lower_size"] = c.lower_size
+            out["lower_mode"] = format_mode(c.lower_mode)
+            out["lower_uid"] = c.lower_uid
+            out["lower_gid"] = c.lower_gid
+            out["lower_mtime"] = self._time(c.lower_mtime_ns)
+            out["lower_target"] = lower_target
         if path_b64 is not None:
             out["path_b64"] = path_b64
         for key, b64 in (("lower_path", lower_b64), ("target", target_b64),
-                         ("renamed_from", renamed_b64)):
+                         ("renamed_from", renamed_b64), ("lower_target", lower_target_b64)):
             if b64 is not None:
                 out[key + "_b64"] = b64
         if c.change == ANOMALY:
@@ -363,7 +377,7 @@ class TableWriter(Writer):
 
 
 def _table_cells(record: dict) -> list[str]:
-    what = ",".join(record.get("what") or ())
+    what = what_text(record, ",")
     if record.get("change") == ANOMALY:
         # No "what" for an anomaly: say which anomaly it is instead.
         what = ": ".join(x for x in (record.get("anomaly"), record.get("detail")) if x)
@@ -398,12 +412,45 @@ def _pad(cell: str, width: int) -> str:
 
 
 class DockerWriter(Writer):
-    """``A``/``C``/``D`` lines like ``docker diff``; anomalies are counted, not printed."""
+    """The lines ``docker diff`` prints, from our records (moby's ``archive.changes`` rules):
+
+    - ``A``/``C``/``D`` + space + path, in path order;
+    - a deleted directory is one ``D`` line (its files, deleted with it, are not listed);
+    - the parent directory of an added or deleted path gets a ``C`` line before it, unless it
+      is printed already (docker reports every such parent as changed);
+    - ``hide``: paths the engine leaves out (``podman diff`` drops its own ``/etc/hosts``,
+      ``/run/.containerenv`` ...: the container's ``diff_hides``), any line of them.
+
+    Where docker is wrong, these lines stay right: files an opaque directory hid are ``D``
+    lines, a directory replaced by a file still lists the files it held, names are exact
+    (escaped, never mangled). Anomalies are counted, not printed."""
+
+    def __init__(self, stream: TextIO, hide: Iterable[str] = ()):
+        super().__init__(stream)
+        self._hide = frozenset(hide)
+        self._printed: list[str] = []  # directories printed on the current branch, top down
+
+    def _line(self, code: str, path: str) -> None:
+        if path not in self._hide:
+            self.stream.write(f"{code} {visible(path)}\n")
 
     def _write(self, record: dict) -> None:
-        code = _DOCKER_CODES.get(record.get("change"))
-        if code is not None:
-            self.stream.write(f"{code} {visible(record['path'])}\n")
+        change = record.get("change")
+        code = _DOCKER_CODES.get(change)
+        if code is None or (change == DELETED and record.get("via") == "parent"):
+            return
+        path = record["path"]
+        printed = self._printed
+        while printed and not path.startswith(printed[-1].rstrip("/") + "/"):
+            printed.pop()
+        if change in (ADDED, DELETED):
+            parent = path.rpartition("/")[0]
+            if parent and (not printed or printed[-1] != parent):
+                self._line("C", parent)
+                printed.append(parent)
+        self._line(code, path)
+        if record.get("type") == "dir" and change != DELETED:
+            printed.append(path)
 
 
 def summary_line(counts: dict) -> str:
@@ -422,17 +469,21 @@ _WRITERS = {
 assert tuple(_WRITERS) == FORMATS
 
 
-def open_writer(fmt: str, stream: TextIO, extra_columns: tuple[str, ...] = ()) -> Writer:
+def open_writer(fmt: str, stream: TextIO, extra_columns: tuple[str, ...] = (), *,
+                hide: Iterable[str] = ()) -> Writer:
     """Return the writer for ``fmt``; unknown formats raise ``ValueError`` listing valid ones.
 
     ``extra_columns`` names ``extra`` fields (hashes, file types) that CSV adds as columns;
-    JSON/JSONL always carry every field.
+    JSON/JSONL always carry every field. ``hide``: paths ``docker`` lines leave out (a
+    container's ``diff_hides``).
     """
     try:
         cls = _WRITERS[fmt]
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown output format {fmt!r}; valid formats: {', '.join(FORMATS)}") from None
+    if cls is DockerWriter:
+        return cls(stream, hide)
     return cls(stream, extra_columns) if cls in (CsvWriter, TableWriter) else cls(stream)
 
 

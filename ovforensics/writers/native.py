@@ -22,7 +22,7 @@ import stat
 import threading
 
 FORMATS = ("jsonl", "csv", "docker")
-ABI = 1
+ABI = 2
 _KINDS = ("added", "modified", "deleted", "anomaly")
 
 _lib = None
@@ -41,6 +41,11 @@ def _candidates() -> list[str]:
     return sorted(glob.glob(os.path.join(here, "_ovfdiff*.so")))
 
 
+#: ``guess(layer index) -> 1`` when the layer is in the kernel's form (lib.rs): the library asks
+#: it for a --whiteouts auto layer the first time a listing of it holds a ``.wh.`` name
+GUESS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)
+
+
 def library():
     """The loaded library, or None (:func:`status` says why)."""
     global _lib, _why
@@ -56,7 +61,7 @@ def library():
                     raise OSError(f"ABI {lib.ovf_abi()}, expected {ABI}")
                 lib.ovf_diff.restype = ctypes.c_int
                 lib.ovf_diff.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int,
-                                         ctypes.POINTER(ctypes.c_int), ctypes.c_char_p,
+                                         ctypes.POINTER(ctypes.c_int), GUESS, ctypes.c_char_p,
                                          ctypes.c_size_t)
                 _lib = lib
                 _why = found[0]
@@ -92,11 +97,11 @@ def status() -> str:
 
 
 def applies(fmt: str, *, hashes=(), magic=False, include=(), exclude=(), run=None,
-            packages=False, yara=None) -> bool:
+            packages=False, yara=None, hide=()) -> bool:
     """Whether a report with these options is one the compiled differ can write (the layers
     are checked by :func:`write`): none of the columns it does not compute is asked for."""
     return (fmt in FORMATS and not hashes and not magic and not include and not exclude
-            and run is None and not packages and not yara and enabled())
+            and run is None and not packages and not yara and not hide and enabled())
 
 
 def _field(out: list, value) -> None:
@@ -112,8 +117,6 @@ def _refusal(layers) -> str | None:
             return f"{getattr(layer, 'label', layer)}: not a directory layer"
         if layer.rules != "kernel":
             return f"{layer.label}: {layer.rules} rules"
-        if getattr(layer, "guess_rules", False):
-            return f"{layer.label}: --whiteouts auto, rules not decided yet"
         if layer.errors:
             return f"{layer.label}: errors already recorded"
         try:
@@ -151,7 +154,7 @@ def spec(fmt: str, upper, lowers, ns, only=None) -> bytes:
     for index, layer in enumerate([upper, *lowers]):
         _field(out, layer.root)
         _field(out, layer.label)
-        _field(out, layer.rules)
+        _field(out, "auto" if getattr(layer, "guess_rules", False) else layer.rules)
         if index == 0:
             _field(out, b"")
             _field(out, b"")
@@ -181,9 +184,26 @@ def write(fmt: str, upper, lowers, ns, stream, only=None) -> dict | None:
     cancel = ctypes.c_int(0)
     result = ctypes.create_string_buffer(4096)
     box: dict = {}
+    layers = [upper, *lowers]
+
+    def decide(index: int) -> int:
+        """--whiteouts auto: the rules of ``layers[index]``, decided as DirLayer.check_rules
+        decides them (they stay on the layer: a hand-back reads it with them)."""
+        try:
+            from ovforensics.layers.formguess import guess_rules
+
+            layer = layers[index]
+            layer.guess_rules = False
+            layer.rules, layer.rules_auto = guess_rules(layer.root)
+            return 1 if layer.rules == "kernel" else 0
+        except BaseException:  # never raise through the library: hand the scan back
+            return 0
+
+    guess = GUESS(decide)
 
     def work():
-        box["rc"] = lib.ovf_diff(data, len(data), fd, ctypes.byref(cancel), result, len(result))
+        box["rc"] = lib.ovf_diff(data, len(data), fd, ctypes.byref(cancel), guess, result,
+                                 len(result))
 
     worker = threading.Thread(target=work, name="ovf-native-differ", daemon=True)
     worker.start()

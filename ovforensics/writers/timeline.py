@@ -23,22 +23,25 @@ Anomaly records are skipped. For every other record, one *subject* per entry beh
 A record built without entries (``entry``/``shadow`` None) falls back to its own fields (mode,
 owner, size, mtime), as the merged entry for added/modified and as the original for deleted.
 
-Naming. Each subject is labelled in the bodyfile name (``PATH (CHANGE; LABEL)``), at the end of
-the Timesketch ``message`` (``... - LABEL``) and in the ``side``/``view`` fields:
+Naming. Each subject is labelled at the end of the Timesketch ``message`` (``... - LABEL``),
+in the ``side``/``view`` fields, and in the bodyfile's name and inode fields:
 
-* merged entry stored in the upperdir: ``/etc/passwd (modified; upper)``; message
-  ``... - upper copy``; ``side=upper``, ``view=merged``;
-* merged entry stored in lower layer N (seen through a renamed directory):
-  ``/d/f (added; in lower layer N)``; ``... - in lower layer N``; ``side=lower``,
-  ``view=merged``;
-* shadowed original in lower layer N: ``/etc/passwd (modified; original in lower layer N)``;
+* merged entry stored in the upperdir: bodyfile name ``/etc/passwd``, inode ``INODE``;
+  message ``... - upper copy``; ``side=upper``, ``view=merged``;
+* merged entry stored in lower layer N (seen through a renamed directory): name ``/d/f``,
+  inode ``INODE-N``; ``... - in lower layer N``; ``side=lower``, ``view=merged``;
+* shadowed original in lower layer N: name ``/x (deleted)`` for a deleted path, as the Sleuth
+  Kit names a deleted file, ``/etc/passwd (original)`` for a modified one; inode ``INODE-N``;
   ``... - original in lower layer N``; ``side=lower``, ``view=original``.
 
-N is the lower layer's index (0 = topmost lower, as in ``lower_layer``), so
-``/x (deleted; original in lower layer 0)`` is the file a whiteout hid. A symlink's target
-follows the label, as ``fls -m`` appends it: ``/l (added; upper) -> /target`` (Plaso splits the
-target off at the last `` -> ``, so the label stays with the name). Messages read e.g.
-``modified /etc/passwd (content, mtime) - upper copy``,
+N is the lower layer's index (0 = topmost lower, as in ``lower_layer`` and ``layers``), so
+``/x (deleted)`` with inode ``1234-0`` is the file a whiteout hid. The inode field keeps TSK's
+numeric ``NUMBER-NUMBER`` form (as for NTFS): Plaso reads the number before the ``-``, mactime
+prints the field whole (and drops a line whose inode field is not numeric).
+A symlink's target follows the name, as ``fls -m`` appends it: ``/l -> /target`` (Plaso splits
+the target off at the last `` -> ``). Messages read e.g.
+``modified /etc/passwd (content (size 5 -> 10), mtime) - upper copy``,
+``modified /usr/bin/find (mode 0755 -> 4755) - upper copy``,
 ``deleted /x via wh-file - original in lower layer 0``.
 
 ``bodyfile`` (TSK 3.x)
@@ -132,7 +135,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Iterator, TextIO
 
-from ovforensics.records.record import ADDED, DELETED, MODIFIED, Change, escape_bytes, format_mode, is_utf8
+from ovforensics.records.record import (ADDED, DELETED, MODIFIED, Change, escape_bytes, format_mode,
+                                        is_utf8, what_text)
 from ovforensics.writers.formats import guard_formula, json_line, visible
 
 __all__ = ["FORMATS", "CSV_COLUMNS", "TIME_FIELDS", "UTC_NOTE", "Subject", "subjects",
@@ -268,6 +272,15 @@ class Subject:
         return "upper" if self.side == "upper" else f"in {layer}"
 
     @property
+    def inode_field(self) -> str:
+        """The bodyfile's inode field: ``INODE`` for an entry of the upper, ``INODE-N`` for one of
+        lower layer N (TSK's numeric ``NUMBER-NUMBER`` form: mactime prints it whole and drops a
+        line whose field is not numeric; Plaso reads the number before the ``-``)."""
+        if self.side == "upper" or self.layer_index is None:
+            return str(self.ino)
+        return f"{self.ino}-{self.layer_index}"
+
+    @property
     def message_label(self) -> str:
         return "upper copy" if self.label == "upper" else self.label
 
@@ -367,14 +380,22 @@ def subjects(change: Change, hashes: bool = False) -> list[Subject]:
 
 
 # -- bodyfile ------------------------------------------------------------------------------
+def _name_suffix(change: Change, subject: Subject) -> str:
+    """``(deleted)`` after a deleted path's original, as the Sleuth Kit names a deleted file;
+    ``(original)`` after a modified path's original; nothing after what the container shows."""
+    if subject.view != "original":
+        return ""
+    return " (deleted)" if change.change == DELETED else " (original)"
+
+
 def bodyfile_line(change: Change, subject: Subject) -> str:
     """One TSK 3.x bodyfile line (with its newline) for one subject of a record."""
-    name = f"{escape_name(change.path)} ({change.change}; {subject.label})"
+    name = escape_name(change.path) + _name_suffix(change, subject)
     if subject.kind == "symlink" and subject.target is not None:
         name += " -> " + escape_name(subject.target)
     times = subject.times
     fields = (
-        subject.md5 or "0", name, str(subject.ino), mode_string(subject.mode, subject.kind),
+        subject.md5 or "0", name, subject.inode_field, mode_string(subject.mode, subject.kind),
         str(subject.uid), str(subject.gid), str(subject.size), body_time(times.get("atime")),
         body_time(times.get("mtime")), body_time(times.get("ctime")),
         body_time(times.get("btime")),
@@ -386,7 +407,7 @@ def bodyfile_line(change: Change, subject: Subject) -> str:
 def _message(change: Change, subject: Subject) -> str:
     text = f"{change.change} {visible(change.path_text)}"
     if change.what:
-        text += f" ({', '.join(change.what)})"
+        text += f" ({visible(_what(change))})"
     if change.via:
         text += f" via {change.via}"
     if change.renamed_from is not None:
@@ -394,6 +415,13 @@ def _message(change: Change, subject: Subject) -> str:
     if subject.kind == "symlink" and subject.target is not None:
         text += f" -> {visible(escape_bytes(subject.target))}"
     return f"{text} - {subject.message_label}"
+
+
+def _what(change: Change) -> str:
+    """``mode 0755 -> 4755, content (size 5 -> 10)``: what changed, before and after."""
+    if change.change != "modified" or change.lower_mode is None:
+        return ", ".join(change.what)
+    return what_text(change.to_dict())
 
 
 def _base_fields(change: Change) -> dict:
