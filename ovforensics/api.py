@@ -127,9 +127,9 @@ def containers(root: str = "/", engine: str | None = None, data_root: str | None
     """Every container of every engine found under ``root`` (a live host: ``/``; evidence: its
     mount point), from the engines' files alone. Yields ``Container`` and ``Broken`` records."""
     from ovforensics.stores.registry import find_all
-    from ovforensics.evidence.rootfs import Root
+    from ovforensics.evidence.rootfs import open_root
 
-    return find_all(Root(root), engine=engine, data_root=data_root)
+    return find_all(open_root(root), engine=engine, data_root=data_root)
 
 
 def find_container(query: str, root: str = "/", engine: str | None = None,

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+from ovforensics.evidence.rootfs import RootError, open_root
 from ovforensics.layers.entry import Layer
 from ovforensics.layers.upperform import UpperError, check_upper
 from ovforensics.layers.stack import container_layers, open_layer
@@ -131,8 +132,10 @@ def open_target(container: str | None = None, *, upper: str | None = None,
     if container is not None:
         if upper or lowers:
             raise TargetError("name a container or --upper/--lowers, not both")
-        if not os.path.isdir(root):
-            raise TargetError(f"--root: {root}: not a directory")
+        try:
+            open_root(root)  # a directory, or a disk image read without mounting it
+        except RootError as exc:
+            raise TargetError(str(exc)) from None
         try:
             found = find_container(container, root=root, engine=engine, data_root=data_root,
                                    namespace=namespace)

@@ -17,6 +17,7 @@ directory for a symlink, and make odd names. Then:
 from __future__ import annotations
 
 import hashlib
+import base64
 import json
 import os
 import shutil
@@ -593,6 +594,105 @@ def test_evidence_run_never_opens_a_path_outside_the_evidence(dockerd, live, tmp
         assert not [p for p in touched if p == live_store or p.startswith(live_store + "/")], args
         assert any(p.startswith(store_copy) for p in touched), "the run did read the evidence"
 
+
+# -- a disk image's store (--root disk.img): read through evidence/fs.py -----------------------
+def _image_records(container) -> list[str]:
+    import ovforensics
+
+    return sorted(f"{r.change} {r.path_text} {r.via or ''} {r.anomaly or ''}"
+                  for r in ovforensics.scan_container(container))
+
+
+def test_a_store_attached_as_an_image_reads_as_the_directory(dockerd, live, tmp_path):
+    evidence = tmp_path / "evidence"
+    store = _copy_store(dockerd, evidence / "var/lib/docker")
+    from test_diskimage_plumbing import DirFS
+    from ovforensics.evidence import fs
+
+    dir_fs = DirFS(str(evidence))
+    prefix = fs.attach(dir_fs, str(tmp_path / "no-such-disk.img"))
+    assert not os.path.lexists(prefix.rstrip("!"))  # nothing on the host answers to it
+    try:
+        items = list(docker.find(Root(prefix)))
+        assert [b for b in items if isinstance(b, Broken)] == []
+        found = {c.names[0]: c for c in items if isinstance(c, Container)}
+        direct = {c.names[0]: c for c in docker.find(Root(str(evidence)))
+                  if isinstance(c, Container)}
+        assert sorted(found) == sorted(direct) == sorted(live)
+        for name, ref in direct.items():
+            got = found[name]
+            assert got.upper.dir == got.upper.dir.replace(str(evidence), "")  # no host path
+            assert got.upper.dir.startswith(prefix)
+            assert got.upper.dir[len(prefix):] == ref.upper.dir[len(str(evidence)):]
+            assert _image_records(got) == _image_records(ref), name
+        assert dir_fs.calls > 0
+    finally:
+        fs.detach(prefix)
+    assert os.path.isdir(store)
+
+
+def test_a_docker_store_in_a_disk_image_reads_as_the_kernel_mounts_it(dockerd, live, tmp_path):
+    """``--root disk.qcow2``: the store copied into an ext4 filesystem (mkfs.ext4 -d, no mount)
+    inside a GPT qcow2; every container and every record as from the same filesystem mounted
+    read-only by the kernel (in a private mount namespace), paths mapped."""
+    from test_diskimage import _need_tools
+
+    _need_tools("mkfs.ext4", "sfdisk", "qemu-img", "unshare")
+    evidence = tmp_path / "evidence"
+    _copy_store(dockerd, evidence / "var/lib/docker")
+    fs_image, raw, image = tmp_path / "fs.ext4", tmp_path / "disk.raw", tmp_path / "disk.qcow2"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-I", "256", "-d", str(evidence), str(fs_image),
+                    "256M"], check=True, capture_output=True)
+    with open(raw, "wb") as fh:
+        fh.truncate(260 << 20)
+    subprocess.run(["sfdisk", "-q", str(raw)], input="label: gpt\nstart=2048, type=L\n",
+                   text=True, check=True, capture_output=True)
+    with open(fs_image, "rb") as src, open(raw, "r+b") as dst:
+        dst.seek(2048 * 512)
+        shutil.copyfileobj(src, dst)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)],
+                   check=True)
+    cmds = ("containers -f jsonl", "diff c1 -f jsonl", "diff c5 -f jsonl", "deleted c1 -f jsonl",
+            "layers c1 -f jsonl", "timeline c1 -f timesketch")
+    ours = {cmd: _cli(*cmd.split(), "--root", str(image), "--engine", "docker") for cmd in cmds}
+    for cmd, proc in ours.items():
+        assert proc.returncode == 0, (cmd, proc.stderr)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = (f"mount -o ro,noload -t ext4 {fs_image} {mnt} && cd {ROOT_DIR} && " + " && ".join(
+        f"{sys.executable} -m ovforensics {cmd} --root {mnt} --engine docker "
+        f"> {tmp_path}/{cmd.replace(' ', '_')}.kernel" for cmd in ours) + f"; umount {mnt}")
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    prefix = str(image) + "!"
+
+    def mapped(text: str) -> list:
+        rows = []
+        for line in text.replace(prefix, str(mnt)).splitlines():
+            row = json.loads(line)
+            for key, value in list(row.items()):  # physical paths' exact bytes, mapped too
+                if key.endswith("_b64") and isinstance(value, str):
+                    raw = base64.b64decode(value).replace(os.fsencode(prefix), os.fsencode(mnt))
+                    row[key] = base64.b64encode(raw).decode()
+            rows.append(row)
+        return rows
+
+    for cmd, mine in ours.items():
+        kernel = (tmp_path / f"{cmd.replace(' ', '_')}.kernel").read_text()
+        assert kernel, cmd
+        assert mapped(mine.stdout) == mapped(kernel), cmd
+    assert '"c1"' in ours["containers -f jsonl"].stdout
+    to = tmp_path / "recovered"
+    proc = _cli("recover", "c1", "/data/a", "--root", str(image), "--engine", "docker",
+                "--to", str(to))
+    assert proc.returncode == 0, proc.stderr
+    manifest = [json.loads(line) for line in (to / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["path"], r["status"]) for r in manifest] == [("/data/a", "recovered")]
+    assert hashlib.sha256((to / "data/a").read_bytes()).hexdigest() == manifest[0]["sha256"]
+
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # -- -f docker: what docker diff prints -----------------------------------------------------------
 #: the lines ``-f docker`` prints and docker diff does not, and why (docker is wrong there)

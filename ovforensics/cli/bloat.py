@@ -6,7 +6,7 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
-from ovforensics.cli.options import (_force_opt, Stack, _F, _S, _data_root_opt, _engine_opt,
+from ovforensics.cli.options import (_force_opt, _partition_opt, Stack, _F, _S, _data_root_opt, _engine_opt,
     _max_decompressed_opt, _namespace_opt, _root_opt)
 from ovforensics.layers.layer import LayerError
 from ovforensics.writers.output import OutputError, default_format, refuse_inside, report_stream
@@ -104,6 +104,7 @@ def bloat_cmd(
     lowers: List[str] = _S["lowers"],
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
@@ -154,6 +155,7 @@ def image_cmd(
                                          help="Which image of an archive or OCI layout that holds "
                                               "several (a name or id prefix)."),
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),

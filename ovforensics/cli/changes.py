@@ -6,7 +6,7 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
-from ovforensics.cli.options import (_force_opt, Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
+from ovforensics.cli.options import (_force_opt, _partition_opt, Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
     _extra_columns, _format_opt, _hash_opt, _max_decompressed_opt, _meta_opt, _more_columns,
     _namespace_opt, _output_opt, _packages_opt, _pick_format, _root_opt, _split_list)
 from ovforensics.layers.layer import LayerError
@@ -21,6 +21,7 @@ def diff_cmd(
     lowers: List[str] = _S["lowers"],
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
@@ -84,6 +85,7 @@ def deleted_cmd(
     lowers: List[str] = _S["lowers"],
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
@@ -123,6 +125,7 @@ def timeline_cmd(
     lowers: List[str] = _S["lowers"],
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
@@ -181,6 +184,7 @@ def recover_cmd(
     lowers: List[str] = _S["lowers"],
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),

@@ -1,18 +1,18 @@
 """The commands about the stores: ``containers``, ``layers``."""
 from __future__ import annotations
 
-import os
 import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
-from ovforensics.cli.options import (_force_opt, _container, _data_root_opt, _emit_rows, _engine_opt,
+from ovforensics.cli.options import (_force_opt, _partition_opt, _container, _data_root_opt, _emit_rows, _engine_opt,
     _format_opt, _namespace_opt, _output_opt, _pick_format, _root_opt)
 
 
 @app.command("containers")
 def containers_cmd(
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
@@ -27,14 +27,14 @@ def containers_cmd(
 ) -> None:
     """List every container of every engine found, from the engines' files alone."""
     from ovforensics import containers
+    from ovforensics.evidence.rootfs import open_root
     from ovforensics.stores.base import Broken
     from ovforensics.stores.registry import matches, parse_filters
     from ovforensics.stores.inventory import CONTAINER_COLUMNS, container_row
 
     fmt = _pick_format(fmt, output)
-    if not os.path.isdir(root):
-        raise fail(f"--root: {root}: not a directory")
     try:
+        open_root(root)  # a directory, or a disk image read without mounting it
         wanted = parse_filters(filters + ([f"namespace={namespace}"] if namespace is not None else []))
     except ValueError as exc:
         raise fail(str(exc)) from None
@@ -62,6 +62,7 @@ def containers_cmd(
 def layers_cmd(
     container: str = typer.Argument(..., metavar="CONTAINER", help="Container name, id or id prefix."),
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),

@@ -2,7 +2,6 @@
 to the library's ``open_target``), and writing a report or an inventory."""
 from __future__ import annotations
 
-import os
 import typer
 from typing import List, Optional
 
@@ -18,7 +17,9 @@ def _split_list(values: List[str]) -> List[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
-ROOT_HELP = "Evidence root: a mounted image of a seized host; every path found is resolved under it."
+ROOT_HELP = ("Evidence root: a mounted image of a seized host, or a disk image file read without "
+             "mounting it (raw, qcow2, VMDK, VHD/VHDX, E01; ext4 or XFS); every path found is "
+             "resolved under it.")
 
 
 ENGINE_HELP = "Only this engine: docker, podman, containerd (default: all found)."
@@ -28,7 +29,22 @@ DATA_ROOT_HELP = "The engine's data root inside --root (default: from the engine
 
 
 def _root_opt():
-    return typer.Option("/", "--root", metavar="DIR", help=ROOT_HELP)
+    return typer.Option("/", "--root", metavar="DIR|IMAGE", help=ROOT_HELP)
+
+
+def _set_partition(value: Optional[int]) -> Optional[int]:
+    from ovforensics.evidence.rootfs import set_partition
+
+    if value is not None and value < 1:
+        raise typer.BadParameter("partitions are numbered from 1 (see docs/diskimage.md)")
+    set_partition(value)
+    return value
+
+
+def _partition_opt():
+    return typer.Option(None, "--partition", metavar="N", callback=_set_partition,
+                        help="With --root DISK-IMAGE: the partition to read (1 = the first; "
+                             "default: the one holding an engine's store).")
 
 
 def _engine_opt():
@@ -85,8 +101,6 @@ def _container(query: str, root: str, engine: Optional[str], data_root: Optional
     from ovforensics import find_container
     from ovforensics.stores.registry import LookupError_
 
-    if not os.path.isdir(root):
-        raise fail(f"--root: {root}: not a directory")
     try:
         return find_container(query, root=root, engine=engine, data_root=data_root,
                               namespace=namespace)

@@ -7,7 +7,7 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import _warn, app, fail
-from ovforensics.cli.options import (_force_opt, Stack, _F, _S, _Y, _data_root_opt, _emit_rows, _engine_opt,
+from ovforensics.cli.options import (_force_opt, _partition_opt, Stack, _F, _S, _Y, _data_root_opt, _emit_rows, _engine_opt,
     _format_opt, _namespace_opt, _output_opt, _pick_format, _root_opt)
 from ovforensics.layers.layer import LayerError
 from ovforensics.writers.output import OutputError, refuse_inside, report_stream
@@ -20,6 +20,7 @@ def packages_cmd(
     lowers: List[str] = _S["lowers"],
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
@@ -57,6 +58,7 @@ def triage_cmd(
     lowers: List[str] = _S["lowers"],
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
+    partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import stat
 
+from ovforensics.evidence import fs
+
 MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
 
 
@@ -19,8 +21,12 @@ class RootEscape(Exception):
 
 
 class Root:
+    """The evidence root: ``/`` (a live host), a directory (a mounted image), or a disk image's
+    filesystem attached by :func:`open_root` (its paths start ``IMAGE!``)."""
+
     def __init__(self, root: str = "/"):
-        self.root = os.path.abspath(root)
+        self.image = fs.is_image_path(root)
+        self.root = root.rstrip("/") if self.image else os.path.abspath(root)
         self.live = self.root == "/"
 
     def __repr__(self) -> str:
@@ -59,7 +65,7 @@ class Root:
                 continue
             candidate = self.host_path("/".join(done + [name]))
             try:
-                st = os.lstat(candidate)
+                st = fs.lstat(candidate)
             except FileNotFoundError:
                 done.append(name)
                 done.extend(p for p in todo if p not in ("", "."))
@@ -70,7 +76,7 @@ class Root:
                 links += 1
                 if links > MAX_LINKS:
                     raise OSError(40, f"{path}: too many levels of symbolic links")
-                target = os.readlink(candidate)
+                target = fs.readlink(candidate)
                 parts = [p for p in target.split("/") if p not in ("", ".")]
                 if target.startswith("/"):
                     done = []
@@ -78,3 +84,46 @@ class Root:
                 continue
             done.append(name)
         return self.host_path("/".join(done))
+
+
+class RootError(ValueError):
+    """``--root`` names nothing that can be read: the message names it and why."""
+
+
+_OPENED: dict[tuple[str, int | None], str] = {}
+_PARTITION: int | None = None  # --partition: which filesystem of a partitioned disk image
+
+
+def set_partition(number: int | None) -> None:
+    global _PARTITION
+    _PARTITION = number
+
+
+def open_root(root: str = "/", partition: int | None = None) -> Root:
+    """``--root``: a directory (``/`` for a live host) or a disk image file, read without
+    mounting it (raw, partitioned, qcow2, VMDK, VHD/VHDX, E01; ext4 or XFS inside; the
+    filesystem that holds an engine's store, or ``partition``). Raises :class:`RootError`."""
+    if not root:
+        raise RootError("--root: the path is empty")
+    partition = _PARTITION if partition is None else partition
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        raise RootError(f"--root: {root}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        if partition is not None:
+            raise RootError(f"--partition: {root} is a directory, not a disk image")
+        return Root(root)
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
+        raise RootError(f"--root: {root}: neither a directory nor a disk image file")
+    key = (os.path.abspath(root), partition)
+    prefix = _OPENED.get(key)
+    if prefix is None:
+        from ovforensics.evidence.diskimage import DiskImageError, open_filesystem
+
+        try:
+            image_fs = open_filesystem(root, partition)
+        except DiskImageError as exc:
+            raise RootError(f"--root: {exc}") from None
+        prefix = _OPENED[key] = fs.attach(image_fs, root)
+    return Root(prefix)

@@ -22,10 +22,14 @@ import sqlite3
 import time
 import urllib.parse
 
+from ovforensics.evidence import fs
+
 MAX_ROWS = 100_000
 MAX_SECONDS = 10.0
 MAX_STEPS = 50_000_000  # progress-handler calls are every 1,000 steps
 HEAP_LIMIT = 256 << 20
+
+MAX_IMAGE_DB = 1 << 30  # a store database read out of a disk image is held in memory
 
 
 class SQLiteError(Exception):
@@ -39,9 +43,8 @@ def read_rows(path: str, table: str, columns: tuple[str, ...], *, max_rows: int 
     Text values are ``bytes``. Raises :class:`SQLiteError` for a database that is damaged, is
     not SQLite, lacks the table or columns, holds a view or virtual table under that name, or
     would take longer than allowed."""
-    uri = "file:" + urllib.parse.quote(path) + "?mode=ro&immutable=1"
     try:
-        con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        con = _connect(path)
     except sqlite3.Error as exc:
         raise SQLiteError(f"cannot open it as SQLite ({exc})") from None
     previous_heap = None
@@ -113,6 +116,25 @@ def read_rows(path: str, table: str, columns: tuple[str, ...], *, max_rows: int 
             except sqlite3.Error:
                 pass
         con.close()
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """The database, read-only: on the host through an immutable read-only URI; inside an
+    attached disk image (evidence/fs.py) its bytes, read once (at most :data:`MAX_IMAGE_DB`),
+    deserialized into a private in-memory copy that is then made query-only."""
+    if not fs.is_image_path(path):
+        uri = "file:" + urllib.parse.quote(path) + "?mode=ro&immutable=1"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        data = fs.read_file(path, limit=MAX_IMAGE_DB)
+    except ValueError:
+        raise SQLiteError(f"larger than {MAX_IMAGE_DB} bytes: not read from a disk image") from None
+    except OSError as exc:
+        raise SQLiteError(f"cannot read it: {exc.strerror or exc}") from None
+    con = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    con.deserialize(data)
+    con.execute("PRAGMA query_only = 1")
+    return con
 
 
 def _quote(name: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import stat
 
+from ovforensics.evidence import fs
+from ovforensics.layers.disklayer import DiskImageLayer
 from ovforensics.layers.layer import DirLayer, Layer, LayerError
 from ovforensics.layers.markers import RULES
 
@@ -38,6 +40,8 @@ def open_layer(spec: str | os.PathLike | Layer, index: int = -1, rules: str = "a
     if rules != "auto" and rules not in RULES:
         raise ValueError(f"--whiteouts: expected auto or one of {', '.join(RULES)}, got {rules!r}")
     path = os.fsdecode(spec)
+    if fs.is_image_path(path):  # a directory inside a disk image (--root disk.qcow2)
+        return DiskImageLayer(path, index=index, rules="kernel" if rules == "auto" else rules)
     try:
         st = os.lstat(path.rstrip("/") or "/")
     except FileNotFoundError:
@@ -57,13 +61,20 @@ def open_layer(spec: str | os.PathLike | Layer, index: int = -1, rules: str = "a
     return TarLayer(path, index=index, rules="oci" if rules == "auto" else rules)
 
 
+def dir_layer(path, index: int = -1, rules: str = "kernel") -> Layer:
+    """A directory layer a store names: on this host (:class:`DirLayer`), or inside an attached
+    disk image (:class:`~ovforensics.layers.disklayer.DiskImageLayer`)."""
+    kind = DiskImageLayer if fs.is_image_path(path) else DirLayer
+    return kind(path, index=index, rules=rules)
+
+
 def container_layers(container, whiteouts: str | None = None) -> list[Layer]:
     """A container's stack as layers (upper first), each carrying the engine's ``LayerInfo``;
     marker rules are the store's own unless ``whiteouts`` names others."""
     rules = whiteouts if whiteouts not in (None, "auto") else container.whiteouts
     layers = []
     for index, info in enumerate([container.upper, *container.lowers]):
-        layer = DirLayer(info.dir, index=index - 1, rules=rules)
+        layer = dir_layer(info.dir, index=index - 1, rules=rules)
         layer.info = info
         layers.append(layer)
     return layers

@@ -39,6 +39,7 @@ import struct
 from dataclasses import dataclass, replace
 from typing import Iterator, NamedTuple
 
+from ovforensics.evidence import fs
 from ovforensics.evidence import safeio
 from ovforensics.stores.base import StoreError
 
@@ -145,15 +146,22 @@ class DB:
         self.name = display or path  # how errors name the file (an evidence path, say)
         self._cache: dict[int, Page] = {}
         self._parsed: dict[int, list] = {}  # pgid -> the page's checked elements
+        self._fh = None  # a file inside an attached disk image (evidence/fs.py)
         try:
-            self._fd = safeio.open_file(path)
+            if fs.is_image_path(path):
+                self._fh, self._fd = fs.open_file(path), None
+            else:
+                self._fd = safeio.open_file(path)
         except OSError as exc:
-            if exc.errno == errno.ELOOP and os.path.islink(path):
+            if exc.errno == errno.ELOOP and fs.islink(path):
                 raise BoltError(self.name, "is a symbolic link, not followed (resolve it inside the "
                                 "evidence root first)") from None
             raise BoltError(self.name, f"cannot open: {exc.strerror or exc}") from None
         try:
-            self.size = os.fstat(self._fd).st_size
+            if self._fh is not None:
+                self.size = self._fh.seek(0, os.SEEK_END)
+            else:
+                self.size = os.fstat(self._fd).st_size
             self.metas, self.meta = self._read_metas()
         except BaseException:
             self.close()
@@ -165,6 +173,9 @@ class DB:
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
+        if getattr(self, "_fh", None) is not None:
+            self._fh.close()
+            self._fh = None
 
     def __enter__(self) -> "DB":
         return self
@@ -183,7 +194,11 @@ class DB:
             raise self.error(f"{what} at offset {offset} (+{length} bytes) is beyond the end of the "
                              f"file ({self.size} bytes): truncated")
         try:
-            data = os.pread(self._fd, length, offset)
+            if self._fh is not None:
+                self._fh.seek(offset)
+                data = self._fh.read(length)
+            else:
+                data = os.pread(self._fd, length, offset)
         except OSError as exc:
             raise self.error(f"cannot read {what} at offset {offset}: {exc.strerror or exc}") from None
         if len(data) != length:

@@ -56,9 +56,9 @@ import stat
 import tomllib
 from typing import Iterator
 
+from ovforensics.evidence import fs
 from ovforensics.stores import bbolt
 from ovforensics.stores.bbolt import BoltError
-from ovforensics.evidence import safeio
 from ovforensics.evidence.rootfs import Root, RootEscape
 from ovforensics.stores.base import Broken, Container, LayerInfo
 
@@ -149,10 +149,10 @@ def _config(root: Root, broken: list[Broken]) -> dict:
     except _UNRESOLVABLE as exc:
         broken.append(Broken(ENGINE, root.host_path(CONFIG), f"cannot resolve ({exc}); using {DEFAULT_ROOT}"))
         return {}
-    if not os.path.isfile(host):
+    if not fs.isfile(host):
         return {}
     try:
-        return tomllib.loads(safeio.read_file(host, limit=MAX_JSON).decode("utf-8"))
+        return tomllib.loads(fs.read_file(host, limit=MAX_JSON).decode("utf-8"))
     except OSError as exc:
         broken.append(Broken(ENGINE, host, f"cannot read ({exc.strerror or exc}); using {DEFAULT_ROOT}"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -248,7 +248,7 @@ class _Store:
         except _UNRESOLVABLE as exc:
             raise _Damaged(self.root.host_path(inside), f"refused: {exc}") from None
         try:
-            st = os.stat(host)
+            st = fs.stat_follow(host)
         except OSError as exc:
             raise _Damaged(host, f"snapshot {sid}: {exc.strerror or exc}") from None
         if not stat.S_ISDIR(st.st_mode):
@@ -352,7 +352,7 @@ class _Store:
             return None
         try:
             host = self.root.resolve(_join(self.data_root, f"{CONTENT}/blobs/{m[1]}/{m[2]}"))
-            return json.loads(safeio.read_file(host, limit=MAX_JSON))
+            return json.loads(fs.read_file(host, limit=MAX_JSON))
         except (OSError, RootEscape, ValueError, RecursionError):  # RecursionError: crafted nesting
             return None
 
@@ -378,11 +378,11 @@ def find(root: Root, data_root: str | None = None) -> Iterator[Container | Broke
     except _UNRESOLVABLE as exc:
         yield Broken(ENGINE, root.host_path(data_root), f"cannot resolve the data root: {exc}")
         return
-    if not os.path.isdir(store.host):
+    if not fs.isdir(store.host):
         return
-    if not os.path.lexists(store.meta_host):
+    if not fs.lexists(store.meta_host):
         try:
-            empty = not safeio.list_dir(store.host)
+            empty = not fs.list_dir(store.host)
         except OSError:
             empty = True
         if not empty:
@@ -531,7 +531,7 @@ class SnapshotReader:
                 except _UNRESOLVABLE as exc:
                     self.problems.append(f"{self.root.host_path(data_root)}: cannot resolve ({exc})")
                     continue
-                if store.host in seen or not os.path.isfile(store.meta_host):
+                if store.host in seen or not fs.isfile(store.meta_host):
                     continue
                 seen.add(store.host)
                 try:

@@ -45,7 +45,7 @@ import re
 import stat
 from typing import Iterator
 
-from ovforensics.evidence import safeio
+from ovforensics.evidence import fs
 from ovforensics.evidence.rootfs import Root, RootEscape
 from ovforensics.stores.base import Broken, Container, LayerInfo, StoreError
 
@@ -104,12 +104,12 @@ def _containers(store: "_Store") -> Iterator[Container | Broken]:
         containers = store.host_of("containers")
     except _Bad as bad:
         raise StoreError(str(bad)) from None
-    if not os.path.lexists(containers):
+    if not fs.lexists(containers):
         return
-    if not os.path.isdir(containers):
+    if not fs.isdir(containers):
         raise StoreError(f"{containers}: not a directory: expected one directory per container")
     try:
-        entries = sorted(safeio.list_dir(containers))
+        entries = sorted(fs.list_dir(containers))
     except OSError as exc:
         raise StoreError(f"{containers}: cannot list it: {exc.strerror or exc}") from None
     names, warning = store.image_names()
@@ -138,7 +138,7 @@ def _pick_data_root(root: Root, data_root: str | None, warnings: list[Broken],
         warnings.append(Broken(ENGINE, root.host_path(DAEMON_JSON),
                                f"cannot be read inside the root ({exc}); using {DEFAULT_DATA_ROOT}"))
         return DEFAULT_DATA_ROOT
-    if not os.path.lexists(host):
+    if not fs.lexists(host):
         return DEFAULT_DATA_ROOT
     try:
         config = json.loads(_read_bytes(host))
@@ -167,7 +167,7 @@ def _pick_data_root(root: Root, data_root: str | None, warnings: list[Broken],
 def _read_bytes(host: str) -> bytes:
     """A regular file's bytes (never a device or fifo, never more than MAX_FILE)."""
     try:
-        return safeio.read_file(host, limit=MAX_FILE)
+        return fs.read_file(host, limit=MAX_FILE)
     except ValueError:
         raise _Bad(host, f"larger than {MAX_FILE} bytes: not a Docker store file") from None
     except OSError as exc:
@@ -189,10 +189,10 @@ class _Store:
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in a crafted data-root
             raise StoreError(f"{root.host_path(self.inside)}: cannot resolve the data root: "
                              f"{getattr(exc, 'strerror', None) or exc}") from None
-        if not os.path.lexists(host):
+        if not fs.lexists(host):
             self.host = None
             return
-        if not os.path.isdir(host):
+        if not fs.isdir(host):
             raise StoreError(f"{host}: not a directory: expected Docker's data root")
         self.host = host
         self.inside = root.inside(host)  # symlinks on the way are resolved once, here
@@ -253,7 +253,7 @@ class _Store:
         base = self._dir(parent) if parent else self.host
         host = os.path.join(base, name)
         try:
-            st = os.lstat(host)
+            st = fs.lstat(host)
         except FileNotFoundError:
             return host  # as Root.resolve: the rest of a missing path is taken as written
         if follow_last and stat.S_ISLNK(st.st_mode):
@@ -298,7 +298,7 @@ class _Store:
         base = self.overlay2
         for path in (os.path.join(base, layer_id), os.path.join(base, layer_id, "diff")):
             try:
-                st = os.lstat(path)
+                st = fs.lstat(path)
             except FileNotFoundError:
                 raise _Bad(path, f"missing: expected {what} (named in {named_in})") from None
             except OSError as exc:
@@ -345,12 +345,12 @@ class _Store:
     # containers ----------------------------------------------------------------------------
     def container(self, entry: str, names: dict[str, list[str]]) -> Iterator[Container | Broken]:
         cdir = self.host_of(f"containers/{entry}")
-        if not os.path.isdir(cdir):
+        if not fs.isdir(cdir):
             raise _Bad(cdir, "not a directory: expected a container's directory")
         rel = f"containers/{entry}/config.v2.json"
         cfg_host = self.host_of(rel)
-        if not os.path.lexists(cfg_host):
-            old = " (there is a config.json: a Docker < 1.10 layout, not read)" if os.path.lexists(
+        if not fs.lexists(cfg_host):
+            old = " (there is a config.json: a Docker < 1.10 layout, not read)" if fs.lexists(
                 os.path.join(cdir, "config.json")) else ""
             raise _Bad(cfg_host, f"missing: expected the container's config.v2.json{old}")
         text = self.read(rel, "the container's configuration (JSON)")
@@ -426,7 +426,7 @@ class _Store:
     def stack(self, cid: str) -> tuple[LayerInfo, list[LayerInfo], list[Broken]]:
         mounts = f"image/{DRIVER}/layerdb/mounts/{cid}"
         mdir = self.host_of(mounts)
-        if not os.path.isdir(mdir):
+        if not fs.isdir(mdir):
             raise _Bad(mdir, "missing: expected the container's layerdb mount entry "
                              "(mount-id, init-id, parent)")
         mount_id = self.read(f"{mounts}/mount-id", "the id of the container's overlay2 directory "
@@ -514,7 +514,7 @@ class _Store:
                 raise _Bad(self.lexical(parent_rel), f"{chain}: the layer chain loops")
             seen.add(hexid)
             ldir = f"image/{DRIVER}/layerdb/sha256/{hexid}"
-            if not os.path.isdir(self.host_of(ldir)):
+            if not fs.isdir(self.host_of(ldir)):
                 raise _Bad(self.lexical(ldir), f"missing: expected the layerdb entry of {chain} "
                                                f"(named in {self.lexical(parent_rel)})")
             cache_id = self.read(f"{ldir}/cache-id", "the layer's overlay2 directory id")
@@ -571,12 +571,12 @@ class _Store:
         rel = f"{DRIVER}/l/{short}"
         link = self.host_of(rel, follow_last=False)
         try:
-            st = os.lstat(link)
+            st = fs.lstat(link)
         except FileNotFoundError:
             return None
         if not stat.S_ISLNK(st.st_mode):
             raise _Bad(link, f"not a symlink: expected a link to ../<id>/diff (named in {named_in})")
-        target = os.readlink(link)
+        target = fs.readlink(link)
         try:
             resolved = self.root.resolve(target, base=self.root.inside(os.path.dirname(link)))
         except RootEscape:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import stat
 
+from ovforensics.evidence import fs
 from ovforensics.stores.base import Container, LayerInfo
 from ovforensics.evidence.safeio import open_dir
 
@@ -17,6 +18,8 @@ LAYER_COLUMNS = ("index", "role", "id", "dir", "link", "diff_id", "chain_id", "i
 
 def tree_stats(top: str) -> tuple[int, int]:
     """(entries, apparent bytes of regular files) below ``top``; no links followed, errors skipped."""
+    if fs.is_image_path(top):
+        return _image_tree_stats(top)
     entries = size = 0
     stack = [os.fsencode(top)]
     while stack:
@@ -73,3 +76,26 @@ def layer_row(index: int | None, layer: LayerInfo) -> dict:
         "link": layer.link, "diff_id": layer.diff_id, "chain_id": layer.chain_id,
         "image_index": layer.image_index, "entries": entries, "bytes": size,
     }
+
+
+def _image_tree_stats(top: str) -> tuple[int, int]:
+    """:func:`tree_stats` of a directory inside an attached disk image."""
+    entries = size = 0
+    stack = [top]
+    while stack:
+        where = stack.pop()
+        try:
+            names = fs.list_dir(where)
+        except OSError:
+            continue
+        for name in names:
+            entries += 1
+            try:
+                st = fs.lstat(where.rstrip("/") + "/" + name)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(where.rstrip("/") + "/" + name)
+            elif stat.S_ISREG(st.st_mode):
+                size += st.st_size
+    return entries, size

@@ -90,8 +90,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Iterator
 
+from ovforensics.evidence import fs
 from ovforensics.stores import bbolt
-from ovforensics.evidence import safeio
 from ovforensics.evidence.sqlitedb import SQLiteError, read_rows
 from ovforensics.evidence import storetext
 from ovforensics.evidence.rootfs import Root, RootEscape
@@ -196,7 +196,7 @@ def _is_store(root: Root, host: str) -> bool:
     """An overlay store: ``overlay-containers/`` or ``overlay-layers/`` (resolved inside the root)."""
     for name in ("overlay-containers", "overlay-layers"):
         try:
-            if os.path.isdir(root.resolve(root.inside(host).rstrip("/") + "/" + name)):
+            if fs.isdir(root.resolve(root.inside(host).rstrip("/") + "/" + name)):
                 return True
         except _UNRESOLVABLE:
             return True  # a store whose files lead astray: read it, and report them
@@ -209,7 +209,7 @@ def _read_toml(root: Root, inside: str) -> tuple[dict | None, Broken | None]:
     except _UNRESOLVABLE as exc:
         return None, Broken(ENGINE, root.host_path(inside), str(exc))
     try:
-        data = safeio.read_file(host, limit=MAX_JSON)
+        data = fs.read_file(host, limit=MAX_JSON)
     except (FileNotFoundError, NotADirectoryError):
         return None, None
     except ValueError as exc:
@@ -246,7 +246,7 @@ def _homes(root: Root) -> Iterator[tuple[str, int, str]]:
     """(home, uid, user) for /root and for every /etc/passwd entry inside the root."""
     yield "/root", 0, "root"
     try:
-        data = safeio.read_file(root.resolve("/etc/passwd"), limit=MAX_JSON)
+        data = fs.read_file(root.resolve("/etc/passwd"), limit=MAX_JSON)
     except (RootEscape, OSError, ValueError):
         return
     for raw in data.split(b"\n"):
@@ -298,7 +298,7 @@ class _Store:
         self.inside = root.inside(host)
         if spec.rootless is None:
             try:
-                spec.rootless = os.lstat(host).st_uid != 0
+                spec.rootless = fs.lstat(host).st_uid != 0
             except OSError:
                 spec.rootless = False
         self.spec = spec
@@ -321,7 +321,7 @@ class _Store:
         except _UNRESOLVABLE as exc:
             raise _Damaged(self.show(rel), f"refused: {exc}") from None
         try:
-            data = safeio.read_file(host, limit=limit)
+            data = fs.read_file(host, limit=limit)
         except (FileNotFoundError, NotADirectoryError):
             return None, host
         except OSError as exc:
@@ -414,7 +414,7 @@ class _Store:
             except _UNRESOLVABLE as exc:
                 self.warnings.append(Broken(ENGINE, self.show(rel), f"refused: {exc}"))
                 continue
-            if not os.path.isfile(host):
+            if not fs.isfile(host):
                 continue
             try:
                 found.append((rel, reader(host)))
@@ -646,7 +646,7 @@ def _metadata(value) -> dict:
 
 def _lstat(path: str) -> os.stat_result | None:
     try:
-        return os.lstat(path)
+        return fs.lstat(path)
     except OSError:
         return None
 

@@ -15,6 +15,28 @@ from ovforensics.version import __version__
 from ovforensics.records.record import ANOMALY, CHANGE_KINDS, Change, escape_bytes
 
 
+def _image(path: str) -> dict | None:
+    """The disk image a store was read out of (``--root disk.qcow2``): its file, format,
+    partition and filesystem; None for a store on a directory."""
+    from ovforensics.evidence import fs
+
+    found = fs.image_of(path)
+    if found is None:
+        return None
+    from ovforensics.evidence.diskimage import describe
+
+    image_fs, _inside = found
+    prefix = os.fsdecode(path)[:len(os.fsdecode(path)) - len(_inside.rstrip("/") or "")]
+    out = {"path": prefix.rstrip("/").removesuffix(fs.SEP), **describe(image_fs)}
+    try:
+        st = os.stat(out["path"])
+        out.update(size=st.st_size, mtime=_dt.datetime.fromtimestamp(
+            st.st_mtime, _dt.timezone.utc).isoformat())
+    except OSError:
+        pass
+    return out
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
@@ -44,9 +66,13 @@ class RunRecord:
             self._layers.append(layer)
 
     def add_store(self, container) -> None:
-        self.stores.append({"engine": container.engine, "store": container.store,
-                            "container": container.id, "names": list(container.names),
-                            "namespace": container.namespace})
+        row = {"engine": container.engine, "store": container.store,
+               "container": container.id, "names": list(container.names),
+               "namespace": container.namespace}
+        image = _image(container.store)
+        if image is not None:
+            row["image"] = image
+        self.stores.append(row)
 
     def watch(self, records: Iterable[Change]) -> Iterator[Change]:
         """Pass records through, counting them and noting every entry that could not be read."""

@@ -9,7 +9,7 @@ import stat
 import tarfile
 from typing import BinaryIO
 
-from ovforensics.evidence import safeio
+from ovforensics.evidence import fs
 from ovforensics.evidence.rootfs import Root, RootEscape
 from ovforensics.layers import unpack
 from ovforensics.layers.layer import Layer, LayerError
@@ -91,6 +91,11 @@ class _MemberLayer(TarLayer):
 
 
 def _open_evidence_file(path: str) -> BinaryIO:
+    if fs.is_image_path(path):  # inside an attached disk image
+        try:
+            return fs.open_file(path)
+        except OSError as exc:
+            raise ImageError(f"{path}: {exc.strerror or exc}") from None
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         try:
@@ -225,14 +230,14 @@ class _DirSource:
 
     def exists(self, name: str) -> bool:
         try:
-            return os.path.isfile(self._host(name))
+            return fs.isfile(self._host(name))
         except ImageError:
             return False
 
     def read(self, name: str) -> bytes:
         host = self._host(name)
         try:
-            return safeio.read_file(host, limit=MAX_JSON)
+            return fs.read_file(host, limit=MAX_JSON)
         except ValueError:
             raise ImageError(f"{host}: larger than {MAX_JSON} bytes") from None
         except OSError as exc:
@@ -240,7 +245,7 @@ class _DirSource:
 
     def layer(self, name: str, index: int) -> Layer:
         host = self._host(name)
-        if not os.path.isfile(host):
+        if not fs.isfile(host):
             raise ImageError(f"{host}: missing: expected a layer blob")
         try:
             return TarLayer(host, index=index, rules="oci")
@@ -347,7 +352,7 @@ def _from_manifest(image: Image, manifest: dict, read_blob, where_of, open_blob,
 
 
 def _open_path(path: str, select: str | None) -> Image:
-    is_dir = os.path.isdir(path) and not os.path.islink(path.rstrip("/") or "/")
+    is_dir = fs.isdir(path) and not fs.islink(path.rstrip("/") or "/")
     source: _TarSource | _DirSource = _DirSource(path) if is_dir else _TarSource(path)
     image = Image(ref=path, kind="", location=path, evidence=[path])
     image._closers.append(source.close)

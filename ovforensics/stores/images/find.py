@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-from ovforensics.evidence.rootfs import Root
+from ovforensics.evidence import fs
+from ovforensics.evidence.rootfs import Root, RootError, open_root
 from ovforensics.stores.images.archives import _open_path
 from ovforensics.stores.images.from_containerd import _containerd_candidates
 from ovforensics.stores.images.from_docker import _docker_candidates
@@ -25,9 +26,10 @@ def find_image(query: str, root: str = "/", engine: str | None = None,
         raise ImageError(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
     if data_root is not None and engine is None:
         raise ImageError("--data-root needs --engine (whose data root it is)")
-    if not os.path.isdir(root):
-        raise ImageError(f"--root: {root}: not a directory")
-    rootfs = Root(root)
+    try:
+        rootfs = open_root(root)
+    except RootError as exc:
+        raise ImageError(str(exc)) from None
     warnings: list[str] = []
     candidates: list[_Candidate] = []
     engines = (engine,) if engine else ENGINES
@@ -79,8 +81,8 @@ def open_image(ref: str, root: str = "/", engine: str | None = None,
                namespace: str | None = None) -> Image:
     """An image from an archive or layout directory (a path that exists on this host), or from
     a local store (a name, full id or id prefix). Raises :class:`ImageError`."""
-    if engine is None and data_root is None and os.path.lexists(ref):  # an archive on this host
-        if os.path.islink(ref.rstrip("/") or "/"):
+    if engine is None and data_root is None and fs.lexists(ref):  # an archive on this host
+        if fs.islink(ref.rstrip("/") or "/"):
             raise ImageError(f"{ref}: is a symbolic link; name the real file or directory "
                              "(links are never followed)")
         return _open_path(ref, select)

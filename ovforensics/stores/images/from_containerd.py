@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from ovforensics.layers.stack import dir_layer
+from ovforensics.evidence import fs
 from ovforensics.evidence.rootfs import Root, RootEscape
 from ovforensics.layers.layer import DirLayer, Layer, LayerError
 from ovforensics.layers.tarlayer import TarLayer
@@ -31,7 +33,7 @@ def _containerd_candidates(root: Root, data_root: str | None, query: str, warnin
         store = cd._Store(root, data_root, overlay_root)
     except (RootEscape, OSError):
         return []
-    if not os.path.isfile(store.meta_host):
+    if not fs.isfile(store.meta_host):
         return []
     out = []
     try:
@@ -115,7 +117,7 @@ def _containerd_open(root: Root, data_root: str, overlay_root: str, query: str, 
                 try:
                     sid, _kind, _parent = store.backend(backend)
                     source = store.layer_dir(sid)
-                    layer = DirLayer(source, index=index, rules="kernel")
+                    layer = dir_layer(source, index=index, rules="kernel")
                 except (cd._Damaged, bbolt.BoltError):
                     layer = None
             if layer is None:  # not unpacked: the layer blob itself

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import re
 
-from ovforensics.evidence import safeio
+from ovforensics.layers.stack import dir_layer
+from ovforensics.evidence import fs
 from ovforensics.evidence.rootfs import Root
 from ovforensics.layers.layer import DirLayer, LayerError
 from ovforensics.stores.images.from_containerd import _containerd_candidates
@@ -30,7 +31,7 @@ def _docker_candidates(root: Root, data_root: str | None, query: str, warnings: 
         warnings.append(f"docker: {bad.where}: {bad.why}")
     try:
         content = store.host_of(f"image/{docker.DRIVER}/imagedb/content/sha256")
-        ids = sorted(safeio.list_dir(content)) if os.path.isdir(content) else []
+        ids = sorted(fs.list_dir(content)) if fs.isdir(content) else []
     except (docker._Bad, OSError):
         ids = []
     out = []
@@ -85,7 +86,7 @@ def _docker_open(store, query: str, image_id: str, refs: list[str]) -> Image:
             cache_id = store.read(f"{ldir}/cache-id", "the layer's overlay2 directory id")
             path = store.layer_dir(cache_id, f"the content of image layer {chain}",
                                    store.lexical(f"{ldir}/cache-id"))
-            layer = DirLayer(path, index=index, rules="kernel")
+            layer = dir_layer(path, index=index, rules="kernel")
             image.layers.append(ImageLayer(index=index, layer=layer, diff_id=diff_id,
                                            source=path, id=cache_id))
     except docker._Bad as bad:

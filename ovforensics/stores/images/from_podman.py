@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ovforensics.layers.stack import dir_layer
 from ovforensics.evidence import storetext
 from ovforensics.evidence.rootfs import Root, RootEscape
 from ovforensics.layers.layer import DirLayer, LayerError
@@ -81,7 +82,7 @@ def _podman_open(store, query: str, entry: dict, names: list[str]) -> Image:
             image.warnings.append(f"{host}: {len(diff_ids)} diff ids for {len(ids)} layers")
         for index, lid in enumerate(ids):
             path = store.layer_dir(lid)
-            layer = DirLayer(path, index=index, rules="fuse" if fuse else "kernel")
+            layer = dir_layer(path, index=index, rules="fuse" if fuse else "kernel")
             diff_id = diff_ids[index] if len(diff_ids) == len(ids) else store.diff_id(lid)
             image.layers.append(ImageLayer(index=index, layer=layer, diff_id=diff_id,
                                            source=path, id=lid))

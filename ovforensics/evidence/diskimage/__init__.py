@@ -1,0 +1,98 @@
+"""Disk images read without mounting them (``--root disk.qcow2``): the image's container
+format and partitions (``source``), the ext2/3/4 on-disk format (``ext4``) and its answers as
+``evidence/fs.py`` asks them (``extfs``). docs/diskimage.md says what is read and refused.
+"""
+from __future__ import annotations
+
+from ovforensics.evidence.diskimage.ext4 import Ext4, Ext4Error, Source
+from ovforensics.evidence.diskimage.extfs import ExtFS
+from ovforensics.evidence.diskimage.source import DiskImageError, Media, Partition, partitions
+
+#: where an engine keeps its store, inside the filesystem that holds it
+STORE_DIRS = ("/var/lib/docker", "/var/lib/containers", "/var/lib/containerd",
+              "/lib/docker", "/lib/containers", "/lib/containerd",  # a separate /var
+              "/docker", "/containers", "/containerd")  # a separate /var/lib
+READABLE = ("ext4",)
+REFUSED = {
+    "btrfs": "btrfs is not read from an image: mount it read-only (ro,noload where it applies) "
+             "and give the directory",
+    "xfs": "XFS is not read from an image yet: mount it read-only (ro,norecovery) and give the "
+           "directory",
+    "lvm": "an LVM physical volume: activate it read-only (vgchange -ay --readonly) and give "
+           "the logical volume's device or a mount of it",
+}
+
+__all__ = ["DiskImageError", "ExtFS", "Media", "Partition", "open_filesystem", "partitions",
+           "describe"]
+
+
+def _open(media: Media, part: Partition, label: str) -> ExtFS:
+    try:
+        ext = Ext4(Source(media, part.offset, part.size), label)
+    except Ext4Error as exc:
+        raise DiskImageError(f"{label}: {exc.strerror}") from None
+    fs = ExtFS(ext, label)
+    fs.partition, fs.image_format = part, media.format
+    return fs
+
+
+def _holds_store(fs: ExtFS) -> bool:
+    import stat
+
+    for where in STORE_DIRS:
+        try:
+            if stat.S_ISDIR(fs.lstat(where).st_mode):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def open_filesystem(path: str, partition: int | None = None) -> ExtFS:
+    """The filesystem of ``path`` to read: partition ``partition`` (1-based), or the one that
+    holds an engine's store, or the only readable one. Raises :class:`DiskImageError`."""
+    media = Media(path)
+    try:
+        parts = partitions(media)
+        if partition is not None:
+            chosen = [p for p in parts if p.number == partition]
+            if not chosen:
+                listed = ", ".join(f"{p.number} ({p.fs or 'unknown'})" for p in parts)
+                raise DiskImageError(f"{path}: no partition {partition} (there are: {listed})")
+            part = chosen[0]
+            if part.fs not in READABLE:
+                why = REFUSED.get(part.fs or "", f"no filesystem this tool reads "
+                                                  f"({part.fs or 'unknown'})")
+                raise DiskImageError(f"{path}: partition {partition}: {why}")
+            return _open(media, part, _label(path, part, parts))
+        readable = [p for p in parts if p.fs in READABLE]
+        if not readable:
+            kinds = sorted({p.fs for p in parts if p.fs})
+            why = "; ".join(REFUSED[k] for k in kinds if k in REFUSED) or \
+                "no ext2/3/4 filesystem found (XFS, btrfs and LVM are not read from an image)"
+            raise DiskImageError(f"{path}: {why}")
+        if len(readable) == 1:
+            return _open(media, readable[0], _label(path, readable[0], parts))
+        opened = [_open(media, p, _label(path, p, parts)) for p in readable]
+        stores = [fs for fs in opened if _holds_store(fs)]
+        if len(stores) == 1:
+            return stores[0]
+        listed = ", ".join(str(fs.partition.number) for fs in (stores or opened))
+        raise DiskImageError(f"{path}: several filesystems {'hold a store' if stores else ''} "
+                             f"(partitions {listed}): pick one with --partition N")
+    except BaseException:
+        media.close()
+        raise
+
+
+def _label(path: str, part: Partition, parts: list[Partition]) -> str:
+    return path if part.number == 0 else f"{path} partition {part.number}"
+
+
+def describe(fs) -> dict:
+    """For the run record: the image, its format, the partition and the filesystem."""
+    part = getattr(fs, "partition", None)
+    return {"image_format": getattr(fs, "image_format", None),
+            "partition": part.number if part is not None else None,
+            "partition_scheme": part.scheme if part is not None else None,
+            "filesystem": getattr(fs, "kind", None)}
