@@ -728,3 +728,8 @@ def test_docker_format_prints_what_docker_diff_prints(dockerd, live, name):
     if name == "c1":  # a newline in a name stays on one line, escaped
         assert [line for line in proc.stdout.splitlines() if line.startswith("A /odd")] == \
             ["A /odd\\nname"]
+
+
+def test_a_near_miss_container_name_gets_did_you_mean(dockerd, live):
+    proc = _cli("diff", "c11", "--engine", "docker", "--data-root", str(dockerd.data))
+    assert proc.returncode == 2 and "did you mean c1" in proc.stderr, proc.stderr

@@ -125,3 +125,42 @@ def test_a_misspelt_config_table_is_an_error(tmp_path, text, want):
     config.write_text(text)
     proc = cli("bloat", "--upper", up, "--lower", low, "--config", config, "-f", "json")
     assert proc.returncode == 2 and want in proc.stderr, proc.stderr
+
+
+def test_no_store_says_where_stores_were_looked_for(tmp_path):
+    empty = tmp_path / "evidence"
+    empty.mkdir()
+    proc = cli("containers", "--root", empty, "-f", "jsonl")
+    assert proc.returncode == 0 and proc.stdout == ""
+    notes = proc.stderr.splitlines()
+    assert notes == ["ovforensics: note: no container: docker: /var/lib/docker: not there",
+                     "ovforensics: note: no container: podman: /var/lib/containers/storage: not there",
+                     "ovforensics: note: no container: containerd: /var/lib/containerd: not there"]
+    proc = cli("diff", "web-1", "--root", empty)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert "docker: /var/lib/docker: not there" in proc.stderr
+
+
+def test_a_store_this_user_may_not_read_says_so_once():
+    import pathlib
+    import shutil
+    import tempfile
+
+    top = pathlib.Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is root's alone
+    try:
+        store = top / "evidence/var/lib/docker"
+        store.mkdir(parents=True)
+        for d in (top, top / "evidence", top / "evidence/var", top / "evidence/var/lib"):
+            os.chmod(d, 0o755)
+        os.chmod(store, 0o700)
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               sys.executable, "-m", "ovforensics", "containers", "--root",
+                               str(top / "evidence")], capture_output=True, text=True, cwd=ROOT)
+    finally:
+        shutil.rmtree(top)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any("docker: /var/lib/docker: cannot be read: permission denied (run as root" in line
+               for line in lines), lines
+    assert all(line.count("Permission denied") + line.count("permission denied") <= 1
+               for line in lines)  # no errno said twice in a line

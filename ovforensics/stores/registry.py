@@ -32,7 +32,8 @@ def find_all(root: Root, engine: str | None = None,
         try:
             yield from _module(name).find(root, data_root=data_root)
         except StoreError as exc:
-            yield Broken(engine=name, where=str(exc).split(":", 1)[0], why=str(exc))
+            where, _, why = str(exc).partition(": ")
+            yield Broken(engine=name, where=where, why=why or where)
 
 
 def _same_bytes(name: str, names: list[str]) -> bool:
