@@ -33,7 +33,8 @@ from measure import Cmd, Result, at_least, at_most, compare, rss_at_most  # noqa
 
 OVF = [sys.executable, "-m", "ovforensics"]
 FORMATS = ("table", "csv", "json", "jsonl", "docker")
-GROUPS = ("docker", "stack", "mixed", "deep", "memory", "hashing", "containers", "packages")
+GROUPS = ("docker", "stack", "mixed", "deep", "memory", "hashing", "containers", "packages",
+          "single")
 # Measured as a user's install runs: this machine sets PYTHONUNBUFFERED=1 (every record its own
 # write(2) in the Python writers) and PYTHONDONTWRITEBYTECODE=1 (an editable checkout would
 # recompile every module on each run); main() compiles the package once, as pip does.
@@ -185,6 +186,32 @@ class Bench:
                                               "-f", "jsonl"),
                          base, s.rounds, throughput=True, warm=True, check=at_least(0.8)))
 
+    def single(self) -> None:
+        """The single file (scripts/build-single): its size, and its start-up (``--version``,
+        which unpacks the bundle to a temporary directory each run) and the sample diff,
+        against the pip-installed tool."""
+        out = self.work / "single"
+        binary = out / "ovforensics-linux-x86_64"
+        if not binary.exists():
+            proc = subprocess.run([str(HERE.parent / "scripts" / "build-single"), str(out)],
+                                  capture_output=True, text=True, timeout=1200,
+                                  env={**os.environ, "PYTHON": sys.executable})
+            if proc.returncode != 0:
+                self.skip("single file", "info", f"build-single failed: {proc.stderr[-200:]}")
+                return
+        size = binary.stat().st_size
+        self.add(Result(f"single file: {size / 2**20:.1f} MiB", "info", note="size"))
+        self.add(compare("single file start-up (--version) vs pip-installed --version", "info",
+                         Cmd([str(binary), "--version"]), Cmd(OVF + ["--version"]),
+                         self.sizes.rounds, warm=self.sizes.warm))
+        sample = ["diff", "--upper", "samples/experiment/build.tar", "--lower",
+                  "samples/experiment/material2.tar", "--lower", "samples/experiment/material.tar",
+                  "-f", "jsonl"]
+        os.chdir(HERE.parent)
+        self.add(compare("  single file, the README's sample diff vs pip-installed", "info",
+                         Cmd([str(binary), *sample]), Cmd(OVF + sample), self.sizes.rounds,
+                         warm=self.sizes.warm))
+
     def packages(self) -> None:
         """The price of --packages: a debootstrapped Debian 12 root (tests/bookworm/build.sh's
         cache) as the lower, an upper replacing packaged files (each one altered)."""
@@ -319,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if groups & {"docker", "containers"}:
             bench.engines(groups)
-        for group in ("stack", "mixed", "deep", "memory", "hashing", "packages"):
+        for group in ("stack", "mixed", "deep", "memory", "hashing", "packages", "single"):
             if group in groups:
                 getattr(bench, group)()
     finally:

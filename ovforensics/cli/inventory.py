@@ -24,8 +24,11 @@ def containers_cmd(
                                            "(a part of a name), image (name or id), namespace, pod, "
                                            "pod_namespace, role (sandbox, container). Repeat: the "
                                            "same key is either value, different keys all hold."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Only the ids, one per line (as docker ps -q)."),
 ) -> None:
-    """List every container of every engine found, from the engines' files alone."""
+    """List every container of every engine found, from the engines' files alone (newest
+    first, as docker ps -a)."""
     from ovforensics import containers
     from ovforensics.evidence.rootfs import open_root
     from ovforensics.stores.base import Broken
@@ -47,10 +50,16 @@ def containers_cmd(
                 say(f"ovforensics: warning: {item.engine}: {item.where}: {item.why}")
                 continue
             listed.append(item)
-            if matches(item, wanted):
-                yield container_row(item)
+        kept = [c for c in listed if matches(c, wanted)]
+        kept.sort(key=lambda c: c.created or "", reverse=True)  # newest first
+        for item in kept:
+            yield {"id": item.id} if quiet else container_row(item)
 
-    _emit_rows(fmt, rows(), CONTAINER_COLUMNS, output, [root] if root != "/" else [])
+    if quiet:
+        for row in rows():
+            typer.echo(row["id"])
+    else:
+        _emit_rows(fmt, rows(), CONTAINER_COLUMNS, output, [root] if root != "/" else [])
     if not listed:  # say where the stores were looked for, and what was there
         from ovforensics.stores.survey import survey
 
