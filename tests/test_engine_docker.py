@@ -501,7 +501,7 @@ def test_cli_unknown_container_is_one_line(dockerd):
 def _every_command(store: str, scratch) -> list[list[str]]:
     """Every command with every option, over every container of the store."""
     sel = ["--engine", "docker", "--data-root", store]
-    out = [["containers", *sel, "-f", f] for f in ("table", "csv", "json", "jsonl", "docker")]
+    out = [["containers", *sel, "-f", f] for f in ("table", "csv", "json", "jsonl")]
     for name in NAMES:
         out.append(["layers", name, *sel, "-f", "json"])
         for fmt in ("table", "csv", "json", "jsonl", "docker"):
@@ -733,3 +733,13 @@ def test_docker_format_prints_what_docker_diff_prints(dockerd, live, name):
 def test_a_near_miss_container_name_gets_did_you_mean(dockerd, live):
     proc = _cli("diff", "c11", "--engine", "docker", "--data-root", str(dockerd.data))
     assert proc.returncode == 2 and "did you mean c1" in proc.stderr, proc.stderr
+
+
+def test_containers_quiet_prints_ids_newest_first(dockerd, live):
+    proc = _cli("containers", "-q", "--engine", "docker", "--data-root", str(dockerd.data))
+    assert proc.returncode == 0, proc.stderr
+    by_id = {c.id: c for c in live.values()}
+    ids = proc.stdout.split()
+    assert sorted(ids) == sorted(by_id)
+    created = [by_id[i].created for i in ids]
+    assert created == sorted(created, reverse=True)  # as docker ps -a

@@ -164,3 +164,22 @@ def test_a_store_this_user_may_not_read_says_so_once():
                for line in lines), lines
     assert all(line.count("Permission denied") + line.count("permission denied") <= 1
                for line in lines)  # no errno said twice in a line
+
+
+@pytest.mark.parametrize("args, want", [
+    (["diff", "--bogus"], "No such option: --bogus"),
+    (["dif"], "Did you mean 'diff'?"),
+    (["diff", "--whiteouts"], "requires an argument"),
+])
+def test_usage_errors_are_one_line(args, want):
+    proc = cli(*args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ovforensics: error: ") and want in lines[0], \
+        proc.stderr
+    assert "╭" not in proc.stderr  # no boxed panel
+
+
+def test_an_inventory_refuses_the_docker_format(tmp_path):
+    proc = cli("containers", "--root", tmp_path, "-f", "docker")
+    assert proc.returncode == 2 and "valid formats: table, csv, json, jsonl" in proc.stderr

@@ -54,8 +54,32 @@ def _warn(text: str) -> None:
     typer.echo(f"ovforensics: warning: {visible(text or '')}", err=True)
 
 
+def _usage_error(exc) -> None:
+    """A usage error is one line on stderr, as every other error is (docs/evidence.md), not
+    click's usage block and rich's boxed panel; click's own "Did you mean" stays in it."""
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    say(f"ovforensics: error: {exc.format_message()}{where}")
+
+
+def _one_line_usage_errors() -> None:
+    try:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error = _usage_error
+    except ImportError:  # typer without rich: click's own rendering, made one line below
+        pass
+    try:
+        from typer import _click as click  # typer 0.2x vendors click
+    except ImportError:
+        import click
+    click.exceptions.UsageError.show = lambda self, file=None: _usage_error(self)
+
+
 def run() -> None:
-    """Console entry point: no tracebacks for a closed pipe or Ctrl-C."""
+    """Console entry point: no tracebacks for a closed pipe or Ctrl-C; usage errors in one
+    line."""
+    _one_line_usage_errors()
     try:
         app()
     except BrokenPipeError:

@@ -503,11 +503,14 @@ def write_all(fmt: str, changes: Iterable[Change], stream: TextIO) -> dict:
 def write_rows(fmt: str, rows: Iterable[dict], columns: tuple[str, ...], stream: TextIO) -> int:
     """Write plain records (``containers``, ``layers``) in any core format; returns the count.
 
-    ``docker`` prints the table without a summary, as ``docker ps`` does. The same guards
-    apply as for changes: formula-guarded CSV cells, visible control characters in tables.
+    ``docker`` (docker diff's lines) is for changes only: an inventory refuses it, naming the
+    formats it has. The same guards apply as for changes: formula-guarded CSV cells, visible
+    control characters in tables.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown output format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if fmt not in FORMATS or fmt == "docker":
+        valid = ", ".join(f for f in FORMATS if f != "docker")
+        raise ValueError(f"--format {fmt}: not a format of this command (docker diff's lines are "
+                         f"diff's); valid formats: {valid}")
     count = 0
     if fmt in ("json", "jsonl"):  # exact bytes beside a store string that is no valid text
         rows = (with_b64(row) for row in rows)
