@@ -200,8 +200,8 @@ class Bench:
                 self.skip("single file", "info", f"build-single failed: {proc.stderr[-200:]}")
                 return
         size = binary.stat().st_size
-        self.add(Result(f"single file: {size / 2**20:.1f} MiB", "info", note="size"))
-        self.add(compare("single file start-up (--version) vs pip-installed --version", "info",
+        self.add(compare(f"single file ({size / 2**20:.1f} MiB), start-up (--version) vs "
+                         "pip-installed --version", "info",
                          Cmd([str(binary), "--version"]), Cmd(OVF + ["--version"]),
                          self.sizes.rounds, warm=self.sizes.warm))
         sample = ["diff", "--upper", "samples/experiment/build.tar", "--lower",
