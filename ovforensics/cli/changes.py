@@ -8,7 +8,8 @@ from typing import List, Optional
 from ovforensics.cli.app import app, fail, say
 from ovforensics.cli.options import (Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
     _extra_columns, _format_opt, _hash_opt, _max_decompressed_opt, _meta_opt, _more_columns,
-    _namespace_opt, _output_opt, _packages_opt, _pick_format, _root_opt, _split_list)
+    _namespace_opt, _no_trunc_opt, _output_opt, _packages_opt, _pick_format, _root_opt,
+    _split_list)
 from ovforensics.layers.layer import LayerError
 from ovforensics.writers.formats import FORMATS
 from ovforensics.writers.output import OutputError
@@ -42,6 +43,7 @@ def diff_cmd(
     yara: Optional[str] = _Y["yara"],
     yara_originals: bool = _Y["yara_originals"],
     max_decompressed: Optional[str] = _max_decompressed_opt(),
+    no_trunc: bool = _no_trunc_opt(),
 ) -> None:
     """Report every added, modified and deleted path of a container or an overlay stack."""
     from ovforensics.writers import native
@@ -71,7 +73,7 @@ def diff_cmd(
                                 packages=packages, yara=yara, yara_originals=yara_originals)
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
-    _emit(fmt, records, output, stack.evidence, run=run, extra_columns=extra)
+    _emit(fmt, records, output, stack.evidence, run=run, extra_columns=extra, no_trunc=no_trunc)
 
 
 @app.command("deleted")
@@ -95,6 +97,7 @@ def deleted_cmd(
     meta: bool = _meta_opt(),
     packages: bool = _packages_opt(),
     max_decompressed: Optional[str] = _max_decompressed_opt(),
+    no_trunc: bool = _no_trunc_opt(),
 ) -> None:
     """Every deleted path, with the lower layer and on-disk path of its recoverable original."""
     from ovforensics.writers.runrecord import RunRecord
@@ -109,7 +112,8 @@ def deleted_cmd(
                                 exclude=exclude, hashes=hashes or (), packages=packages)
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
-    _emit(fmt, _with_times(records), output, stack.evidence, run=run, extra_columns=extra)
+    _emit(fmt, _with_times(records), output, stack.evidence, run=run, extra_columns=extra,
+          no_trunc=no_trunc)
 
 
 @app.command("timeline")

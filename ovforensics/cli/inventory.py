@@ -7,7 +7,8 @@ from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
 from ovforensics.cli.options import (_container, _data_root_opt, _emit_rows, _engine_opt,
-    _format_opt, _namespace_opt, _output_opt, _pick_format, _root_opt)
+    _format_opt, _namespace_opt, _no_trunc_opt, _output_opt, _pick_format, _root_opt)
+from ovforensics.writers.tables import CONTAINER_TABLE, LAYER_TABLE
 
 
 @app.command("containers")
@@ -23,6 +24,7 @@ def containers_cmd(
                                            "(a part of a name), image (name or id), namespace, pod, "
                                            "pod_namespace, role (sandbox, container). Repeat: the "
                                            "same key is either value, different keys all hold."),
+    no_trunc: bool = _no_trunc_opt(),
 ) -> None:
     """List every container of every engine found, from the engines' files alone."""
     from ovforensics import containers
@@ -46,7 +48,8 @@ def containers_cmd(
             if matches(item, wanted):
                 yield container_row(item)
 
-    _emit_rows(fmt, rows(), CONTAINER_COLUMNS, output, [root] if root != "/" else [])
+    _emit_rows(fmt, rows(), CONTAINER_COLUMNS, output, [root] if root != "/" else [],
+               table=CONTAINER_TABLE, no_trunc=no_trunc)
 
 
 @app.command("layers")
@@ -58,6 +61,7 @@ def layers_cmd(
     data_root: Optional[str] = _data_root_opt(),
     fmt: Optional[str] = _format_opt(),
     output: Optional[str] = _output_opt(),
+    no_trunc: bool = _no_trunc_opt(),
 ) -> None:
     """Show a container's stack: upper, init and image layers, with ids, entry counts and sizes."""
     from ovforensics.stores.inventory import LAYER_COLUMNS, layer_rows
@@ -65,4 +69,4 @@ def layers_cmd(
     fmt = _pick_format(fmt, output)
     found = _container(container, root, engine, data_root, namespace)
     _emit_rows(fmt, layer_rows(found), LAYER_COLUMNS, output,
-               [root] if root != "/" else [found.store])
+               [root] if root != "/" else [found.store], table=LAYER_TABLE, no_trunc=no_trunc)
