@@ -5,7 +5,7 @@ import os
 import typer
 from typing import List, Optional
 
-from ovforensics.cli.app import app, fail, say
+from ovforensics.cli.app import EXIT_NOTHING, app, fail, say
 from ovforensics.cli.options import (Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
     _extra_columns, _format_opt, _hash_opt, _max_decompressed_opt, _meta_opt, _more_columns,
     _namespace_opt, _no_trunc_opt, _output_opt, _packages_opt, _pick_format, _root_opt,
@@ -176,6 +176,9 @@ def recover_cmd(
     all_deleted: bool = typer.Option(False, "--all-deleted", help="Recover every deleted path's original."),
     all_modified: bool = typer.Option(False, "--all-modified",
                                       help="Recover every modified path's original."),
+    all_added: bool = typer.Option(False, "--all-added",
+                                   help="Collect every added path too (the container's own files: "
+                                        "a web shell, a dropped binary), from the upper layer."),
     upper: Optional[str] = _S["upper"],
     lowers: List[str] = _S["lowers"],
     lower: List[str] = _S["lower"],
@@ -196,16 +199,27 @@ def recover_cmd(
     args = list(args or [])
     container = None if upper is not None else (args.pop(0) if args else None)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
-    if not (args or all_deleted or all_modified):
-        raise fail("name the paths to recover, or give --all-deleted / --all-modified")
+    if not (args or all_deleted or all_modified or all_added):
+        raise fail("name the paths to recover, or give --all-deleted / --all-modified / --all-added")
+    from ovforensics.recovery.runfile import write_run_record
+    from ovforensics.writers.runrecord import RunRecord
+
+    run = RunRecord()
     try:
         result = stack.recover(to=to, paths=args, all_deleted=all_deleted, all_modified=all_modified,
-                               include=include, exclude=exclude, whiteouts=whiteouts, xattr_ns=xattr_ns,
-                               packages=packages)
+                               all_added=all_added, include=include, exclude=exclude,
+                               whiteouts=whiteouts, xattr_ns=xattr_ns, packages=packages)
     except (LayerError, OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
+    try:
+        written = write_run_record(run, result, stack)
+    except OSError as exc:
+        raise fail(f"{to}: the run record could not be written: {exc.strerror or exc}") from None
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items())
-    say(f"ovforensics: {counts}; manifest: {result.manifest_csv}")
+    say(f"ovforensics: {counts}; manifest: {result.manifest_csv}; run record: {written}")
+    if not result.counts.get("recovered"):
+        say("ovforensics: nothing was recovered (see the manifest's status and detail)")
+        raise typer.Exit(EXIT_NOTHING)
 
 
 def _with_times(records):
