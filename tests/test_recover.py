@@ -749,3 +749,20 @@ def test_cli_nothing_recovered_is_exit_1_and_run_record_written(linked, tmp_path
     assert "--all-added" in meta["argv"] and meta["target"]["upper"] == str(linked["upper"])
     assert meta["started"] <= meta["ended"]
     assert "run record: " in done.stderr
+
+
+def test_kernel_resolves_the_named_path_where_recover_found_it(linked, tmp_path, overlay):
+    """The kernel's own base view (the lower alone, mounted read-only) through /bin/ls and
+    /lib/libc.so gives the bytes recover copied from the path it found."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = overlay.mount([linked["lower"], empty], ro=True)  # one lowerdir alone is refused
+    merged = overlay.mount([linked["upper"], linked["lower"]], ro=True)
+    to = tmp_path / "out"
+    _run_linked(linked, to, paths=["/bin/ls", "/lib/libc.so", "/var/www/shell.php"])
+    assert (to / "usr/bin/ls").read_bytes() == (base / "bin/ls").read_bytes()
+    # /lib -> /usr/lib is absolute: on a mount the kernel would read the host's /usr/lib, inside
+    # the container (its root the stack's) it is the stack's own /usr/lib, which recover took
+    assert (to / "usr/lib/libc.so").read_bytes() == (base / "usr/lib/libc.so").read_bytes()
+    assert (to / "var/www/shell.php").read_bytes() == (merged / "var/www/shell.php").read_bytes()
+    assert (merged / "bin/ls").read_bytes() == b"\x7fELF trojaned ls"  # what it replaced
