@@ -20,9 +20,13 @@ field names and values. Formats (:data:`FORMATS`):
     the path cell. Rule for readers: if ``path_b64`` is non-empty it is authoritative, otherwise
     the ``path`` cell is the exact (UTF-8) path.
 ``table``
-    Human output in tabulate's ``simple`` layout: a summary of counts first, then one row per
-    record. It must see every record before printing, so it is the one writer that holds them:
-    in a temporary spool file, not in memory.
+    Human output in tabulate's ``simple`` layout: one row per record, then a summary of counts
+    (last, so it does not scroll away). Columns are fitted to the terminal
+    (:mod:`~ovforensics.writers.tables`: ``$COLUMNS``, else the terminal's width, else 120):
+    ids and hashes cut to 12 characters, sizes human, long paths and anomaly details wrapped
+    onto continuation lines (never cut); ``no_trunc`` keeps every value whole. It must see every
+    record before printing (to know the widths), so it is the one writer that holds them: in a
+    temporary spool file, not in memory.
 ``docker``
     ``A``/``C``/``D`` + space + path, like ``docker diff``. Anomalies are counted but not
     printed (docker diff has no way to say them).
@@ -43,7 +47,7 @@ import json
 import tempfile
 import textwrap
 import unicodedata
-from typing import Iterable, Iterator, TextIO
+from typing import Iterable, TextIO
 
 from orjson import dumps as _orjson_dumps
 
