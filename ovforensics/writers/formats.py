@@ -363,9 +363,16 @@ class TableWriter(Writer):
         base = len(TABLE_HEADERS)
         # extra columns that do not fit beside the others go on a line of their own below
         # each row ("  sha256: 3a7bd3e2360a  magic: ELF 64-bit ..."), wrapped
-        below = not self.no_trunc and len(headers) > base and not tables.fits(floor, width)
-        if below:
-            headers, kinds, cells, floor = headers[:base], kinds[:base], cells[:base], floor[:base]
+        keep = list(range(len(headers)))
+        below = False
+        if not self.no_trunc and len(headers) > base and not tables.fits(floor, width):
+            # an extra column empty in every row says nothing: dropped first where too wide
+            keep = [i for i in keep if i < base or cells[i]]
+            below = not tables.fits([floor[i] for i in keep], width)
+            if below:
+                keep = list(range(base))
+        headers, kinds = [headers[i] for i in keep], [kinds[i] for i in keep]
+        cells, floor = [cells[i] for i in keep], [floor[i] for i in keep]
         natural = [max(c, tables.text_width(h)) for c, h in zip(cells, headers)]
         widths = natural if self.no_trunc else tables.fit(natural, kinds, width, floor)
         with spool:
@@ -374,7 +381,7 @@ class TableWriter(Writer):
                 self.stream.write(text + "\n")
             for line in spool:
                 row = line[:-1].split("\0")
-                for text in tables.row_lines(row[:len(headers)], widths):
+                for text in tables.row_lines([row[i] for i in keep], widths):
                     self.stream.write(text + "\n")
                 if below:
                     extra = "  ".join(f"{h}: {c}" for h, c in zip(self._headers[base:], row[base:])
