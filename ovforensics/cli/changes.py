@@ -171,8 +171,8 @@ def recover_cmd(
                                                     "the container paths whose originals to copy."),
     to: str = typer.Option(..., "--to", metavar="DIR",
                            help="Where the originals go, in the container's path layout, with "
-                                "manifest.csv and manifest.jsonl. Never inside the evidence; "
-                                "existing files are never overwritten."),
+                                "manifest.csv, manifest.jsonl and the run record run.json. Never "
+                                "inside the evidence; existing files are never overwritten."),
     all_deleted: bool = typer.Option(False, "--all-deleted", help="Recover every deleted path's original."),
     all_modified: bool = typer.Option(False, "--all-modified",
                                       help="Recover every modified path's original."),
@@ -195,7 +195,9 @@ def recover_cmd(
                                        "databases (manifest: package, package_status)."),
     max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
-    """Copy the originals of deleted and modified paths out of the lower layers, with a manifest."""
+    """Copy the originals of deleted and modified paths out of the lower layers (and with
+    --all-added the container's own files out of the upper), with a manifest; exit 1 if nothing
+    was recovered."""
     args = list(args or [])
     container = None if upper is not None else (args.pop(0) if args else None)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
