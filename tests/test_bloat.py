@@ -372,3 +372,51 @@ def test_container_gate(env):
 def test_make_gates_api():
     gates = make_gates(max_wasted="1.5GiB", ignore=["/x/*"], use_default=False)
     assert gates.max_wasted == 1_610_612_736 and gates.ignore == ["/x/*"] and gates.top == 20
+
+
+# -- the HTML report ------------------------------------------------------------------------------
+def _bar_rows(svg: str):
+    """(label y, [rect centre y]) per row of a bar chart, from the SVG itself."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(svg)
+    labels = [el for el in root if el.tag == "text" and el.find("title") is not None]
+    rects = [el for el in root if el.tag == "rect"]
+    return labels, rects
+
+
+@pytest.mark.parametrize("series", [1, 2, 3])
+def test_bar_chart_bars_centred_on_their_labels(series):
+    from ovforensics.bloat.report_html import bar_chart
+
+    rows = [(f"layer {i}", f"tip {i}", [("keep", 100 * (i + 1) + s, f"s{s}") for s in range(series)])
+            for i in range(4)]
+    labels, rects = _bar_rows(bar_chart("c", rows))
+    assert len(labels) == 4 and len(rects) == 4 * series
+    for i, label in enumerate(labels):
+        assert label.get("dominant-baseline") == "central"  # y is the text's vertical centre
+        group = rects[i * series:(i + 1) * series]
+        top = min(float(r.get("y")) for r in group)
+        bottom = max(float(r.get("y")) + float(r.get("height")) for r in group)
+        assert abs((top + bottom) / 2 - float(label.get("y"))) < 0.51, (i, label.get("y"), top, bottom)
+        # each bar stays inside its own row: the next label is below this group
+        if i + 1 < len(labels):
+            assert bottom < float(labels[i + 1].get("y"))
+
+
+def test_html_report_says_how_to_read_it(example, tmp_path):
+    from ovforensics.bloat.report_html import render
+
+    with open_image(str(example)) as img:
+        page = render(audit_image(img, gates=Gates(depth=1)))
+    assert "docs/bloat.md" not in page
+    assert "How to read this report" in page
+    for word in ("stored", "visible", "wasted here", "made waste", "efficiency", "exit with status 3"):
+        assert word in page
+    from ovforensics import open_layer
+
+    rich = ROOT / "samples" / "rich"
+    page = render(audit_container(open_layer(str(rich / "upper.tar")),
+                                  [open_layer(str(rich / "mid.tar"), 0),
+                                   open_layer(str(rich / "base.tar"), 1)]))
+    assert "docs/bloat.md" not in page and "copy_unchanged" in page and "How to read" in page

@@ -52,10 +52,10 @@ def test_lowers_colon_list_equals_repeated_lower():
     assert a.stdout == b.stdout
 
 
-def test_table_has_summary_then_rows():
+def test_table_has_rows_then_summary():
     proc = run("diff", *EXP_ARGS, "--format", "table", check=True)
     lines = proc.stdout.splitlines()
-    assert lines[0] == "Summary: 1 added, 0 modified, 1 deleted, 0 anomaly"
+    assert lines[-1] == "Summary: 1 added, 0 modified, 1 deleted, 0 anomaly"
     assert any(line.startswith("added") and "/frame" in line for line in lines)
 
 

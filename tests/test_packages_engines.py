@@ -283,7 +283,7 @@ def test_diff_packages_csv_and_table(world):
     by_path = {r["path"]: r for r in rows}
     assert by_path["/usr/bin/ls"]["package_status"] == "altered"
     assert by_path["/usr/bin/ls"]["package_manager"] == "dpkg"
-    table = _cli("diff", *common, "-f", "table").stdout
+    table = _cli("diff", *common, "-f", "table", "--no-trunc").stdout  # one line per row
     line = next(ln for ln in table.splitlines() if "/usr/local/bin/backdoor" in ln)
     assert line.split()[-1] == "unowned"
     deleted = list(csv.DictReader(io.StringIO(_cli("deleted", *common[:-1], "--packages").stdout)))

@@ -1,7 +1,7 @@
 """The fast paths of issue 6 say exactly what the plain ones say.
 
 - ``RecordDicts`` (the writers' cached ``to_dict``) == ``Change.to_dict()``;
-- the spooled table == tabulate's own rendering of the same rows;
+- the spooled table == the same table rendered from the rows in memory;
 - a listed entry's fields == its ``lstat``.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ import stat
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tabulate import tabulate
 
 from ovforensics.layers.layer import DirLayer
 from ovforensics.records.record import ADDED, ANOMALY, DELETED, MODIFIED, Change, LayerRef
-from ovforensics.writers.formats import TABLE_HEADERS, RecordDicts, open_writer, summary_line, visible
+from ovforensics.writers import tables
+from ovforensics.writers.formats import TABLE_HEADERS, TABLE_KINDS, RecordDicts, open_writer, summary_line, visible
 
 LAYER = LayerRef(index=1, dir="/var/lib/docker/overlay2/abc/diff", id="abc", diff_id="sha256:00",
                  image_index=3, role="image")
@@ -53,8 +53,8 @@ def test_record_dicts_equal_to_dict(records):
         assert list(fast(record)) == list(record.to_dict())  # same key order
 
 
-def _tabulated(records) -> str:
-    """What the table writer printed before it spooled: tabulate over the rows in memory."""
+def _tabulated(records, no_trunc: bool) -> str:
+    """The spooled table equals the same table made from the rows in memory."""
     rows, counts = [], {"added": 0, "modified": 0, "deleted": 0, "anomaly": 0}
     for record in records:
         counts[record.change] += 1
@@ -66,23 +66,26 @@ def _tabulated(records) -> str:
         rows.append([visible(d["change"]), visible(d["path"]), visible(d["type"] or ""),
                      visible(what), visible(d["via"] or (f"renamed from {d['renamed_from']}"
                                                          if d["renamed_from"] else "")),
-                     layer.get("index"), d["size"]])
+                     "" if layer.get("index") is None else str(layer["index"]),
+                     tables.cell(d["size"], "bytes", no_trunc)])
     out = summary_line(counts) + "\n"
     if not rows:
-        return out + "(no changes)\n"
-    return out + "\n" + tabulate(rows, headers=TABLE_HEADERS, missingval="", disable_numparse=True,
-                                 preserve_whitespace=True) + "\n"
+        return "(no changes)\n" + out
+    return "\n".join(tables.render(TABLE_HEADERS, rows, TABLE_KINDS, 100, no_trunc)) + "\n\n" + out
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(changes(), max_size=8))
 def test_spooled_table_equals_tabulate(records):
     buf = io.StringIO()
-    writer = open_writer("table", buf)
-    for record in records:
-        writer.write(record)
-    writer.close()
-    assert buf.getvalue() == _tabulated(records)
+    for no_trunc in (False, True):
+        buf = io.StringIO()
+        writer = open_writer("table", buf, no_trunc=no_trunc)
+        writer.width = 100
+        for record in records:
+            writer.write(record)
+        writer.close()
+        assert buf.getvalue() == _tabulated(records, no_trunc)
 
 
 def _fields(entry) -> tuple:

@@ -265,14 +265,15 @@ def test_named_paths_subtrees_links_fifos_and_missing(stack, tmp_path):
         (b"/etc/alt", "unchanged", "symlink", "recovered"),
         (b"/var/run/ctl", "unchanged", "fifo", "skipped"),
         (b"/nope", None, None, "not-found"),
-        (b"/var/log/nginx/new.log", "added", "file", "not-found"),
+        (b"/var/log/nginx/new.log", "added", "file", "recovered"),  # from the upper
         (b"/opt", "unchanged", "dir", "recovered"),
         (b"/opt/keep", "unchanged", "file", "recovered"),
     ]
-    assert result.counts == {"recovered": 6, "skipped": 1, "not-found": 2, "error": 0}
+    assert result.counts == {"recovered": 7, "skipped": 1, "not-found": 1, "error": 0}
     rows = by_path(rows)
-    # the directory is the original: the upper's new.log is not in it, its mtime is the lower's
-    assert sorted(os.listdir(to / "var/log/nginx")) == ["access.log", "error.log"]
+    # the directory is the original (its mtime is the lower's); new.log is there only because
+    # it was named: the upper's own file, change added in its row
+    assert sorted(os.listdir(to / "var/log/nginx")) == ["access.log", "error.log", "new.log"]
     assert os.stat(to / "var/log/nginx").st_mtime_ns == T_LOG
     assert rows[b"/var/log/nginx"]["source_path"] == str(stack["l2"] / "var/log/nginx")
     check_copy(to, rows[b"/var/log/nginx/access.log"], stack["l2"] / "var/log/nginx/access.log")
@@ -283,7 +284,8 @@ def test_named_paths_subtrees_links_fifos_and_missing(stack, tmp_path):
     # a FIFO is never opened nor made
     assert rows[b"/var/run/ctl"]["detail"] == "not a regular file: fifo"
     assert not os.path.lexists(to / "var/run/ctl")
-    assert rows[b"/nope"]["detail"] == "not in the lower layers"
+    assert rows[b"/nope"]["detail"] == "not in the lower layers nor in the upper"
+    check_copy(to, rows[b"/var/log/nginx/new.log"], stack["upper"] / "var/log/nginx/new.log")
     check_copy(to, rows[b"/opt/keep"], stack["l2"] / "opt/keep")
 
 
@@ -656,3 +658,111 @@ def test_kernel_overlay_originals_match_the_kernels_base_view(tmp_path, overlay)
         if not stat.S_ISDIR(st.st_mode) or path != b"":
             assert mine[path].st_mtime_ns == st.st_mtime_ns, path
     assert len(manifest(full)) == len(kernel)
+
+
+# -- issue 14: parents that are symlinks, the container's own files, exit status, run record -------
+@pytest.fixture
+def linked(tmp_path):
+    """A usrmerge image (``/bin -> usr/bin``), links that try to leave the stack, a loop."""
+    lower = tree(tmp_path / "layers" / "lower", {
+        "bin": ("link", "usr/bin"),
+        "usr/bin/ls": b"\x7fELF the original ls",
+        "usr/lib/libc.so": b"libc",
+        "lib": ("link", "/usr/lib"),  # absolute: the stack's /usr/lib, not the host's
+        "up": ("link", "../../../../../usr"),  # '..' stops at the stack's root
+        "etc/passwd": b"root:x:0:0::/root:/bin/sh\n",
+        "hostetc": ("link", "/etc"),  # the stack's /etc, never the analyst's
+        "loop/a": ("link", "b"),
+        "loop/b": ("link", "a"),
+    })
+    upper = tree(tmp_path / "layers" / "upper", {
+        "usr/bin/ls": b"\x7fELF trojaned ls",
+        "var/www/shell.php": b"<?php system($_GET['c']); ?>",
+        "usr/local/bin/miner": b"\x7fELF miner",
+    })
+    return {"upper": upper, "lower": lower}
+
+
+def _run_linked(linked, to, **kw):
+    return recover(str(linked["upper"]), [str(linked["lower"])], to=str(to), **kw)
+
+
+def test_parent_symlinks_resolved_inside_the_stack(linked, tmp_path):
+    to = tmp_path / "out"
+    result = _run_linked(linked, to, paths=["/bin/ls", "/lib/libc.so", "/up/bin/ls",
+                                            "/hostetc/passwd", "/loop/a/x"])
+    rows = manifest(to)
+    got = [(raw_path(r), r["change"], r["status"]) for r in rows]
+    assert got == [(b"/usr/bin/ls", "modified", "recovered"),
+                   (b"/usr/lib/libc.so", "unchanged", "recovered"),
+                   (b"/etc/passwd", "unchanged", "recovered"),
+                   (b"/loop/a/x", None, "error")], got
+    ls = rows[0]
+    assert "named /bin/ls" in ls["detail"] and "/bin -> usr/bin" in ls["detail"]
+    check_copy(to, ls, linked["lower"] / "usr/bin/ls")
+    assert (to / "usr/bin/ls").read_bytes() == b"\x7fELF the original ls"
+    assert not os.path.lexists(to / "bin")  # the copy is at the path it was found at
+    assert rows[2]["source_path"] == str(linked["lower"] / "etc/passwd")  # not the host's
+    assert "symbolic links" in rows[3]["detail"]
+    # /up/bin/ls: ../../.. clamped at the root is /usr/bin/ls, met already: one row
+    assert result.counts["recovered"] == 3
+
+
+def test_added_files_are_collected_from_the_upper(linked, tmp_path):
+    to = tmp_path / "out"
+    result = _run_linked(linked, to, all_added=True)
+    rows = by_path(manifest(to))
+    assert {p for p, r in rows.items() if r["type"] == "file"} == {b"/var/www/shell.php",
+                                                                   b"/usr/local/bin/miner"}
+    assert all(r["change"] == "added" and r["status"] == "recovered" for r in rows.values())
+    shell = rows[b"/var/www/shell.php"]
+    check_copy(to, shell, linked["upper"] / "var/www/shell.php")
+    assert shell["source_layer"]["role"] == "upper"
+    assert result.counts["recovered"] == len(rows)
+    # named: the same, one path
+    to2 = tmp_path / "out2"
+    _run_linked(linked, to2, paths=["/var/www/shell.php"])
+    (row,) = manifest(to2)
+    assert (raw_path(row), row["change"], row["status"]) == (b"/var/www/shell.php", "added",
+                                                             "recovered")
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ovforensics", "recover", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_nothing_recovered_is_exit_1_and_run_record_written(linked, tmp_path):
+    stack = ["--upper", str(linked["upper"]), "--lower", str(linked["lower"])]
+    done = _cli(*stack, "/nope", "/also/nope", "--to", str(tmp_path / "a"))
+    assert done.returncode == 1, done.stderr
+    assert "nothing was recovered" in done.stderr
+    assert (tmp_path / "a" / "manifest.csv").exists()
+    done = _cli(*stack, "/bin/ls", "--all-added", "--to", str(tmp_path / "b"))
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((tmp_path / "b" / "run.json").read_text())["meta"]
+    assert meta["command"] == "recover" and meta["tool"] == "ovforensics"
+    assert meta["counts"]["recovered"] == len(manifest(tmp_path / "b")) >= 3
+    assert "--all-added" in meta["argv"] and meta["target"]["upper"] == str(linked["upper"])
+    assert meta["started"] <= meta["ended"]
+    assert "run record: " in done.stderr
+
+
+def test_kernel_resolves_the_named_path_where_recover_found_it(linked, tmp_path, overlay):
+    """The kernel's own base view (the lower alone, mounted read-only) through /bin/ls and
+    /lib/libc.so gives the bytes recover copied from the path it found."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = overlay.mount([linked["lower"], empty], ro=True)  # one lowerdir alone is refused
+    merged = overlay.mount([linked["upper"], linked["lower"]], ro=True)
+    to = tmp_path / "out"
+    _run_linked(linked, to, paths=["/bin/ls", "/lib/libc.so", "/var/www/shell.php"])
+    assert (to / "usr/bin/ls").read_bytes() == (base / "bin/ls").read_bytes()
+    # /lib -> /usr/lib is absolute: on a mount the kernel would read the host's /usr/lib, inside
+    # the container (its root the stack's) it is the stack's own /usr/lib, which recover took
+    assert (to / "usr/lib/libc.so").read_bytes() == (base / "usr/lib/libc.so").read_bytes()
+    assert (to / "var/www/shell.php").read_bytes() == (merged / "var/www/shell.php").read_bytes()
+    assert (merged / "bin/ls").read_bytes() == b"\x7fELF trojaned ls"  # what it replaced

@@ -128,7 +128,7 @@ def test_table_buffers_until_close():
     w.write(sample()[0])
     assert buf.getvalue() == ""
     w.close()
-    assert buf.getvalue().startswith("Summary:")
+    assert buf.getvalue().startswith("change") and "\nSummary:" in buf.getvalue()
 
 
 # -- JSONL / JSON -------------------------------------------------------------------------
@@ -238,10 +238,11 @@ def test_csv_no_cell_starts_with_formula_char():
 
 
 # -- table --------------------------------------------------------------------------------
-def test_table_summary_first_then_rows():
+def test_table_rows_then_summary_last(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     text, _ = render("table", sample())
     lines = text.splitlines()
-    assert lines[0] == "Summary: 4 added, 1 modified, 1 deleted, 1 anomaly"
+    assert lines[-1] == "Summary: 4 added, 1 modified, 1 deleted, 1 anomaly"  # never scrolled away
     header = next(line for line in lines if line.startswith("change"))
     for col in ("change", "path", "type", "what", "via", "lower layer", "size"):
         assert col in header
@@ -251,7 +252,8 @@ def test_table_summary_first_then_rows():
     assert "/bad\\xff" in body
 
 
-def test_table_one_row_per_record_even_with_control_chars():
+def test_table_one_row_per_record_even_with_control_chars(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     changes = [
         Change(path=b"/evil\nadded    /etc/shadow", change=ADDED, type="file"),
         Change(path=b"/cr\rx", change=ADDED),
@@ -259,16 +261,16 @@ def test_table_one_row_per_record_even_with_control_chars():
     ]
     text, _ = render("table", changes)
     lines = text.split("\n")
-    # summary, blank, header, rule, three rows, trailing ""
+    # header, rule, three rows, blank, summary, trailing ""
     assert len(lines) == 8, text
-    assert "\\n" in lines[4] and "\\r" in lines[5]
-    assert "\\x1b" in lines[6] and "\\u2028" in lines[6] and "\\u202e" in lines[6]
+    assert "\\n" in lines[2] and "\\r" in lines[3]
+    assert "\\x1b" in lines[4] and "\\u2028" in lines[4] and "\\u202e" in lines[4]
     assert "\x1b" not in text and "\r" not in text
 
 
 def test_table_empty():
     text, _ = render("table", [])
-    assert text == "Summary: 0 added, 0 modified, 0 deleted, 0 anomaly\n(no changes)\n"
+    assert text == "(no changes)\nSummary: 0 added, 0 modified, 0 deleted, 0 anomaly\n"
 
 
 # -- docker -------------------------------------------------------------------------------

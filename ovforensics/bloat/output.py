@@ -4,13 +4,13 @@ from __future__ import annotations
 import base64
 import csv
 import json
-from tabulate import tabulate
 from typing import TextIO
 
 from ovforensics.bloat.gates import BloatError
 from ovforensics.bloat.model import Report, SCHEMA
 from ovforensics.evidence.storetext import escape_surrogates
 from ovforensics.units import human
+from ovforensics.writers import tables
 from ovforensics.writers.formats import guard_formula, json_line, visible
 
 
@@ -84,7 +84,8 @@ def _json_text(value) -> str:
     return text
 
 
-def write_report(fmt: str, report: Report, stream: TextIO, rows: str | None = None) -> None:
+def write_report(fmt: str, report: Report, stream: TextIO, rows: str | None = None,
+                 no_trunc: bool = False, width: int | None = None) -> None:
     if fmt == "json":
         stream.write(_json_text(report.to_dict()) + "\n")
     elif fmt == "jsonl":
@@ -93,7 +94,7 @@ def write_report(fmt: str, report: Report, stream: TextIO, rows: str | None = No
         data, columns = rows_of(report, rows)
         _write_csv(data, columns, stream)
     elif fmt == "table":
-        _write_table(report, stream)
+        _write_table(report, stream, width or tables.width_for(stream), no_trunc)
     elif fmt == "html":
         from ovforensics.bloat.report_html import render
 
@@ -143,16 +144,23 @@ def _write_csv(rows: list[dict], columns: tuple[str, ...], stream: TextIO) -> No
         out.writerow(cells)
 
 
-def _short(text: str | None, width: int = 60) -> str:
-    if not text:
-        return ""
-    text = visible(text)
-    return text if len(text) <= width else text[:width - 1] + "…"
+def _table(w, headers, kinds, data, width: int, no_trunc: bool) -> None:
+    """One table fitted to ``width`` (sizes human, long paths and commands wrapped)."""
+    if not data:
+        w("(none)\n")
+        return
+    cells = [[visible(tables.cell(v, k, no_trunc)) for v, k in zip(row, kinds)] for row in data]
+    for line in tables.render(headers, cells, kinds, width, no_trunc):
+        w(line + "\n")
 
 
-def _write_table(report: Report, stream: TextIO) -> None:
+def _write_table(report: Report, stream: TextIO, width: int = tables.DEFAULT_WIDTH,
+                 no_trunc: bool = False) -> None:
     t = report.totals
-    w = stream.write
+
+    def w(text: str) -> None:  # prose lines wrap at the width too
+        stream.write("\n".join(tables.wrap_text(line, width, no_trunc) for line in text.split("\n")))
+
     if report.kind == "image":
         img = report.target
         w(f"Image: {visible(str(img.get('name') or img.get('ref')))} "
@@ -179,30 +187,30 @@ def _write_table(report: Report, stream: TextIO) -> None:
     if report.kind == "image":
         table = [[r["index"], r["stored_bytes"], r["visible_bytes"], r["wasted_bytes"],
                   r["caused_bytes"], r["added"]["count"], r["modified"]["count"],
-                  r["deleted"]["count"], r["copied"]["count"], _short(r["command"])]
+                  r["deleted"]["count"], r["copied"]["count"], r["command"]]
                  for r in report.layers]
         w("\nLayers (0 = bottom):\n")
-        w(tabulate(table, headers=("layer", "stored", "visible", "wasted here", "made waste",
-                                   "added", "modified", "deleted", "copied", "command"),
-                   disable_numparse=True) + "\n")
-        top = [[w_["bytes"], _short(w_["path"], 80), w_["layer"],
-                "" if w_["made_by"] is None else w_["made_by"], w_["reason"]] for w_ in report.top]
+        _table(w, ("layer", "stored", "visible", "wasted here", "made waste", "add", "mod",
+                   "del", "copy", "command"),
+               ("text", "bytes", "bytes", "bytes", "bytes", "text", "text", "text", "text", "wrap"),
+               table, width, no_trunc)
+        top = [[w_["bytes"], w_["path"], w_["layer"], w_["made_by"], w_["reason"]]
+               for w_ in report.top]
         w(f"\nTop {len(top)} wasted paths:\n")
-        w((tabulate(top, headers=("bytes", "path", "stored in", "made waste by", "reason"),
-                    disable_numparse=True) if top else "(none)") + "\n")
+        _table(w, ("bytes", "path", "stored in", "made waste by", "reason"),
+               ("bytes", "wrap", "text", "text", "wrap"), top, width, no_trunc)
     else:
-        cats = [[c["category"], c["files"], c["bytes"], "" if c["allocated"] is None else c["allocated"],
-                 c["size"]] for c in report.categories]
-        w("\n" + tabulate(cats, headers=("category", "files", "bytes", "allocated", "apparent size"),
-                          disable_numparse=True) + "\n")
-        top = [[r["bytes"], _short(r["path"], 80), r["category"], ",".join(r["what"])]
-               for r in report.largest]
+        cats = [[c["category"], c["files"], c["bytes"], c["allocated"], c["size"]]
+                for c in report.categories]
+        w("\n")
+        _table(w, ("category", "files", "bytes", "allocated", "apparent size"),
+               ("text", "text", "bytes", "bytes", "bytes"), cats, width, no_trunc)
+        top = [[r["bytes"], r["path"], r["category"], r["what"]] for r in report.largest]
         w(f"\nLargest {len(top)} files in the upper layer:\n")
-        w((tabulate(top, headers=("bytes", "path", "category", "what"), disable_numparse=True)
-           if top else "(none)") + "\n")
-    dirs = [[d["bytes"], d["files"], _short(d["dir"], 80)] for d in report.by_directory]
+        _table(w, ("bytes", "path", "category", "what"), ("bytes", "wrap", "text", "wrap"), top,
+               width, no_trunc)
+    dirs = [[d["bytes"], d["files"], d["dir"]] for d in report.by_directory]
     w(f"\nWasted bytes by directory (depth {report.depth}):\n")
-    w((tabulate(dirs, headers=("bytes", "files", "directory"), disable_numparse=True)
-       if dirs else "(none)") + "\n")
+    _table(w, ("bytes", "files", "directory"), ("bytes", "text", "wrap"), dirs, width, no_trunc)
     if report.anomalies:
         w(f"\n{len(report.anomalies)} anomalies (see --format json)\n")

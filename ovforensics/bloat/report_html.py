@@ -22,6 +22,42 @@ def _short(text, width: int) -> str:
 
 
 # -- charts --------------------------------------------------------------------------------------
+#: What the numbers mean, in the report itself (its reader may not have the docs).
+HOW_TO_READ = {
+    "image": (
+        '<div class="how"><p>Sizes are apparent file sizes in bytes (KiB/MiB are powers of 1024). '
+        "Layers are numbered from 0, the bottom (base) layer.</p><ul>"
+        "<li>stored: bytes of regular files the layer's archive holds.</li>"
+        "<li>visible: bytes of those files still seen in the final image (not replaced or "
+        "deleted by a later layer).</li>"
+        "<li>wasted here: bytes stored in this layer that a later layer replaced or deleted: "
+        "they still ship with the image but nobody sees them.</li>"
+        "<li>made waste: bytes of earlier layers that this layer replaced or deleted (the "
+        "layer to fix).</li>"
+        "<li>efficiency: (stored - wasted) / stored bytes (1.0 = nothing wasted); "
+        "wasted percent: 100 &#215; wasted / stored.</li>"
+        "<li>Wasted paths matched by --ignore are listed but counted apart, as "
+        "ignored, not as waste.</li>"
+        "<li>Gates: the limits given (--max-wasted, --max-wasted-percent, "
+        "--min-efficiency or the [bloat] table of a config file); a failed gate makes the "
+        "command exit with status 3.</li></ul></div>"),
+    "container": (
+        '<div class="how"><p>Sizes are apparent file sizes in bytes (KiB/MiB are powers of 1024); '
+        "allocated is what the file system really used, where it could be read.</p><ul>"
+        "<li>added: files new in the upper (writable) layer.</li>"
+        "<li>copy_changed: files copied up from the image whose content changed.</li>"
+        "<li>copy_unchanged: files copied up with the same content (a chmod, chown, touch "
+        "or hard link copied the whole file): this is the waste.</li>"
+        "<li>metacopy: copies holding only metadata (the data stays in the image): "
+        "0 bytes.</li>"
+        "<li>efficiency: (stored - wasted) / stored, stored being the upper layer's bytes "
+        "(1.0 = nothing wasted).</li>"
+        "<li>Gates: the limits given (--max-wasted, --max-wasted-percent, "
+        "--min-efficiency or the [bloat] table of a config file); a failed gate makes the "
+        "command exit with status 3.</li></ul></div>"),
+}
+
+
 def bar_chart(chart_id: str, rows: list[tuple[str, str, list[tuple[str, int, str]]]],
               width: int = 1100) -> str:
     """Horizontal grouped bars: rows of (label, tooltip, [(css class, value, series name)])."""
@@ -37,19 +73,21 @@ def bar_chart(chart_id: str, rows: list[tuple[str, str, list[tuple[str, int, str
         out.append(f'<text x="20" y="{pad + 20}">nothing to show</text>')
     for r, (label, tip, series) in enumerate(rows):
         y0 = pad + r * row_h
-        out.append(f'<text x="8" y="{y0 + row_h / 2 + 4:.1f}"><title>{esc(tip)}</title>'
-                   f'{esc(_short(label, 46))}</text>')
+        middle = y0 + row_h / 2  # the label's and the bar group's vertical centre, the same
+        group_h = len(series) * bar_h + max(len(series) - 1, 0) * 3
+        out.append(f'<text class="label" x="8" y="{middle:.1f}" dominant-baseline="central">'
+                   f'<title>{esc(tip)}</title>{esc(_short(label, 46))}</text>')
         for s, (css, value, name) in enumerate(series):
-            y = y0 + 4 + s * (bar_h + 3)
+            y = middle - group_h / 2 + s * (bar_h + 3)
             w = value / top * scale_w
             if value and w < 1:
                 w = 1.0
-            out.append(f'<rect class="bar {css}" x="{label_w}" y="{y}" width="{w:.2f}" '
+            out.append(f'<rect class="bar {css}" x="{label_w}" y="{y:.1f}" width="{w:.2f}" '
                        f'height="{bar_h}"><title>{esc(name)}: {value} bytes ({esc(human(value))})'
                        f'</title></rect>')
             if value:
-                out.append(f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h - 2}">'
-                           f'{esc(human(value))}</text>')
+                out.append(f'<text class="value" x="{label_w + w + 6:.1f}" y="{y + bar_h / 2:.1f}" '
+                           f'dominant-baseline="central">{esc(human(value))}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -246,6 +284,7 @@ def render(report) -> str:
     if report.warnings:
         body.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{esc(w)}</li>" for w in report.warnings)
                     + "</ul>")
-    body.append(f'<p class="meta">ovforensics bloat report, schema 1. Definitions: docs/bloat.md.'
+    body.append(f"<h2>How to read this report</h2>{HOW_TO_READ[report.kind]}")
+    body.append(f'<p class="meta">ovforensics bloat report, schema 1.'
                 f'</p></main><script>{SCRIPT}</script></body></html>\n')
     return "".join(body)

@@ -11,6 +11,7 @@ from ovforensics.writers.formats import visible
 
 
 EXIT_OK, EXIT_ERROR = 0, 2
+EXIT_NOTHING = 1  # recover: no row recovered (every one not-found, skipped or error)
 
 
 app = typer.Typer(

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
 from ovforensics.cli.options import (_force_opt, _partition_opt, Stack, _F, _S, _data_root_opt, _engine_opt,
-    _max_decompressed_opt, _namespace_opt, _root_opt)
+    _max_decompressed_opt, _namespace_opt, _no_trunc_opt, _root_opt)
 from ovforensics.layers.layer import LayerError
 from ovforensics.writers.output import OutputError, default_format, refuse_inside, report_stream
 
@@ -78,14 +78,15 @@ def _bloat_gates(kind: str, rows, max_wasted, max_wasted_percent, min_efficiency
         raise fail(str(exc)) from None
 
 
-def _bloat_emit(report, fmt: str, output: Optional[str], evidence: list, rows: Optional[str]) -> None:
+def _bloat_emit(report, fmt: str, output: Optional[str], evidence: list, rows: Optional[str],
+                no_trunc: bool = False) -> None:
     from ovforensics.bloat import BloatError, write_report
 
     try:
         if output and output != "-":
             refuse_inside(output, evidence)
         with report_stream(output) as stream:
-            write_report(fmt, report, stream, rows)
+            write_report(fmt, report, stream, rows, no_trunc=no_trunc)
     except (OutputError, BloatError, ValueError) as exc:
         raise fail(str(exc)) from None
     for warning in report.warnings:
@@ -123,6 +124,7 @@ def bloat_cmd(
     depth: Optional[int] = _B["depth"],
     rows: Optional[str] = _B["rows"],
     max_decompressed: Optional[str] = _max_decompressed_opt(),
+    no_trunc: bool = _no_trunc_opt(),
 ) -> None:
     """Bytes a container's upper layer holds: added, copies with new content, copies with the
     same content (wasted: chmod, chown, touch, hard link), metacopy; allocated beside apparent."""
@@ -142,7 +144,7 @@ def bloat_cmd(
         report = audit_container(layers[0], layers[1:], ns, gates=gates, target=stack.describe())
     except (LayerError, BloatError, ValueError) as exc:
         raise fail(str(exc)) from None
-    _bloat_emit(report, fmt, output, stack.evidence, rows)
+    _bloat_emit(report, fmt, output, stack.evidence, rows, no_trunc)
 
 
 @app.command("image")
@@ -172,6 +174,7 @@ def image_cmd(
     depth: Optional[int] = _B["depth"],
     rows: Optional[str] = _B["rows"],
     max_decompressed: Optional[str] = _max_decompressed_opt(),
+    no_trunc: bool = _no_trunc_opt(),
 ) -> None:
     """Stored, visible and wasted bytes of an image's layers, each wasted byte attributed to a
     path, the layer that stored it and the layer that made it waste."""
@@ -188,4 +191,4 @@ def image_cmd(
             evidence = list(img.evidence)
     except (ImageError, LayerError, BloatError, ValueError) as exc:
         raise fail(str(exc)) from None
-    _bloat_emit(report, fmt, output, evidence, rows)
+    _bloat_emit(report, fmt, output, evidence, rows, no_trunc)

@@ -5,10 +5,11 @@ import os
 import typer
 from typing import List, Optional
 
-from ovforensics.cli.app import app, fail, say
+from ovforensics.cli.app import EXIT_NOTHING, app, fail, say
 from ovforensics.cli.options import (_force_opt, _partition_opt, Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
     _extra_columns, _format_opt, _hash_opt, _max_decompressed_opt, _meta_opt, _more_columns,
-    _namespace_opt, _output_opt, _packages_opt, _pick_format, _root_opt, _split_list)
+    _namespace_opt, _no_trunc_opt, _output_opt, _packages_opt, _pick_format, _root_opt,
+    _split_list)
 from ovforensics.layers.layer import LayerError
 from ovforensics.writers.formats import FORMATS
 from ovforensics.writers.output import OutputError
@@ -44,6 +45,7 @@ def diff_cmd(
     yara: Optional[str] = _Y["yara"],
     yara_originals: bool = _Y["yara_originals"],
     max_decompressed: Optional[str] = _max_decompressed_opt(),
+    no_trunc: bool = _no_trunc_opt(),
 ) -> None:
     """Report every added, modified and deleted path of a container or an overlay stack."""
     from ovforensics.writers import native
@@ -75,7 +77,7 @@ def diff_cmd(
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
     _emit(fmt, records, output, stack.evidence, run=run, extra_columns=extra,
-          hide=stack.diff_hides)
+          hide=stack.diff_hides, no_trunc=no_trunc)
 
 
 @app.command("deleted")
@@ -101,6 +103,7 @@ def deleted_cmd(
     meta: bool = _meta_opt(),
     packages: bool = _packages_opt(),
     max_decompressed: Optional[str] = _max_decompressed_opt(),
+    no_trunc: bool = _no_trunc_opt(),
 ) -> None:
     """Every deleted path, with the lower layer and on-disk path of its recoverable original."""
     from ovforensics.writers.runrecord import RunRecord
@@ -115,7 +118,8 @@ def deleted_cmd(
                                 exclude=exclude, hashes=hashes or (), packages=packages)
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
-    _emit(fmt, _with_times(records), output, stack.evidence, run=run, extra_columns=extra)
+    _emit(fmt, _with_times(records), output, stack.evidence, run=run, extra_columns=extra,
+          no_trunc=no_trunc)
 
 
 @app.command("timeline")
@@ -175,11 +179,14 @@ def recover_cmd(
                                                     "the container paths whose originals to copy."),
     to: str = typer.Option(..., "--to", metavar="DIR",
                            help="Where the originals go, in the container's path layout, with "
-                                "manifest.csv and manifest.jsonl. Never inside the evidence; "
-                                "existing files are never overwritten."),
+                                "manifest.csv, manifest.jsonl and the run record run.json. Never "
+                                "inside the evidence; existing files are never overwritten."),
     all_deleted: bool = typer.Option(False, "--all-deleted", help="Recover every deleted path's original."),
     all_modified: bool = typer.Option(False, "--all-modified",
                                       help="Recover every modified path's original."),
+    all_added: bool = typer.Option(False, "--all-added",
+                                   help="Collect every added path too (the container's own files: "
+                                        "a web shell, a dropped binary), from the upper layer."),
     upper: Optional[str] = _S["upper"],
     lowers: List[str] = _S["lowers"],
     lower: List[str] = _S["lower"],
@@ -197,20 +204,33 @@ def recover_cmd(
                                        "databases (manifest: package, package_status)."),
     max_decompressed: Optional[str] = _max_decompressed_opt(),
 ) -> None:
-    """Copy the originals of deleted and modified paths out of the lower layers, with a manifest."""
+    """Copy the originals of deleted and modified paths out of the lower layers (and with
+    --all-added the container's own files out of the upper), with a manifest; exit 1 if nothing
+    was recovered."""
     args = list(args or [])
     container = None if upper is not None else (args.pop(0) if args else None)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
-    if not (args or all_deleted or all_modified):
-        raise fail("name the paths to recover, or give --all-deleted / --all-modified")
+    if not (args or all_deleted or all_modified or all_added):
+        raise fail("name the paths to recover, or give --all-deleted / --all-modified / --all-added")
+    from ovforensics.recovery.runfile import write_run_record
+    from ovforensics.writers.runrecord import RunRecord
+
+    run = RunRecord()
     try:
         result = stack.recover(to=to, paths=args, all_deleted=all_deleted, all_modified=all_modified,
-                               include=include, exclude=exclude, whiteouts=whiteouts, xattr_ns=xattr_ns,
-                               packages=packages)
+                               all_added=all_added, include=include, exclude=exclude,
+                               whiteouts=whiteouts, xattr_ns=xattr_ns, packages=packages)
     except (LayerError, OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
+    try:
+        written = write_run_record(run, result, stack)
+    except OSError as exc:
+        raise fail(f"{to}: the run record could not be written: {exc.strerror or exc}") from None
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items())
-    say(f"ovforensics: {counts}; manifest: {result.manifest_csv}")
+    say(f"ovforensics: {counts}; manifest: {result.manifest_csv}; run record: {written}")
+    if not result.counts.get("recovered"):
+        say("ovforensics: nothing was recovered (see the manifest's status and detail)")
+        raise typer.Exit(EXIT_NOTHING)
 
 
 def _with_times(records):

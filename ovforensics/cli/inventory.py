@@ -6,7 +6,8 @@ from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
 from ovforensics.cli.options import (_force_opt, _partition_opt, _container, _data_root_opt, _emit_rows, _engine_opt,
-    _format_opt, _namespace_opt, _output_opt, _pick_format, _root_opt)
+    _format_opt, _namespace_opt, _no_trunc_opt, _output_opt, _pick_format, _root_opt)
+from ovforensics.writers.tables import CONTAINER_TABLE, LAYER_TABLE
 
 
 @app.command("containers")
@@ -26,6 +27,7 @@ def containers_cmd(
                                            "same key is either value, different keys all hold."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="Only the ids, one per line (as docker ps -q)."),
+    no_trunc: bool = _no_trunc_opt(),
 ) -> None:
     """List every container of every engine found, from the engines' files alone (newest
     first, as docker ps -a)."""
@@ -59,7 +61,8 @@ def containers_cmd(
         for row in rows():
             typer.echo(row["id"])
     else:
-        _emit_rows(fmt, rows(), CONTAINER_COLUMNS, output, [root] if root != "/" else [])
+        _emit_rows(fmt, rows(), CONTAINER_COLUMNS, output, [root] if root != "/" else [],
+                   table=CONTAINER_TABLE, no_trunc=no_trunc)
     if not listed:  # say where the stores were looked for, and what was there
         from ovforensics.stores.survey import survey
 
@@ -78,6 +81,7 @@ def layers_cmd(
     fmt: Optional[str] = _format_opt(),
     output: Optional[str] = _output_opt(),
     force: bool = _force_opt(),
+    no_trunc: bool = _no_trunc_opt(),
 ) -> None:
     """Show a container's stack: upper, init and image layers, with ids, entry counts and sizes."""
     from ovforensics.stores.inventory import LAYER_COLUMNS, layer_rows
@@ -85,4 +89,4 @@ def layers_cmd(
     fmt = _pick_format(fmt, output)
     found = _container(container, root, engine, data_root, namespace)
     _emit_rows(fmt, layer_rows(found), LAYER_COLUMNS, output,
-               [root] if root != "/" else [found.store])
+               [root] if root != "/" else [found.store], table=LAYER_TABLE, no_trunc=no_trunc)

@@ -156,8 +156,15 @@ def _preload() -> None:
     import ovforensics.writers.native  # noqa: F401
 
 
+def _no_trunc_opt():
+    return typer.Option(False, "--no-trunc",
+                        help="Tables: full ids, hashes and byte counts, no wrapping (tables "
+                             "otherwise fit the terminal: $COLUMNS, else the terminal's width, "
+                             "else 120). Machine formats are always whole.")
+
+
 def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
-          extra_columns: tuple = (), write=None, hide=()) -> None:
+          extra_columns: tuple = (), write=None, hide=(), no_trunc: bool = False) -> None:
     """Write a report; with a run record: JSON/JSONL get it first, other formats a side file."""
     import shutil
     import tempfile
@@ -172,7 +179,7 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
         if write is not None:
             write(fmt, records, stream)
             return
-        writer = open_writer(fmt, stream, extra_columns, hide=hide)
+        writer = open_writer(fmt, stream, extra_columns, no_trunc=no_trunc, hide=hide)
         for record in records:
             writer.write(record)
         writer.close()
@@ -301,13 +308,14 @@ def _extra_columns(hashes, magic: bool, deleted_only: bool = False) -> tuple:
     return tuple(cols)
 
 
-def _emit_rows(fmt: str, rows, columns: tuple, output: Optional[str], evidence: list) -> None:
+def _emit_rows(fmt: str, rows, columns: tuple, output: Optional[str], evidence: list,
+               table: tuple | None = None, no_trunc: bool = False) -> None:
     """Write an inventory (containers, layers); never inside the evidence."""
     try:
         if output and output != "-":
             refuse_inside(output, evidence)
         with report_stream(output) as stream:
-            write_rows(fmt, rows, columns, stream)
+            write_rows(fmt, rows, columns, stream, table=table, no_trunc=no_trunc)
     except (OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
 

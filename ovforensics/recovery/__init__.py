@@ -1,6 +1,7 @@
 """Copying the originals a container's changes shadow out of the evidence into a destination of
-the analyst's (``recover``), with its manifest (``manifest``), into a destination written safely
-(``destination``).
+the analyst's (``recover``; a named path's parent symlinks resolved inside the stack by
+``within``; each entry written by ``copying``), with its manifest (``manifest``) and run record
+(``runfile``), into a destination written safely (``destination``).
 
 May import: evidence, layers, records, scanner, packages, writers
 """

@@ -23,7 +23,9 @@ MANIFEST_CSV = "manifest.csv"
 MANIFEST_JSONL = "manifest.jsonl"
 
 
-MANIFEST_NAMES = (MANIFEST_CSV.encode(), MANIFEST_JSONL.encode())
+#: The run record beside the manifests (``recovery.runfile``), written after them.
+RUN_RECORD = "run.json"
+MANIFEST_NAMES = (MANIFEST_CSV.encode(), MANIFEST_JSONL.encode(), RUN_RECORD.encode())
 
 
 RECOVERED = "recovered"

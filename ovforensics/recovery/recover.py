@@ -12,7 +12,13 @@ What is recovered:
 - a path named explicitly: the base view's version of it and everything below it (for a
   directory, its whole base subtree: the directory as it was before the container touched it),
   each entry with its own ``change`` (``deleted``, ``modified``, ``unchanged``);
-- ``all_deleted``/``all_modified``: the original of every deleted/modified record of a scan.
+- ``all_deleted``/``all_modified``: the original of every deleted/modified record of a scan;
+- ``all_added``, and a named path only the upper holds: the container's own files (a web shell,
+  a dropped binary), copied from the upper layer with the same rules, ``change`` ``added``.
+
+A named path is resolved as the merged view resolves it: a symlink among its parents
+(``/bin -> usr/bin``) is followed inside the stack, never out of it (``within``); its row has
+the path it was found at, and says so in ``detail``.
 
 Rules:
 
@@ -39,37 +45,29 @@ sorted by bytes), then the ``all_deleted``/``all_modified`` records in path orde
 twice has one row.
 
 Manifest statuses: ``recovered``, ``skipped`` (exists in ``TO``, not a regular file, ...),
-``not-found`` (the path is not in the lower layers), ``error`` (could not be read or written;
+``not-found`` (the path is in no layer), ``error`` (could not be read or written;
 a partly written file is removed)."""
 from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from typing import Callable, Iterable
 
 from ovforensics.scanner.globs import compile_globs, matches
 from ovforensics.layers.deeppath import child
 from ovforensics.layers.layer import Entry, EntryError, Layer, Path, join
 from ovforensics.layers.markers import Namespaces
-from ovforensics.records.record import DELETED, LayerRef, MODIFIED, escape_bytes, format_mode
-from ovforensics.recovery.destination import (RecoverError, _Blocked, _DIR_FLAGS, _Dest, _FULL,
-    _NEW_FILE, _check_destination, _why)
+from ovforensics.records.record import ADDED, DELETED, LayerRef, MODIFIED, escape_bytes
+from ovforensics.recovery.destination import (RecoverError, _Blocked, _Dest, _FULL,
+    _check_destination, _why)
 from ovforensics.recovery.manifest import (ERROR, MANIFEST_CSV, MANIFEST_JSONL, MANIFEST_NAMES,
-    ManifestRow, NOT_FOUND, RECOVERED, RecoverResult, SKIPPED, UNCHANGED, _Manifest,
+    ManifestRow, NOT_FOUND, RECOVERED, RUN_RECORD, RecoverResult, SKIPPED, UNCHANGED, _Manifest,
     _ManifestFailed, _lexists)
+from ovforensics.recovery.copying import Copier
+from ovforensics.recovery.within import LinkLoop, resolve_parents
 from ovforensics.scanner.compare import differences, same_entry
 from ovforensics.scanner.resolve import Frame, Resolved, View
 from ovforensics.writers.output import OutputError, refuse_inside
-
-
-_CHUNK = 1 << 20
-
-
-_ZEROS = bytes(_CHUNK)
-
-
-_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
 
 
 class _DiskFull(Exception):
@@ -92,12 +90,9 @@ def parse_path(value: str | bytes) -> Path:
     return parts
 
 
-def _safe_name(name: bytes) -> bool:
-    return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
-
 
 # -- the recoverer -----------------------------------------------------------------------------
-class Recoverer:
+class Recoverer(Copier):
     """Recover originals through a :class:`~ovforensics.scanner.diff.Differ` (its ``base`` and
     ``merged`` views, and its ``changes()`` for ``all_deleted``/``all_modified``)."""
 
@@ -123,17 +118,21 @@ class Recoverer:
         self._dirs: list[tuple[Path, Entry]] = []  # recovered dirs: metadata set at the end
         self.result: RecoverResult | None = None
         self._full: OSError | None = None  # the destination filled up (ENOSPC, EDQUOT)
+        self._note: str | None = None  # a named path found elsewhere: said in its row
+        self._all_added = False
 
     # -- driver ----------------------------------------------------------------------------------
     def run(self, paths: Iterable[str | bytes] = (), *, all_deleted: bool = False,
-            all_modified: bool = False) -> RecoverResult:
+            all_modified: bool = False, all_added: bool = False) -> RecoverResult:
         named = [parse_path(p) for p in paths]
         for parts in named:
             if len(parts) == 1 and parts[0] in MANIFEST_NAMES:
                 raise RecoverError(f"/{escape_bytes(parts[0])}: collides with the manifest "
                                    f"written at the top of {self.to}")
-        if not named and not all_deleted and not all_modified:
-            raise RecoverError("nothing to recover: name paths, or all_deleted/all_modified")
+        if not named and not all_deleted and not all_modified and not all_added:
+            raise RecoverError("nothing to recover: name paths, or all_deleted/all_modified/"
+                               "all_added")
+        self._all_added = all_added
         to_fd = self._open_destination()
         try:
             return self._run(to_fd, named, all_deleted, all_modified)
@@ -172,7 +171,7 @@ class Recoverer:
                 _check_destination(self.to, to_fd, self.evidence)
             except OSError as exc:
                 raise RecoverError(f"{self.to}: {exc.strerror or exc}") from None
-            for name in (MANIFEST_CSV, MANIFEST_JSONL):
+            for name in (MANIFEST_CSV, MANIFEST_JSONL, RUN_RECORD):
                 if _lexists(name, to_fd):
                     raise RecoverError(f"{self.to}: already holds {name} (a finished recovery?); "
                                        "choose a new destination")
@@ -203,8 +202,9 @@ class Recoverer:
             try:
                 for parts in named:
                     self._named(parts)
-                if all_deleted or all_modified:
-                    kinds = {k for k, on in ((DELETED, all_deleted), (MODIFIED, all_modified)) if on}
+                if all_deleted or all_modified or self._all_added:
+                    kinds = {k for k, on in ((DELETED, all_deleted), (MODIFIED, all_modified),
+                                             (ADDED, self._all_added)) if on}
                     for record in self.differ.changes():
                         if record.change in kinds:
                             self._from_record(record)
@@ -232,26 +232,77 @@ class Recoverer:
 
     # -- sources ------------------------------------------------------------------------------
     def _named(self, parts: Path) -> None:
-        """A named path: its base version and its whole base subtree."""
+        """A named path: its base version and its whole base subtree; symlinks among its parents
+        followed inside the stack (``within``). A path only the upper holds (added by the
+        container) is copied from the upper, ``change`` added."""
         bframes, mframes = self.base.root_frames, self.merged.root_frames
         if not parts:
             self._subtree((), bframes, mframes)
             return
+        named = b"/" + join(parts)
+        try:
+            found, links = resolve_parents(self.base, parts)
+        except LinkLoop as exc:
+            self._emit(ManifestRow(path=named, status=ERROR, detail=str(exc)), parts)
+            return
+        b, m = self._walk(found)
+        if b is None:  # not in the lowers: where the merged view finds it (the upper's links)
+            try:
+                found, links = resolve_parents(self.merged, parts)
+            except LinkLoop as exc:
+                self._emit(ManifestRow(path=named, status=ERROR, detail=str(exc)), parts)
+                return
+            b, m = self._walk(found)
+        self._note = None if found == parts else \
+            f"named {escape_bytes(named)}; found at /{escape_bytes(join(found))} ({', '.join(links)})"
+        try:
+            if b is None and m is not None:
+                self._added(found, m)
+                return
+            if b is None:
+                self._emit(ManifestRow(path=named, status=NOT_FOUND,
+                                       detail="not in the lower layers nor in the upper"), parts)
+                return
+            self._visit(found, b, m)
+        finally:
+            self._note = None
+        if b.top.is_dir:
+            self._subtree(found, b.frames, m.frames if m is not None and m.top.is_dir else [])
+
+    def _walk(self, parts: Path) -> tuple[Resolved | None, Resolved | None]:
+        """``parts`` looked up in the base and the merged view (no symlink among its parents)."""
+        bframes, mframes = self.base.root_frames, self.merged.root_frames
         b = m = None
         for name in parts:
             b = self.base.lookup(bframes, name) if bframes else None
             m = self.merged.lookup(mframes, name) if mframes else None
             bframes = b.frames if b is not None and b.top.is_dir else []
             mframes = m.frames if m is not None and m.top.is_dir else []
-        if b is None:
-            self._emit(ManifestRow(path=b"/" + join(parts), status=NOT_FOUND,
-                                   change="added" if m is not None else None,
-                                   type=m.top.kind if m is not None else None,
-                                   detail="not in the lower layers"), parts)
-            return
-        self._visit(parts, b, m)
-        if b.top.is_dir:
-            self._subtree(parts, b.frames, m.frames if m is not None and m.top.is_dir else [])
+        return b, m
+
+    def _added(self, path: Path, m: Resolved) -> None:
+        """An added path (the container's own: a web shell, a dropped binary): the upper's
+        version, and below an added directory everything the merged view shows there."""
+        self._recover(path, m.top, m.data, self._upper_ref(m.top.layer), ADDED, ())
+        if m.top.is_dir:
+            stack = [(path, m.frames)]
+            while stack:
+                where, frames = stack.pop()
+                for name in sorted(self.merged.names(frames), reverse=True):
+                    found = self.merged.lookup(frames, name)
+                    if found is None:
+                        continue
+                    sub = child(where, name)
+                    self._recover(sub, found.top, found.data, self._upper_ref(found.top.layer),
+                                  ADDED, ())
+                    if found.top.is_dir:
+                        stack.append((sub, found.frames))
+                self.merged.forget(frames)
+
+    def _upper_ref(self, layer: Layer) -> LayerRef:
+        if layer is self.differ.upper:
+            return LayerRef(-1, layer.label, role="upper")
+        return self._ref(layer)
 
     def _subtree(self, root: Path, bframes: list[Frame], mframes: list[Frame]) -> None:
         """Every entry below a directory of the base view, depth first in name order."""
@@ -290,6 +341,11 @@ class Recoverer:
 
     def _from_record(self, record) -> None:
         path = parse_path(record.path)
+        if record.change == ADDED:
+            if record.entry is not None:
+                self._recover(path, record.entry, record.data, self._upper_ref(record.entry.layer),
+                              ADDED, ())
+            return
         if record.shadow is None:
             return
         self._recover(path, record.shadow, record.shadow_data, record.lower_layer,
@@ -331,151 +387,10 @@ class Recoverer:
         except (OSError, EntryError) as exc:
             row.status, row.detail = ERROR, _why(exc)
             self._note_full(exc)
+        if self._note is not None:  # the named path was found through a symlink: say where
+            row.detail = "; ".join(x for x in (self._note, row.detail) if x)
+            self._note = None
         self._emit(row, path)
-
-    def _place(self, path: Path, top: Entry, data: Entry | None, row: ManifestRow) -> None:
-        if not path:
-            row.status, row.detail = SKIPPED, "the root directory itself is not recovered"
-            return
-        if not all(_safe_name(p) for p in path):
-            row.status, row.detail = ERROR, "unsafe name; not written"
-            return
-        if len(path) == 1 and path[0] in MANIFEST_NAMES:
-            row.status, row.detail = SKIPPED, "collides with the manifest; not written"
-            return
-        kind = top.kind
-        if kind not in ("file", "dir", "symlink"):
-            row.status, row.detail = SKIPPED, "not a regular file: " + _describe(top)
-            return
-        if kind == "file" and data is None:
-            row.status, row.detail = ERROR, "metacopy file: no lower layer holds its data"
-            return
-        parent = self.dest.dir(path[:-1])
-        name = path[-1]
-        if kind == "dir":
-            self._make_dir(path, parent, name, top, row)
-        elif kind == "symlink":
-            self._make_link(parent, name, top, row)
-        else:
-            self._copy_file(parent, name, top, data, row)
-
-    def _make_dir(self, path: Path, parent: int, name: bytes, top: Entry, row: ManifestRow) -> None:
-        try:
-            os.mkdir(name, 0o700, dir_fd=parent)
-        except FileExistsError:
-            if path not in self.dest.made:  # not one of ours: leave it alone
-                row.status, row.detail = SKIPPED, "exists in the destination; not overwritten"
-                return
-        self.dest.made.add(path)
-        self._dirs.append((path, top))
-        row.detail = self._special_note(top)
-
-    def _make_link(self, parent: int, name: bytes, top: Entry, row: ManifestRow) -> None:
-        try:
-            os.symlink(top.target or b"", name, dir_fd=parent)
-        except FileExistsError:
-            row.status, row.detail = SKIPPED, "exists in the destination; not overwritten"
-            return
-        notes = []
-        if self.keep_owner:
-            try:
-                os.chown(name, top.uid, top.gid, dir_fd=parent, follow_symlinks=False)
-            except OSError as exc:
-                notes.append(f"owner not kept: {_why(exc)}")
-        try:
-            os.utime(name, ns=_times(top), dir_fd=parent, follow_symlinks=False)
-        except OSError as exc:
-            notes.append(f"times not kept: {_why(exc)}")
-        row.detail = "; ".join(notes) or None
-
-    def _copy_file(self, parent: int, name: bytes, top: Entry, data: Entry, row: ManifestRow) -> None:
-        try:
-            src = data.open()
-        except (EntryError, OSError) as exc:
-            row.status, row.detail = ERROR, f"cannot read the original: {_why(exc)}"
-            return
-        with src:
-            try:
-                fd = os.open(name, _NEW_FILE, 0o600, dir_fd=parent)
-            except FileExistsError:
-                row.status, row.detail = SKIPPED, "exists in the destination; not overwritten"
-                return
-            digest = hashlib.sha256()
-            size = 0
-            try:
-                while True:
-                    chunk = src.read(_CHUNK)
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    if chunk == _ZEROS[:len(chunk)]:
-                        os.lseek(fd, len(chunk), os.SEEK_CUR)  # a hole: a sparse original stays sparse
-                    else:
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(fd, view):]
-                    size += len(chunk)
-                os.ftruncate(fd, size)  # the size, where the file ends in a hole
-                notes = self._set_meta(fd, top)
-            except BaseException as exc:
-                os.close(fd)
-                try:
-                    os.unlink(name, dir_fd=parent)  # ours (O_EXCL): a partial copy is no copy
-                except OSError:
-                    pass
-                if isinstance(exc, (OSError, EntryError)):
-                    row.status, row.detail = ERROR, f"copy failed, partial file removed: {_why(exc)}"
-                    self._note_full(exc)
-                    return
-                raise
-            os.close(fd)
-        row.size, row.sha256 = size, digest.hexdigest()
-        expected = data.size
-        if size != expected:
-            notes.append(f"read {size} bytes, the layer says {expected}")
-        special = self._special_note(top)
-        if special:
-            notes.insert(0, special)
-        row.detail = "; ".join(notes) or None
-
-    # -- metadata ------------------------------------------------------------------------------
-    def _set_meta(self, fd: int, entry: Entry) -> list[str]:
-        """Owner (as root), mode without setuid/setgid, times: on an fd we created."""
-        notes = []
-        if self.keep_owner:
-            try:
-                os.fchown(fd, entry.uid, entry.gid)
-            except OSError as exc:
-                notes.append(f"owner not kept: {_why(exc)}")
-        try:
-            os.fchmod(fd, entry.perm & ~_SPECIAL_BITS)
-        except OSError as exc:
-            notes.append(f"mode not kept: {_why(exc)}")
-        try:
-            os.utime(fd, ns=_times(entry))
-        except OSError as exc:
-            notes.append(f"times not kept: {_why(exc)}")
-        return notes
-
-    @staticmethod
-    def _special_note(entry: Entry) -> str | None:
-        if entry.perm & _SPECIAL_BITS:
-            return f"setuid/setgid dropped on the copy (original mode {format_mode(entry.perm)})"
-        return None
-
-    def _finish_dirs(self) -> None:
-        """Directories' modes and times, deepest first (writing inside one moves its mtime)."""
-        for path, entry in sorted(self._dirs, key=lambda item: len(item[0]), reverse=True):
-            try:
-                self.dest.dir(path[:-1], create=False)
-                parent = self.dest.chain[-1][1] if self.dest.chain else self.dest.to_fd
-                fd = os.open(path[-1], _DIR_FLAGS, dir_fd=parent)
-            except (OSError, _Blocked):
-                continue
-            try:
-                self._set_meta(fd, entry)
-            finally:
-                os.close(fd)
 
     # -- output --------------------------------------------------------------------------------
     def _emit(self, row: ManifestRow, path: Path) -> None:
@@ -491,19 +406,6 @@ class Recoverer:
             self._full = exc
 
 
-def _times(entry: Entry) -> tuple[int, int]:
-    atime = entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns
-    return (atime, entry.mtime_ns)
-
-
-def _describe(entry: Entry) -> str:
-    if entry.kind in ("char", "block"):
-        return f"{entry.kind} {os.major(entry.rdev)}/{os.minor(entry.rdev)}"
-    return entry.kind
-
-
-
-
 def layer_location(layer: Layer) -> str:
     """Where a layer lives: its directory, or its archive."""
     root = getattr(layer, "root", None)
@@ -514,7 +416,7 @@ def layer_location(layer: Layer) -> str:
 
 # -- entry points ------------------------------------------------------------------------------
 def recover(upper, lowers=(), *, to: str, paths: Iterable[str | bytes] = (),
-            all_deleted: bool = False, all_modified: bool = False,
+            all_deleted: bool = False, all_modified: bool = False, all_added: bool = False,
             evidence: Iterable[str] = (), whiteouts: str = "auto", xattr_ns: str = "auto",
             include: Iterable[str] = (), exclude: Iterable[str] = (),
             on_row: Callable[[ManifestRow], None] | None = None,
@@ -552,7 +454,8 @@ def recover(upper, lowers=(), *, to: str, paths: Iterable[str | bytes] = (),
             checker = PackageChecker(*load_stack_databases(upper_layer, lower_layers, ns))
         recoverer = Recoverer(differ, to, evidence=evidence, include=include, exclude=exclude,
                               on_row=on_row, packages=checker)
-        return recoverer.run(paths, all_deleted=all_deleted, all_modified=all_modified)
+        return recoverer.run(paths, all_deleted=all_deleted, all_modified=all_modified,
+                             all_added=all_added)
     finally:
         for item in opened:
             close = getattr(item, "close", None)

@@ -20,9 +20,13 @@ field names and values. Formats (:data:`FORMATS`):
     the path cell. Rule for readers: if ``path_b64`` is non-empty it is authoritative, otherwise
     the ``path`` cell is the exact (UTF-8) path.
 ``table``
-    Human output in tabulate's ``simple`` layout: a summary of counts first, then one row per
-    record. It must see every record before printing, so it is the one writer that holds them:
-    in a temporary spool file, not in memory.
+    Human output in tabulate's ``simple`` layout: one row per record, then a summary of counts
+    (last, so it does not scroll away). Columns are fitted to the terminal
+    (:mod:`~ovforensics.writers.tables`: ``$COLUMNS``, else the terminal's width, else 120):
+    ids and hashes cut to 12 characters, sizes human, long paths and anomaly details wrapped
+    onto continuation lines (never cut); ``no_trunc`` keeps every value whole. It must see every
+    record before printing (to know the widths), so it is the one writer that holds them: in a
+    temporary spool file, not in memory.
 ``docker``
     The lines ``docker diff`` (``podman diff`` for a Podman container) prints: ``A``/``C``/``D``
     + space + path, one ``D`` for a deleted directory, a ``C`` for the parent of each added or
@@ -43,14 +47,16 @@ import base64
 import csv
 import json
 import tempfile
+import textwrap
 import unicodedata
-from typing import Iterable, Iterator, TextIO
+from typing import Iterable, TextIO
 
 from orjson import dumps as _orjson_dumps
 
 from ovforensics.records.record import (ADDED, ANOMALY, CHANGE_KINDS, DELETED, MODIFIED, Change,
                                         LayerRef, escape_bytes, format_mode, format_ns, what_text)
 from ovforensics.evidence.storetext import escape_surrogates, with_b64
+from ovforensics.writers import tables
 
 FORMATS = ("table", "csv", "json", "jsonl", "docker")
 
@@ -63,8 +69,12 @@ CSV_COLUMNS = (
 )
 
 TABLE_HEADERS = ("change", "path", "type", "what", "via", "lower layer", "size")
+#: How each table column fits the terminal (:mod:`~ovforensics.writers.tables`)
+TABLE_KINDS = ("text", "wrap", "text", "wrap", "wrap", "text", "bytes")
 #: ``extra`` fields the table shows as columns when the report carries them (--packages, --yara)
 TABLE_EXTRA = ("package", "package_status", "yara", "lower_yara")
+#: hash columns (``--hash``), shown as a 12-character prefix unless ``--no-trunc``
+HASH_NAMES = ("md5", "sha1", "sha256", "sha512")
 
 #: Leading characters that make a spreadsheet treat a cell as a formula (OWASP).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -100,20 +110,6 @@ def visible(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
-
-
-def _text_width():
-    """How tabulate measures a cell: display width where ``wcwidth`` is installed, else len."""
-    try:
-        import wcwidth
-    except ImportError:
-        return len
-    import tabulate
-
-    return wcwidth.wcswidth if getattr(tabulate, "WIDE_CHARS_MODE", False) else len
-
-
-_width = _text_width()
 
 
 def guard_formula(cell: str) -> str:
@@ -336,24 +332,32 @@ class CsvWriter(Writer):
 
 
 class TableWriter(Writer):
-    """Summary of counts, then the table. The summary comes first, so every row must be seen
-    before anything is printed: rows go to a temporary spool file, not to memory (a million
-    records stay a few MB of RSS), with each column's width kept on the way; :meth:`close`
-    then prints tabulate's ``simple`` layout from the spool (``_table_lines``)."""
+    """The table, then the summary of counts (last, so it does not scroll away). Rows go to a
+    temporary spool file, not to memory (a million records stay a few MB of RSS), with each
+    column's width kept on the way; :meth:`close` fits the columns to the terminal
+    (:mod:`~ovforensics.writers.tables`: short hashes, human sizes, long paths and anomaly
+    details wrapped; ``no_trunc`` keeps every value whole) and prints the spool. Every extra
+    column asked for (hashes, file types, exec flags, packages, YARA) is shown."""
 
-    def __init__(self, stream: TextIO, extra_columns: tuple[str, ...] = ()):
+    def __init__(self, stream: TextIO, extra_columns: tuple[str, ...] = (), no_trunc: bool = False,
+                 width: int | None = None):
         super().__init__(stream)
         self._spool: TextIO | None = None
-        self._extra = tuple(c for c in TABLE_EXTRA if c in extra_columns)
+        self._extra = tuple(dict.fromkeys(extra_columns))
         self._headers = TABLE_HEADERS + tuple(c.replace("_", " ") for c in self._extra)
-        self._widths = [_width(h) + 2 for h in self._headers]  # tabulate's header padding
+        self._kinds = TABLE_KINDS + tuple(_extra_kind(c) for c in self._extra)
+        self._widths = [0] * len(self._headers)  # each column's widest cell
+        self.no_trunc = no_trunc
+        self.width = width
 
     def _write(self, record: dict) -> None:
-        cells = _table_cells(record) + [visible(str(_row_cell(record.get(c), guard=False)))
-                                        for c in self._extra]
+        nt = self.no_trunc
+        cells = _table_cells(record, nt) + [
+            visible(tables.cell(record.get(c), k, nt))
+            for c, k in zip(self._extra, self._kinds[len(TABLE_HEADERS):])]
         widths = self._widths
         for i, cell in enumerate(cells):
-            width = _width(cell)
+            width = tables.text_width(cell)
             if width > widths[i]:
                 widths[i] = width
         if self._spool is None:
@@ -363,23 +367,56 @@ class TableWriter(Writer):
         self._spool.write("\0".join(cells) + "\n")
 
     def _finish(self) -> None:
-        self.stream.write(summary_line(self.counts) + "\n")
         if self._spool is None:
-            self.stream.write("(no changes)\n")
+            self.stream.write("(no changes)\n" + summary_line(self.counts) + "\n")
             return
         spool, self._spool = self._spool, None
+        width = self.width or tables.width_for(self.stream)
+        headers, kinds, cells = self._headers, self._kinds, self._widths
+        floor = tables.floors(headers, cells, kinds)
+        base = len(TABLE_HEADERS)
+        # extra columns that do not fit beside the others go on a line of their own below
+        # each row ("  sha256: 3a7bd3e2360a  magic: ELF 64-bit ..."), wrapped
+        keep = list(range(len(headers)))
+        below = False
+        if not self.no_trunc and len(headers) > base and not tables.fits(floor, width):
+            # an extra column empty in every row says nothing: dropped first where too wide
+            keep = [i for i in keep if i < base or cells[i]]
+            below = not tables.fits([floor[i] for i in keep], width)
+            if below:
+                keep = list(range(base))
+        headers, kinds = [headers[i] for i in keep], [kinds[i] for i in keep]
+        cells, floor = [cells[i] for i in keep], [floor[i] for i in keep]
+        natural = [max(c, tables.text_width(h)) for c, h in zip(cells, headers)]
+        widths = natural if self.no_trunc else tables.fit(natural, kinds, width, floor)
         with spool:
             spool.seek(0)
-            rows = (line[:-1].split("\0") for line in spool)
-            self.stream.write("\n")
-            for line in _table_lines(self._headers, rows, self._widths):
-                self.stream.write(line + "\n")
+            for text in tables.head_lines(headers, widths):
+                self.stream.write(text + "\n")
+            for line in spool:
+                row = line[:-1].split("\0")
+                for text in tables.row_lines([row[i] for i in keep], widths):
+                    self.stream.write(text + "\n")
+                if below:
+                    extra = "  ".join(f"{h}: {c}" for h, c in zip(self._headers[base:], row[base:])
+                                      if c)
+                    for piece in textwrap.wrap(extra, max(width - 4, 1), break_on_hyphens=False):
+                        self.stream.write("    " + piece + "\n")
+        self.stream.write("\n" + tables.wrap_text(summary_line(self.counts), width, self.no_trunc)
+                          + "\n")
 
 
-def _table_cells(record: dict) -> list[str]:
+def _extra_kind(column: str) -> str:
+    name = column[len("lower_"):] if column.startswith("lower_") else column
+    if name in HASH_NAMES:
+        return "hash"
+    return "text" if column in ("new_executable", "package_status", "atime", "ctime") else "wrap"
+
+
+def _table_cells(record: dict, no_trunc: bool = False) -> list[str]:
     what = what_text(record, ",")
     if record.get("change") == ANOMALY:
-        # No "what" for an anomaly: say which anomaly it is instead.
+        # No "what" for an anomaly: say which anomaly it is instead (wrapped, never cut).
         what = ": ".join(x for x in (record.get("anomaly"), record.get("detail")) if x)
     layer = record.get("lower_layer") or {}
     index, size = layer.get("index"), record.get("size")
@@ -391,24 +428,8 @@ def _table_cells(record: dict) -> list[str]:
         visible(record.get("via") or (f"renamed from {record['renamed_from']}"
                                        if record.get("renamed_from") else "")),
         "" if index is None else str(index),
-        "" if size is None else str(size),
+        tables.cell(size, "bytes", no_trunc),
     ]
-
-
-def _table_lines(headers, rows, widths: list[int]) -> Iterator[str]:
-    """tabulate's ``simple`` layout for text cells (left-aligned, no number parsing, blanks
-    kept), given each column's width: header, rule, rows; trailing blanks trimmed."""
-    def line(cells) -> str:
-        return "  ".join(_pad(c, w) for c, w in zip(cells, widths)).rstrip()
-
-    yield line(headers)
-    yield "  ".join("-" * w for w in widths).rstrip()
-    for cells in rows:
-        yield line(cells)
-
-
-def _pad(cell: str, width: int) -> str:
-    return cell + " " * (width - _width(cell))
 
 
 class DockerWriter(Writer):
@@ -469,13 +490,13 @@ _WRITERS = {
 assert tuple(_WRITERS) == FORMATS
 
 
-def open_writer(fmt: str, stream: TextIO, extra_columns: tuple[str, ...] = (), *,
-                hide: Iterable[str] = ()) -> Writer:
+def open_writer(fmt: str, stream: TextIO, extra_columns: tuple[str, ...] = (),
+                no_trunc: bool = False, *, hide: Iterable[str] = ()) -> Writer:
     """Return the writer for ``fmt``; unknown formats raise ``ValueError`` listing valid ones.
 
     ``extra_columns`` names ``extra`` fields (hashes, file types) that CSV adds as columns;
-    JSON/JSONL always carry every field. ``hide``: paths ``docker`` lines leave out (a
-    container's ``diff_hides``).
+    JSON/JSONL always carry every field; the table shows them too (``no_trunc``: whole values).
+    ``hide``: paths ``docker`` lines leave out (a container's ``diff_hides``).
     """
     try:
         cls = _WRITERS[fmt]
@@ -484,7 +505,9 @@ def open_writer(fmt: str, stream: TextIO, extra_columns: tuple[str, ...] = (), *
             f"unknown output format {fmt!r}; valid formats: {', '.join(FORMATS)}") from None
     if cls is DockerWriter:
         return cls(stream, hide)
-    return cls(stream, extra_columns) if cls in (CsvWriter, TableWriter) else cls(stream)
+    if cls is TableWriter:
+        return cls(stream, extra_columns, no_trunc=no_trunc)
+    return cls(stream, extra_columns) if cls is CsvWriter else cls(stream)
 
 
 def write_all(fmt: str, changes: Iterable[Change], stream: TextIO) -> dict:
@@ -500,12 +523,15 @@ def write_all(fmt: str, changes: Iterable[Change], stream: TextIO) -> dict:
 
 
 # -- rows: inventories (containers, layers) in the same formats ----------------------------
-def write_rows(fmt: str, rows: Iterable[dict], columns: tuple[str, ...], stream: TextIO) -> int:
+def write_rows(fmt: str, rows: Iterable[dict], columns: tuple[str, ...], stream: TextIO,
+               table: tuple | None = None, no_trunc: bool = False, width: int | None = None) -> int:
     """Write plain records (``containers``, ``layers``) in any core format; returns the count.
 
     ``docker`` (docker diff's lines) is for changes only: an inventory refuses it, naming the
-    formats it has. The same guards apply as for changes: formula-guarded CSV cells, visible
-    control characters in tables.
+    formats it has. The table shows ``table``'s (field, header, kind) columns
+    (:data:`tables.CONTAINER_TABLE`, ...; default every column) fitted to the terminal,
+    ``no_trunc`` keeping every value whole; csv and json keep every column, whole. The same
+    guards apply as for changes: formula-guarded CSV cells, visible control characters in tables.
     """
     if fmt not in FORMATS or fmt == "docker":
         valid = ", ".join(f for f in FORMATS if f != "docker")
@@ -531,15 +557,16 @@ def write_rows(fmt: str, rows: Iterable[dict], columns: tuple[str, ...], stream:
             out.writerow([_row_cell(row.get(c), guard=True) for c in columns])
             count += 1
     else:
-        from tabulate import tabulate
-
-        table = [[visible(str(_row_cell(row.get(c), guard=False))) for c in columns] for row in rows]
-        count = len(table)
-        if not table:
+        spec = table or tuple((c, c, "text") for c in columns)
+        body = [[visible(tables.cell(row.get(field), kind, no_trunc)) for field, _, kind in spec]
+                for row in rows]
+        count = len(body)
+        if not body:
             stream.write("(none)\n")
         else:
-            stream.write(tabulate(table, headers=columns, disable_numparse=True,
-                                  preserve_whitespace=True) + "\n")
+            for line in tables.render([h for _, h, _ in spec], body, [k for _, _, k in spec],
+                                      width or tables.width_for(stream), no_trunc):
+                stream.write(line + "\n")
     stream.flush()
     return count
 
