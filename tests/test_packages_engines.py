@@ -268,7 +268,15 @@ def test_packages_command_every_format(world):
     table = list(csv.DictReader(io.StringIO(_cli("packages", *common, "-f", "csv").stdout)))
     assert [r["package"] for r in table] == [r["package"] for r in rows]
     assert table[0]["altered"] == str(rows[0]["altered"])
-    text = _cli("packages", *common, "-f", "table").stdout
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "400"  # the table fits the terminal: a wide one, no wrapping
+    try:
+        text = _cli("packages", *common, "-f", "table").stdout
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
     assert "ovf-tool" in text and "upgraded" in text and "removed" in text
     refused = _cli("packages", *common, "-f", "docker", check=False)
     assert refused.returncode == 2 and "valid formats" in refused.stderr  # diff's lines only
