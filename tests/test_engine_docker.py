@@ -631,20 +631,36 @@ def test_a_store_attached_as_an_image_reads_as_the_directory(dockerd, live, tmp_
     assert os.path.isdir(store)
 
 
-def test_a_docker_store_in_a_disk_image_reads_as_the_kernel_mounts_it(dockerd, live, tmp_path):
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+def test_a_docker_store_in_a_disk_image_reads_as_the_kernel_mounts_it(dockerd, live, tmp_path,
+                                                                      fstype):
     """``--root disk.qcow2``: the store copied into an ext4 filesystem (mkfs.ext4 -d, no mount)
-    inside a GPT qcow2; every container and every record as from the same filesystem mounted
-    read-only by the kernel (in a private mount namespace), paths mapped."""
+    or an XFS one (written through a loop mount in a private mount namespace: mkfs.xfs makes no
+    filesystem from a directory) inside a GPT qcow2; every container and every record as from
+    the same filesystem mounted read-only by the kernel (in a private mount namespace), paths
+    mapped."""
     from test_diskimage import _need_tools
 
-    _need_tools("mkfs.ext4", "sfdisk", "qemu-img", "unshare")
+    _need_tools("mkfs.ext4", "mkfs.xfs", "sfdisk", "qemu-img", "unshare")
     evidence = tmp_path / "evidence"
     _copy_store(dockerd, evidence / "var/lib/docker")
-    fs_image, raw, image = tmp_path / "fs.ext4", tmp_path / "disk.raw", tmp_path / "disk.qcow2"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-I", "256", "-d", str(evidence), str(fs_image),
-                    "256M"], check=True, capture_output=True)
+    fs_image, raw, image = tmp_path / f"fs.{fstype}", tmp_path / "disk.raw", tmp_path / "disk.qcow2"
+    if fstype == "ext4":
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-I", "256", "-d", str(evidence), str(fs_image),
+                        "320M"], check=True, capture_output=True)
+    else:
+        with open(fs_image, "wb") as fh:
+            fh.truncate(320 << 20)
+        subprocess.run(["mkfs.xfs", "-q", "-f", str(fs_image)], check=True, capture_output=True)
+        (tmp_path / "rw").mkdir()
+        proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                               f"mount -o loop -t xfs {fs_image} {tmp_path}/rw && "
+                               f"cp -a {evidence}/. {tmp_path}/rw/; rc=$?; "
+                               f"umount {tmp_path}/rw && exit $rc"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
     with open(raw, "wb") as fh:
-        fh.truncate(260 << 20)
+        fh.truncate(330 << 20)
     subprocess.run(["sfdisk", "-q", str(raw)], input="label: gpt\nstart=2048, type=L\n",
                    text=True, check=True, capture_output=True)
     with open(fs_image, "rb") as src, open(raw, "r+b") as dst:
@@ -659,7 +675,8 @@ def test_a_docker_store_in_a_disk_image_reads_as_the_kernel_mounts_it(dockerd, l
         assert proc.returncode == 0, (cmd, proc.stderr)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    script = (f"mount -o ro,noload -t ext4 {fs_image} {mnt} && cd {ROOT_DIR} && " + " && ".join(
+    ro = "ro,noload" if fstype == "ext4" else "ro,norecovery"
+    script = (f"mount -o {ro},loop -t {fstype} {fs_image} {mnt} && cd {ROOT_DIR} && " + " && ".join(
         f"{sys.executable} -m ovforensics {cmd} --root {mnt} --engine docker "
         f"> {tmp_path}/{cmd.replace(' ', '_')}.kernel" for cmd in ours) + f"; umount {mnt}")
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
@@ -683,6 +700,23 @@ def test_a_docker_store_in_a_disk_image_reads_as_the_kernel_mounts_it(dockerd, l
         assert kernel, cmd
         assert mapped(mine.stdout) == mapped(kernel), cmd
     assert '"c1"' in ours["containers -f jsonl"].stdout
+    # --image-hash: the image's file hashed into the run record (and refused without one)
+    proc = _cli("diff", "c1", "--root", str(image), "--engine", "docker", "-f", "jsonl", "--meta",
+                "--image-hash", "sha256,md5")
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads(proc.stdout.splitlines()[0])["meta"]
+    images = [s["image"] for s in meta["stores"] if s.get("image")]
+    assert images and images[0]["filesystem"] == fstype, meta
+    with open(image, "rb") as fh:
+        want = hashlib.file_digest(fh, "sha256").hexdigest()
+    assert images[0]["files"] == [{"file": str(image), "size": image.stat().st_size,
+                                   "sha256": want, "md5": images[0]["files"][0]["md5"]}]
+    assert "files" not in json.loads(ours["diff c1 -f jsonl"].stdout.splitlines()[0]).get(
+        "meta", {})
+    proc = _cli("diff", "c1", "--root", str(image), "--image-hash", "sha256")
+    assert proc.returncode == 2 and "add --meta" in proc.stderr
+    proc = _cli("diff", "c1", "--root", str(evidence), "--image-hash", "sha256", "--meta")
+    assert proc.returncode == 2 and "not a disk image" in proc.stderr, proc.stderr
     to = tmp_path / "recovered"
     proc = _cli("recover", "c1", "/data/a", "--root", str(image), "--engine", "docker",
                 "--to", str(to))

@@ -6,7 +6,7 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import EXIT_NOTHING, app, fail, say
-from ovforensics.cli.options import (_force_opt, _partition_opt, Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
+from ovforensics.cli.options import (_force_opt, _partition_opt, _image_hash_opt, _needs_run_record, Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
     _extra_columns, _format_opt, _hash_opt, _max_decompressed_opt, _meta_opt, _more_columns,
     _namespace_opt, _no_trunc_opt, _output_opt, _packages_opt, _pick_format, _root_opt,
     _split_list)
@@ -23,6 +23,7 @@ def diff_cmd(
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
     partition: Optional[int] = _partition_opt(),
+    image_hash: Optional[str] = _image_hash_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
@@ -51,6 +52,7 @@ def diff_cmd(
     from ovforensics.writers import native
 
     fmt = _pick_format(fmt, output)
+    _needs_run_record(image_hash, meta)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     run = None
     if meta:
@@ -88,6 +90,7 @@ def deleted_cmd(
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
     partition: Optional[int] = _partition_opt(),
+    image_hash: Optional[str] = _image_hash_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
@@ -109,6 +112,7 @@ def deleted_cmd(
     from ovforensics.writers.runrecord import RunRecord
 
     fmt = _pick_format(fmt or (None if output and output != "-" else "csv"), output)
+    _needs_run_record(image_hash, meta)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     run = RunRecord() if meta else None
     extra = ("atime", "ctime") + _extra_columns(hashes, False, deleted_only=True) + \
@@ -130,6 +134,7 @@ def timeline_cmd(
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
     partition: Optional[int] = _partition_opt(),
+    image_hash: Optional[str] = _image_hash_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
@@ -159,6 +164,7 @@ def timeline_cmd(
         raise fail(f"--format: unknown timeline format {fmt!r}; expected one of "
                    f"{', '.join(timeline.FORMATS)}")
     _extra_columns(hashes, False)  # validates --hash
+    _needs_run_record(image_hash, meta)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     run = RunRecord() if meta else None
     try:
@@ -192,6 +198,7 @@ def recover_cmd(
     lower: List[str] = _S["lower"],
     root: str = _root_opt(),
     partition: Optional[int] = _partition_opt(),
+    image_hash: Optional[str] = _image_hash_opt(),
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),

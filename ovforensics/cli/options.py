@@ -47,6 +47,33 @@ def _partition_opt():
                              "default: the one holding an engine's store).")
 
 
+def _set_image_hash(value: Optional[str]) -> Optional[str]:
+    from ovforensics.evidence.rootfs import set_image_hash
+    from ovforensics.scanner.enrich import parse_hashes
+
+    if value is not None:
+        try:
+            algorithms = parse_hashes(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc).removeprefix("--hash: ")) from None
+        if not algorithms:
+            raise typer.BadParameter("no algorithm named (md5, sha1, sha256, sha512)")
+        set_image_hash(algorithms)
+    return value
+
+
+def _image_hash_opt():
+    return typer.Option(None, "--image-hash", metavar="ALGOS", callback=_set_image_hash,
+                        help="With --root DISK-IMAGE: hash the image's files (with its backing "
+                             "files, extents or segments) into the run record: md5, sha1, "
+                             "sha256, sha512 (comma list). Reads the whole image once.")
+
+
+def _needs_run_record(image_hash: Optional[str], meta: bool) -> None:
+    if image_hash and not meta:
+        raise fail("--image-hash: the image's hash goes into the run record: add --meta")
+
+
 def _engine_opt():
     return typer.Option(None, "--engine", metavar="ENGINE", help=ENGINE_HELP)
 

@@ -94,9 +94,18 @@ _OPENED: dict[tuple[str, int | None], str] = {}
 _PARTITION: int | None = None  # --partition: which filesystem of a partitioned disk image
 
 
+_IMAGE_HASH: tuple[str, ...] = ()  # --image-hash: the digests of a disk image's files
+
+
 def set_partition(number: int | None) -> None:
     global _PARTITION
     _PARTITION = number
+
+
+def set_image_hash(algorithms: tuple[str, ...]) -> None:
+    """``--image-hash``: hash a disk image's files when it is opened (for the run record)."""
+    global _IMAGE_HASH
+    _IMAGE_HASH = tuple(algorithms)
 
 
 def open_root(root: str = "/", partition: int | None = None) -> Root:
@@ -113,16 +122,21 @@ def open_root(root: str = "/", partition: int | None = None) -> Root:
     if stat.S_ISDIR(st.st_mode):
         if partition is not None:
             raise RootError(f"--partition: {root} is a directory, not a disk image")
+        if _IMAGE_HASH:
+            raise RootError(f"--image-hash: {root} is a directory, not a disk image (hash the "
+                            "image it came from)")
         return Root(root)
     if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
         raise RootError(f"--root: {root}: neither a directory nor a disk image file")
     key = (os.path.abspath(root), partition)
     prefix = _OPENED.get(key)
     if prefix is None:
-        from ovforensics.evidence.diskimage import DiskImageError, open_filesystem
+        from ovforensics.evidence.diskimage import DiskImageError, hash_image, open_filesystem
 
         try:
             image_fs = open_filesystem(root, partition)
+            if _IMAGE_HASH:
+                hash_image(image_fs, _IMAGE_HASH)
         except DiskImageError as exc:
             raise RootError(f"--root: {exc}") from None
         prefix = _OPENED[key] = fs.attach(image_fs, root)

@@ -1,42 +1,43 @@
 """Disk images read without mounting them (``--root disk.qcow2``): the image's container
 format and partitions (``source``), the ext2/3/4 on-disk format (``ext4``) and its answers as
-``evidence/fs.py`` asks them (``extfs``). docs/diskimage.md says what is read and refused.
+``evidence/fs.py`` asks them (``extfs``), and XFS (``xfs``, both). docs/diskimage.md says what
+is read and refused.
 """
 from __future__ import annotations
 
 from ovforensics.evidence.diskimage.ext4 import Ext4, Ext4Error, Source
 from ovforensics.evidence.diskimage.extfs import ExtFS
-from ovforensics.evidence.diskimage.source import DiskImageError, Media, Partition, partitions
+from ovforensics.evidence.diskimage.source import (DiskImageError, Media, Partition, hash_files,
+                                                   partitions)
+from ovforensics.evidence.diskimage.xfs import Xfs, XfsFS
 
 #: where an engine keeps its store, inside the filesystem that holds it
 STORE_DIRS = ("/var/lib/docker", "/var/lib/containers", "/var/lib/containerd",
               "/lib/docker", "/lib/containers", "/lib/containerd",  # a separate /var
               "/docker", "/containers", "/containerd")  # a separate /var/lib
-READABLE = ("ext4",)
+READABLE = ("ext4", "xfs")
 REFUSED = {
     "btrfs": "btrfs is not read from an image: mount it read-only (ro,noload where it applies) "
              "and give the directory",
-    "xfs": "XFS is not read from an image yet: mount it read-only (ro,norecovery) and give the "
-           "directory",
     "lvm": "an LVM physical volume: activate it read-only (vgchange -ay --readonly) and give "
            "the logical volume's device or a mount of it",
 }
 
-__all__ = ["DiskImageError", "ExtFS", "Media", "Partition", "open_filesystem", "partitions",
-           "describe"]
+__all__ = ["DiskImageError", "ExtFS", "Media", "Partition", "XfsFS", "open_filesystem",
+           "partitions", "describe", "hash_image"]
 
 
-def _open(media: Media, part: Partition, label: str) -> ExtFS:
-    try:
-        ext = Ext4(Source(media, part.offset, part.size), label)
+def _open(media: Media, part: Partition, label: str) -> ExtFS | XfsFS:
+    src = Source(media, part.offset, part.size)
+    try:  # XfsError is an Ext4Error
+        fs = XfsFS(Xfs(src, label), label) if part.fs == "xfs" else ExtFS(Ext4(src, label), label)
     except Ext4Error as exc:
         raise DiskImageError(f"{label}: {exc.strerror}") from None
-    fs = ExtFS(ext, label)
-    fs.partition, fs.image_format = part, media.format
+    fs.partition, fs.image_format, fs.image_files = part, media.format, media.files
     return fs
 
 
-def _holds_store(fs: ExtFS) -> bool:
+def _holds_store(fs: ExtFS | XfsFS) -> bool:
     import stat
 
     for where in STORE_DIRS:
@@ -48,7 +49,7 @@ def _holds_store(fs: ExtFS) -> bool:
     return False
 
 
-def open_filesystem(path: str, partition: int | None = None) -> ExtFS:
+def open_filesystem(path: str, partition: int | None = None) -> ExtFS | XfsFS:
     """The filesystem of ``path`` to read: partition ``partition`` (1-based), or the one that
     holds an engine's store, or the only readable one. Raises :class:`DiskImageError`."""
     media = Media(path)
@@ -69,7 +70,7 @@ def open_filesystem(path: str, partition: int | None = None) -> ExtFS:
         if not readable:
             kinds = sorted({p.fs for p in parts if p.fs})
             why = "; ".join(REFUSED[k] for k in kinds if k in REFUSED) or \
-                "no ext2/3/4 filesystem found (XFS, btrfs and LVM are not read from an image)"
+                "no ext2/3/4 or XFS filesystem found (btrfs and LVM are not read from an image)"
             raise DiskImageError(f"{path}: {why}")
         if len(readable) == 1:
             return _open(media, readable[0], _label(path, readable[0], parts))
@@ -89,10 +90,20 @@ def _label(path: str, part: Partition, parts: list[Partition]) -> str:
     return path if part.number == 0 else f"{path} partition {part.number}"
 
 
+def hash_image(fs, algorithms: tuple[str, ...]) -> list[dict]:
+    """Hash every file the image of ``fs`` is made of (kept on ``fs`` for :func:`describe`)."""
+    fs.image_hashes = hash_files(getattr(fs, "image_files", []), algorithms)
+    return fs.image_hashes
+
+
 def describe(fs) -> dict:
-    """For the run record: the image, its format, the partition and the filesystem."""
+    """For the run record: the image, its format, the partition and the filesystem, and the
+    image's files with their hashes when they were asked for (``--image-hash``)."""
     part = getattr(fs, "partition", None)
-    return {"image_format": getattr(fs, "image_format", None),
-            "partition": part.number if part is not None else None,
-            "partition_scheme": part.scheme if part is not None else None,
-            "filesystem": getattr(fs, "kind", None)}
+    out = {"image_format": getattr(fs, "image_format", None),
+           "partition": part.number if part is not None else None,
+           "partition_scheme": part.scheme if part is not None else None,
+           "filesystem": getattr(fs, "kind", None)}
+    if getattr(fs, "image_hashes", None) is not None:
+        out["files"] = fs.image_hashes
+    return out

@@ -36,8 +36,10 @@ class Media:
 
     def __init__(self, path: str):
         self.path = path
-        self.format, self.handle = _open_media(path)
+        backing: list[str] = []
+        self.format, self.handle = _open_media(path, backing)
         self.size = self._size()
+        self.files = _files(path, self.format, self.handle) + backing
 
     def _size(self) -> int:
         if self.format == "raw":
@@ -95,7 +97,7 @@ def _sniff(path: str) -> str:
     return "raw"
 
 
-def _open_media(path: str):
+def _open_media(path: str, backing: list):
     fmt = _sniff(path)
     if fmt == "raw":
         return fmt, open(path, "rb")
@@ -104,7 +106,7 @@ def _open_media(path: str):
             pyqcow = _module("pyqcow", "libqcow-python")
             h = pyqcow.file()
             h.open(path)
-            _qcow_parents(h, path, pyqcow)
+            _qcow_parents(h, path, pyqcow, backing)
         elif fmt == "vmdk":
             pyvmdk = _module("pyvmdk", "libvmdk-python")
             h = pyvmdk.handle()
@@ -125,7 +127,50 @@ def _open_media(path: str):
     return fmt, h
 
 
-def _qcow_parents(h, path: str, pyqcow, depth: int = 0) -> None:
+def _files(path: str, fmt: str, handle) -> list[str]:
+    """The files the image is made of, as found when it was opened: the one named, then its
+    extent files (VMDK) or further segments (E01). A qcow2's backing files are added by the
+    opening itself."""
+    out = [os.path.abspath(path)]
+    try:
+        if fmt == "vmdk":
+            here = os.path.dirname(os.path.abspath(path))
+            for i in range(handle.get_number_of_extents()):
+                name = handle.get_extent_descriptor(i).get_filename()
+                if name:
+                    name = os.path.join(here, os.path.basename(os.fsdecode(name)))
+                    if name not in out and os.path.isfile(name):
+                        out.append(name)
+        elif fmt == "ewf":
+            import pyewf
+
+            out += [os.path.abspath(p) for p in pyewf.glob(path) if os.path.abspath(p) not in out]
+    except (OSError, IOError, AttributeError):
+        pass
+    return out
+
+
+def hash_files(files: list[str], algorithms: tuple[str, ...]) -> list[dict]:
+    """Each file's digests, read once: ``[{"file": PATH, "size": N, "sha256": HEX}, ...]``."""
+    import hashlib
+
+    out = []
+    for name in files:
+        digests = {a: hashlib.new(a) for a in algorithms}
+        size = 0
+        try:
+            with open(name, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    size += len(chunk)
+                    for d in digests.values():
+                        d.update(chunk)
+        except OSError as exc:
+            raise DiskImageError(f"{name}: cannot hash it: {exc.strerror or exc}") from None
+        out.append({"file": name, "size": size, **{a: d.hexdigest() for a, d in digests.items()}})
+    return out
+
+
+def _qcow_parents(h, path: str, pyqcow, backing: list, depth: int = 0) -> None:
     """A qcow2 with a backing file: the backing file is looked up beside the image only (a
     relative name; an absolute one by its base name there), never elsewhere on the host."""
     name = h.get_backing_filename()
@@ -142,7 +187,8 @@ def _qcow_parents(h, path: str, pyqcow, depth: int = 0) -> None:
                              f"(looked for {candidate})")
     parent = pyqcow.file()
     parent.open(candidate)
-    _qcow_parents(parent, candidate, pyqcow, depth + 1)
+    backing.append(candidate)
+    _qcow_parents(parent, candidate, pyqcow, backing, depth + 1)
     h.set_parent(parent)
 
 
