@@ -150,6 +150,33 @@ def find_container(query: str, root: str = "/", engine: str | None = None,
     return select(query, found, namespace=namespace)
 
 
+def container_names(root: str = "/", engine: str | None = None, data_root: str | None = None,
+                    namespace: str | None = None) -> list[str]:
+    """The names and short ids (12 characters, as ``docker ps``) of every container found under
+    ``root``, sorted: what a shell completes a CONTAINER with (``ovforensics completion``).
+    Unreadable entries (``Broken``) add nothing."""
+    from ovforensics.stores.base import Container
+
+    found: set[str] = set()
+    for c in containers(root, engine, data_root):
+        if not isinstance(c, Container) or (namespace is not None and c.namespace != namespace):
+            continue
+        found.update(n for n in c.names if n)
+        if c.pod and c.container_name and c.role != "sandbox":
+            found.add(f"{c.pod}/{c.container_name}")
+        found.add(c.id[:12])
+    return sorted(found)
+
+
+def image_names(root: str = "/", engine: str | None = None, data_root: str | None = None,
+                namespace: str | None = None) -> list[str]:
+    """The names (``repo:tag``) and short ids of every image in the local stores under ``root``,
+    sorted: what a shell completes an IMAGE with."""
+    from ovforensics.stores.images import image_names as _names
+
+    return _names(root, engine, data_root, namespace)
+
+
 def scan_container(container, **options) -> Iterator[Change]:
     """:func:`scan` over a container's stack; records carry the engine's layer ids."""
     layers = container_layers(container, options.pop("whiteouts", None))

@@ -12,10 +12,15 @@ from ovforensics.writers.formats import visible
 
 EXIT_OK, EXIT_ERROR = 0, 2
 EXIT_NOTHING = 1  # recover: no row recovered (every one not-found, skipped or error)
+#: set by the scripts ``ovforensics completion SHELL`` prints, when the shell asks for candidates
+COMPLETE_VAR = "_OVFORENSICS_COMPLETE"
+#: answers such a request; set by ``cli/completion.py`` (imported with the commands), so that
+#: start-up without the variable imports and registers nothing of it
+answer_completion = None
 
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=False,  # no --install-completion: `ovforensics completion SHELL` (cli/completion.py)
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Container layer forensics: what changed in an overlayfs container, what was deleted, "
@@ -80,6 +85,8 @@ def _one_line_usage_errors() -> None:
 def run() -> None:
     """Console entry point: no tracebacks for a closed pipe or Ctrl-C; usage errors in one
     line."""
+    if os.environ.get(COMPLETE_VAR) and answer_completion is not None:
+        answer_completion()
     _one_line_usage_errors()
     try:
         app()

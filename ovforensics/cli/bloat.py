@@ -6,7 +6,7 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
-from ovforensics.cli.options import (_force_opt, _partition_opt, Stack, _F, _S, _data_root_opt, _engine_opt,
+from ovforensics.cli.options import (complete_image, _force_opt, _partition_opt, Stack, _F, _S, _data_root_opt, _engine_opt,
     _max_decompressed_opt, _namespace_opt, _no_trunc_opt, _root_opt)
 from ovforensics.layers.layer import LayerError
 from ovforensics.writers.output import OutputError, default_format, refuse_inside, report_stream
@@ -149,7 +149,7 @@ def bloat_cmd(
 
 @app.command("image")
 def image_cmd(
-    image: str = typer.Argument(..., metavar="IMAGE",
+    image: str = typer.Argument(..., metavar="IMAGE", autocompletion=complete_image,
                                 help="A docker save archive, an OCI layout (directory or tar), or "
                                      "an image in a local store: name (app:1, "
                                      "docker.io/library/app:1), full id or id prefix."),

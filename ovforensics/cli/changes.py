@@ -6,7 +6,8 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import EXIT_NOTHING, app, fail, say
-from ovforensics.cli.options import (_force_opt, _partition_opt, _image_hash_opt, _needs_run_record, Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
+from ovforensics.cli.options import (complete_container_then_paths, _force_opt, _partition_opt, _image_hash_opt,
+    _needs_run_record, Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
     _extra_columns, _format_opt, _hash_opt, _max_decompressed_opt, _meta_opt, _more_columns,
     _namespace_opt, _no_trunc_opt, _output_opt, _packages_opt, _pick_format, _root_opt,
     _split_list)
@@ -181,6 +182,7 @@ def timeline_cmd(
 @app.command("recover")
 def recover_cmd(
     args: Optional[List[str]] = typer.Argument(None, metavar="[CONTAINER] [PATH]...",
+                                               autocompletion=complete_container_then_paths,
                                                help="A container (unless --upper is given), then "
                                                     "the container paths whose originals to copy."),
     to: str = typer.Option(..., "--to", metavar="DIR",

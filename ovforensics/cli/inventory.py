@@ -6,7 +6,7 @@ from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
 from ovforensics.cli.options import (_force_opt, _partition_opt, _container, _data_root_opt, _emit_rows, _engine_opt,
-    _format_opt, _namespace_opt, _no_trunc_opt, _output_opt, _pick_format, _root_opt)
+    complete_container, _format_opt, _namespace_opt, _no_trunc_opt, _output_opt, _pick_format, _root_opt)
 from ovforensics.writers.tables import CONTAINER_TABLE, LAYER_TABLE
 
 
@@ -72,7 +72,8 @@ def containers_cmd(
 
 @app.command("layers")
 def layers_cmd(
-    container: str = typer.Argument(..., metavar="CONTAINER", help="Container name, id or id prefix."),
+    container: str = typer.Argument(..., metavar="CONTAINER", help="Container name, id or id prefix.",
+                                    autocompletion=complete_container),
     root: str = _root_opt(),
     partition: Optional[int] = _partition_opt(),
     engine: Optional[str] = _engine_opt(),

@@ -17,6 +17,50 @@ def _split_list(values: List[str]) -> List[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
+# shell completion's candidates (cli/completion.py has the scripts) --------------------------
+
+def _store_names(kind: str, ctx, incomplete: str) -> List[str]:
+    try:
+        from ovforensics import api
+
+        params = getattr(ctx, "params", None) or {}
+        lister = api.container_names if kind == "container" else api.image_names
+        names = lister(params.get("root") or "/", params.get("engine"), params.get("data_root"),
+                       params.get("namespace"))
+        return [n for n in names if n.startswith(incomplete)]
+    except Exception:  # a store that cannot be read: no candidates, never a traceback
+        return []
+
+
+def complete_container(ctx: typer.Context, incomplete: str) -> List[str]:
+    """CONTAINER: the names and short ids of the containers under --root."""
+    return _store_names("container", ctx, incomplete)
+
+
+def complete_image(ctx: typer.Context, incomplete: str) -> List[str]:
+    """IMAGE: the names and short ids of the images in the stores under --root (an archive or
+    OCI layout path: the shell's file completion, when nothing matches)."""
+    return _store_names("image", ctx, incomplete)
+
+
+def complete_container_then_paths(ctx: typer.Context, incomplete: str) -> List[str]:
+    """``[CONTAINER] [PATH]...``: a container first (unless --upper names the layers)."""
+    params = getattr(ctx, "params", None) or {}
+    if params.get("upper") or params.get("args"):
+        return []
+    return _store_names("container", ctx, incomplete)
+
+
+def choices(values) -> callable:
+    values = tuple(values)
+
+    def complete(incomplete: str) -> List[str]:
+        return [v for v in values if v.startswith(incomplete)]
+
+    return complete
+
+
+
 ROOT_HELP = ("Evidence root: a mounted image of a seized host, or a disk image file read without "
              "mounting it (raw, qcow2, VMDK, VHD/VHDX, E01; ext4 or XFS); every path found is "
              "resolved under it.")
@@ -75,7 +119,8 @@ def _needs_run_record(image_hash: Optional[str], meta: bool) -> None:
 
 
 def _engine_opt():
-    return typer.Option(None, "--engine", metavar="ENGINE", help=ENGINE_HELP)
+    return typer.Option(None, "--engine", metavar="ENGINE", help=ENGINE_HELP,
+                        autocompletion=choices(("docker", "podman", "containerd")))
 
 
 def _namespace_opt():
@@ -89,7 +134,7 @@ def _data_root_opt():
 
 
 def _format_opt():
-    return typer.Option(None, "--format", "-f", metavar="FORMAT",
+    return typer.Option(None, "--format", "-f", metavar="FORMAT", autocompletion=choices(FORMATS),
                         help=f"One of {', '.join(FORMATS)}. Default: table on a terminal, else from "
                              "-o's extension, else jsonl.")
 
@@ -138,7 +183,7 @@ def _container(query: str, root: str, engine: Optional[str], data_root: Optional
 def _stack_args():
     """The options every stack-reading command shares, as typer parameters."""
     return dict(
-        container=typer.Argument(None, metavar="[CONTAINER]",
+        container=typer.Argument(None, metavar="[CONTAINER]", autocompletion=complete_container,
                                  help="Container name, id or id prefix (found offline in the engines' "
                                       "files); or name the layers with --upper."),
         upper=typer.Option(None, "--upper", metavar="PATH",

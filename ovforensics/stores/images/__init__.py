@@ -33,7 +33,7 @@ too. Nothing found, or several different images found, raises :class:`ImageError
 one-line message."""
 from __future__ import annotations
 
-from ovforensics.stores.images.find import find_image, open_image
+from ovforensics.stores.images.find import find_image, image_names, open_image
 from ovforensics.stores.images.model import (ENGINES, Image, ImageError, ImageLayer, Ref,
     parse_ref, ref_matches)
 

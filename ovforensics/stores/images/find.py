@@ -76,6 +76,31 @@ def find_image(query: str, root: str = "/", engine: str | None = None,
     return image
 
 
+def image_names(root: str = "/", engine: str | None = None, data_root: str | None = None,
+                namespace: str | None = None) -> list[str]:
+    """The names (``repo:tag`` as the engines' CLIs show them) and short ids (12 hex digits) of
+    every image in the local stores under ``root``, sorted, nothing opened: what a shell
+    completes an IMAGE with. A store that cannot be read adds nothing."""
+    if engine is not None and engine not in ENGINES:
+        return []
+    try:
+        rootfs = open_root(root)
+    except RootError:
+        return []
+    found: set[str] = set()
+    for name in (engine,) if engine else ENGINES:
+        try:
+            candidates = _FINDERS[name](rootfs, data_root if engine else None, "", [])
+        except ImageError:
+            continue
+        for c in candidates:
+            if namespace is not None and c.namespace != namespace:
+                continue
+            found.update(n for n in c.names if "@" not in n)  # repo@digest: no one types that
+            found.add(c.id.split(":")[-1][:12])
+    return sorted(found)
+
+
 def open_image(ref: str, root: str = "/", engine: str | None = None,
                data_root: str | None = None, select: str | None = None,
                namespace: str | None = None) -> Image:
