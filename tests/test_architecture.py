@@ -11,7 +11,7 @@ import ovforensics
 
 PKG = os.path.dirname(ovforensics.__file__)
 #: top-level modules every folder may use (no package imports: the version string, sizes)
-SHARED = {"ovforensics.version", "ovforensics.units"}
+SHARED = {"ovforensics.version", "ovforensics.units", "ovforensics.ticker"}
 
 
 def _modules():

@@ -183,3 +183,132 @@ def test_usage_errors_are_one_line(args, want):
 def test_an_inventory_refuses_the_docker_format(tmp_path):
     proc = cli("containers", "--root", tmp_path, "-f", "docker")
     assert proc.returncode == 2 and "valid formats: table, csv, json, jsonl" in proc.stderr
+
+
+# -- one rule for names, one name for a job ------------------------------------------------------
+SAMPLE = [os.path.join(ROOT, "samples/rich", n) for n in ("upper.tar", "mid.tar", "base.tar")]
+STACK = ["--upper", SAMPLE[0], "--lower", SAMPLE[1], "--lower", SAMPLE[2]]
+
+
+@pytest.mark.parametrize("args", [["--hash", ""], ["--format", ""], ["--engine", ""],
+                                  ["--whiteouts", " "], ["--only", ""], ["--xattr-ns", ""]])
+def test_an_empty_name_is_refused_by_every_option(args):
+    proc = cli("diff", *STACK, *args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "empty" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_names_are_read_alike_whatever_their_case():
+    want = cli("diff", *STACK, "-f", "jsonl", "--hash", "sha256", "--whiteouts", "oci")
+    assert want.returncode == 0 and want.stdout, want.stderr
+    got = cli("diff", *STACK, "-f", "JSONL", "--hash", "SHA256", "--whiteouts", "OCI")
+    assert (got.returncode, got.stdout) == (0, want.stdout), got.stderr
+
+
+def test_timeline_takes_diffs_format_names_and_only():
+    csv = cli("timeline", *STACK, "-f", "csv")
+    assert csv.returncode == 0 and csv.stdout == cli("timeline", *STACK, "-f",
+                                                     "timesketch-csv").stdout
+    jsonl = cli("timeline", *STACK, "-f", "jsonl", "--only", "added")
+    assert jsonl.returncode == 0, jsonl.stderr
+    events = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    everything = [json.loads(line) for line in cli("timeline", *STACK, "-f", "jsonl").stdout
+                  .splitlines()]
+    assert events and {e["change"] for e in events} == {"added"}
+    assert len(events) < len(everything)
+
+
+def test_exclude_and_ignore_are_one_option():
+    runs = {}
+    for name in ("--exclude", "--ignore"):
+        proc = cli("diff", *STACK, "-f", "jsonl", name, "/home")
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = _paths(proc)
+        bloat = cli("bloat", *STACK, "-f", "json", name, "/etc")
+        assert bloat.returncode == 0, bloat.stderr
+        runs[name + " bloat"] = json.loads(bloat.stdout)["gates"]["ignore"]
+    assert runs["--exclude"] == runs["--ignore"] and "/etc/passwd" in runs["--exclude"]
+    assert not [p for p in runs["--exclude"] if p.startswith("/home")]
+    assert runs["--exclude bloat"] == runs["--ignore bloat"] and runs["--ignore bloat"]
+
+
+def test_top_level_help_never_breaks_mid_sentence():
+    proc = subprocess.run([sys.executable, "-m", "ovforensics", "--help"], capture_output=True,
+                          text=True, cwd=ROOT, env=dict(os.environ, COLUMNS="200"))
+    assert proc.returncode == 0
+    recover = [line for line in proc.stdout.splitlines() if " recover " in line]
+    # the docstring's own line breaks (after "(and with", after "if nothing") are gone: rich
+    # wraps one paragraph at the terminal's width
+    assert recover and "(and with --all-added the container's own files" in recover[0] and \
+        "exit 1 if nothing was" in recover[0], proc.stdout
+
+
+# -- feedback on long work: progress and the last line, on a terminal only -----------------------
+def _on_a_pty(*args, cwd=ROOT):
+    """The CLI with its stderr on a pty (stdout a pipe): exit status, stdout, what the terminal
+    got."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, OVF_PROGRESS_DELAY="0", COLUMNS="120")
+    proc = subprocess.Popen([sys.executable, "-m", "ovforensics", *map(str, args)], cwd=cwd,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+                            env=env)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    out = proc.stdout.read()
+    proc.wait()
+    return proc.returncode, out, seen.decode("utf-8", "replace")
+
+
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory):
+    """An upper of 3,000 files (the display updates every 256 items) over the sample's lower."""
+    import tarfile
+
+    top = tmp_path_factory.mktemp("many")
+    upper = top / "upper.tar"
+    with tarfile.open(upper, "w") as tf:
+        for i in range(3000):
+            info = tarfile.TarInfo(f"data/f{i:04d}")
+            payload = b"%d\n" % i
+            info.size = len(payload)
+            import io
+
+            tf.addfile(info, io.BytesIO(payload))
+    return top, upper
+
+
+def test_bloat_and_recover_show_progress_and_say_what_they_wrote(many_files):
+    top, upper = many_files
+    rc, out, seen = _on_a_pty("bloat", "--upper", upper, "--lower", SAMPLE[1], "-o",
+                              top / "b.json", "--force")
+    assert rc == 0 and out == b""
+    assert "reading the upper layer" in seen and "items" in seen, seen[-500:]
+    assert seen.rstrip().endswith(f"ovforensics: wrote the json report to {top / 'b.json'}"), \
+        seen[-300:]
+    rc, out, seen = _on_a_pty("recover", "--upper", upper, "--lower", SAMPLE[1], "--all-added",
+                              "--to", top / "to")
+    assert rc == 0, seen[-500:]
+    assert "recovering" in seen and "/data/f" in seen, seen[-500:]
+    assert len(os.listdir(top / "to/data")) == 3000
+
+
+def test_diff_says_what_it_wrote_on_a_terminal_and_nothing_elsewhere(many_files, tmp_path):
+    _top, upper = many_files
+    rc, _out, seen = _on_a_pty("diff", "--upper", upper, "-o", tmp_path / "r.csv", "--meta")
+    assert rc == 0
+    last = seen.strip().splitlines()[-1].rpartition("\x1b[2K")[2]  # after the display's erase
+    assert last == (f"ovforensics: wrote 3,001 records (csv) to {tmp_path / 'r.csv'}; run "
+                    f"record: {tmp_path / 'r.csv'}.meta.json"), seen[-400:]
+    proc = cli("diff", "--upper", upper, "-o", tmp_path / "s.csv", "--meta")
+    assert proc.returncode == 0 and "wrote" not in proc.stderr

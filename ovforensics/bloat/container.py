@@ -36,7 +36,7 @@ def audit_container(upper: Layer, lowers: list[Layer], ns: Namespaces | None = N
     merged = View([upper, *lowers], ns, upper=upper)
     rows: list[dict] = []
     by_inode: dict[int, list[dict]] = {}
-    for entry in layer_files(upper, ns):
+    for entry in layer_files(upper, ns, "reading the upper layer"):
         path = _cpath(entry.path)
         rec = recorded.get(path)
         metacopy = is_metacopy(entry, ns)

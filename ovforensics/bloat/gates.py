@@ -16,7 +16,8 @@ from ovforensics.units import SizeError, human, parse_bytes as _parse_bytes
 CONFIG_NAME = ".ovforensics.toml"
 
 
-CONFIG_KEYS = ("max-wasted", "max-wasted-percent", "min-efficiency", "ignore", "top", "depth")
+CONFIG_KEYS = ("max-wasted", "max-wasted-percent", "min-efficiency", "ignore", "exclude", "top",
+               "depth")
 
 
 DEFAULT_TOP = 20
@@ -148,13 +149,16 @@ def make_gates(*, max_wasted=None, max_wasted_percent=None, min_efficiency=None,
     value, what = pick(min_efficiency, "min-efficiency")
     if value is not None:
         gates.min_efficiency = parse_fraction(value, what)
-    conf_ignore = table.get("ignore", [])
-    if isinstance(conf_ignore, str):
-        conf_ignore = [conf_ignore]
-    if not isinstance(conf_ignore, list) or not all(isinstance(g, str) for g in conf_ignore):
-        raise BloatError(f"ignore{where}: expected a list of globs")
+    conf_ignore: list = []
+    for key in ("exclude", "ignore"):  # one job, two names (ignore: dive's)
+        globs = table.get(key, [])
+        if isinstance(globs, str):
+            globs = [globs]
+        if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
+            raise BloatError(f"{key}{where}: expected a list of globs")
+        conf_ignore += globs
     try:
-        gates.ignore = compile_globs("--ignore", list(conf_ignore) + list(ignore))
+        gates.ignore = compile_globs("--exclude", list(conf_ignore) + list(ignore))
     except ValueError as exc:
         raise BloatError(str(exc)) from None
     for key, cli in (("top", top), ("depth", depth)):

@@ -42,7 +42,7 @@ def audit_image(image, *, gates: Gates | None = None) -> Report:
     per_layer_files: list[list[Entry]] = []
     for i, layer in enumerate(layers):
         files = []
-        for entry in layer_files(layer, ns):
+        for entry in layer_files(layer, ns, f"reading layer {i + 1} of {len(layers)}"):
             if is_metacopy(entry, ns):
                 continue
             files.append(entry)

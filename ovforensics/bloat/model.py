@@ -6,6 +6,7 @@ import base64
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ovforensics.ticker import tick
 from ovforensics.scanner.globs import matches
 from ovforensics.bloat.gates import DEFAULT_DEPTH, Gates, evaluate
 from ovforensics.layers.layer import Entry, Layer, Path, join
@@ -53,8 +54,9 @@ def _cpath(path: Path) -> bytes:
     return b"/" + join(path)
 
 
-def layer_files(layer: Layer, ns: Namespaces) -> Iterator[Entry]:
-    """Every regular file a layer holds (markers excluded, as the layer's rules say)."""
+def layer_files(layer: Layer, ns: Namespaces, stage: str = "reading a layer") -> Iterator[Entry]:
+    """Every regular file a layer holds (markers excluded, as the layer's rules say); each one
+    a tick of progress (``stage``)."""
     root = layer_root(layer)
     if root is None:
         return
@@ -68,6 +70,7 @@ def layer_files(layer: Layer, ns: Namespaces) -> Iterator[Entry]:
         for name in sorted(view.entries):
             entry = view.entries[name]
             if entry.kind == "file":
+                tick(stage, entry.path)
                 yield entry
             elif entry.is_dir:
                 subdirs.append(entry)

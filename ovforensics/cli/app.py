@@ -82,12 +82,25 @@ def _one_line_usage_errors() -> None:
     click.exceptions.UsageError.show = lambda self, file=None: _usage_error(self)
 
 
+def _unwrap_help() -> None:
+    """A command's docstring is wrapped for the source; --help wraps it again for the terminal.
+    Lines of one paragraph are joined first, so the help never breaks mid-sentence."""
+    import inspect
+    import re
+
+    for command in app.registered_commands:
+        doc = command.help or (command.callback.__doc__ if command.callback else None)
+        if doc:
+            command.help = re.sub(r"(?<!\n)\n(?!\n)", " ", inspect.cleandoc(doc))
+
+
 def run() -> None:
     """Console entry point: no tracebacks for a closed pipe or Ctrl-C; usage errors in one
     line."""
     if os.environ.get(COMPLETE_VAR) and answer_completion is not None:
         answer_completion()
     _one_line_usage_errors()
+    _unwrap_help()
     try:
         app()
     except BrokenPipeError:

@@ -6,9 +6,10 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import app, fail, say
-from ovforensics.cli.options import (complete_image, _force_opt, _partition_opt, Stack, _F, _S, _data_root_opt, _engine_opt,
+from ovforensics.cli.options import (_name, complete_image, _force_opt, _partition_opt, Stack, _F, _S, _data_root_opt, _engine_opt,
     _max_decompressed_opt, _namespace_opt, _no_trunc_opt, _root_opt)
 from ovforensics.layers.layer import LayerError
+from ovforensics.writers import progress
 from ovforensics.writers.output import OutputError, default_format, refuse_inside, report_stream
 
 
@@ -19,7 +20,7 @@ EXIT_GATE = 3  # a CI gate failed (errors stay 2)
 def _bloat_opts():
     """The report and gate options `bloat` and `image` share."""
     return dict(
-        fmt=typer.Option(None, "--format", "-f", metavar="FORMAT",
+        fmt=typer.Option(None, "--format", "-f", metavar="FORMAT", callback=_name,
                          help="table, json, jsonl, csv or html. Default: table on a terminal, "
                               "else from -o's extension (.html, .json, .jsonl, .csv), else jsonl."),
         output=typer.Option(None, "--output", "-o", metavar="FILE",
@@ -32,9 +33,10 @@ def _bloat_opts():
                                              "bytes are wasted."),
         min_efficiency=typer.Option(None, "--min-efficiency", metavar="F",
                                     help="Gate: fail when the efficiency is below F (0..1, or 95%)."),
-        ignore=typer.Option([], "--ignore", metavar="GLOB",
-                            help="Wasted paths matching GLOB do not count as waste (repeatable; "
-                                 "* matches / too)."),
+        ignore=typer.Option([], "--exclude", "--ignore", metavar="GLOB",
+                            help="Wasted paths matching GLOB do not count as waste: listed, "
+                                 "marked ignored (repeatable; a directory takes its subtree; "
+                                 "--ignore, dive's name, is the same option)."),
         config=typer.Option(None, "--config", metavar="FILE",
                             help="Read gates from FILE's \\[bloat] table (default: ./.ovforensics.toml "
                                  "when it exists)."),
@@ -89,6 +91,9 @@ def _bloat_emit(report, fmt: str, output: Optional[str], evidence: list, rows: O
             write_report(fmt, report, stream, rows, no_trunc=no_trunc)
     except (OutputError, BloatError, ValueError) as exc:
         raise fail(str(exc)) from None
+    line = progress.wrote(output, f"the {fmt} report")
+    if line:
+        say(line)
     for warning in report.warnings:
         say(f"ovforensics: warning: {warning}")
     failed = report.failed
@@ -141,7 +146,9 @@ def bloat_cmd(
         found = stack.container
         ns_value = found.xattr_ns if found is not None and xattr_ns == "auto" else xattr_ns
         ns = Namespaces.parse(ns_value, roots=layer_roots(layers))
-        report = audit_container(layers[0], layers[1:], ns, gates=gates, target=stack.describe())
+        with progress.ticking(progress.on_terminal(), label="reading the layers"):
+            report = audit_container(layers[0], layers[1:], ns, gates=gates,
+                                     target=stack.describe())
     except (LayerError, BloatError, ValueError) as exc:
         raise fail(str(exc)) from None
     _bloat_emit(report, fmt, output, stack.evidence, rows, no_trunc)
@@ -185,8 +192,9 @@ def image_cmd(
     gates = _bloat_gates("image", rows, max_wasted, max_wasted_percent, min_efficiency, ignore,
                          config, no_config, top, depth)
     try:
-        with open_image(image, root=root, engine=engine, data_root=data_root, select=select,
-                        namespace=namespace) as img:
+        with progress.ticking(progress.on_terminal(), label="opening the image"), \
+                open_image(image, root=root, engine=engine, data_root=data_root, select=select,
+                           namespace=namespace) as img:
             report = audit_image(img, gates=gates)
             evidence = list(img.evidence)
     except (ImageError, LayerError, BloatError, ValueError) as exc:

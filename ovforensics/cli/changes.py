@@ -6,7 +6,7 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import EXIT_NOTHING, app, fail, say
-from ovforensics.cli.options import (complete_container_then_paths, _force_opt, _partition_opt, _image_hash_opt,
+from ovforensics.cli.options import (_name, complete_container_then_paths, _force_opt, _partition_opt, _image_hash_opt,
     _needs_run_record, Stack, _F, _S, _Y, _data_root_opt, _emit, _engine_opt,
     _extra_columns, _format_opt, _hash_opt, _max_decompressed_opt, _meta_opt, _more_columns,
     _namespace_opt, _no_trunc_opt, _output_opt, _packages_opt, _pick_format, _root_opt,
@@ -31,9 +31,7 @@ def diff_cmd(
     fmt: Optional[str] = _format_opt(),
     output: Optional[str] = _output_opt(),
     force: bool = _force_opt(),
-    only: List[str] = typer.Option([], "--only", metavar="KINDS",
-                                   help="Keep only these change kinds: added, modified, deleted, anomaly "
-                                        "(comma list or repeated)."),
+    only: List[str] = _F["only"],
     include: List[str] = _F["include"],
     exclude: List[str] = _F["exclude"],
     whiteouts: str = _F["whiteouts"],
@@ -95,7 +93,7 @@ def deleted_cmd(
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT", callback=_name,
                                       help=f"One of {', '.join(FORMATS)}. Default: csv."),
     output: Optional[str] = _output_opt(),
     force: bool = _force_opt(),
@@ -139,12 +137,13 @@ def timeline_cmd(
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
-                                      help="bodyfile (TSK 3, for mactime), timesketch (JSONL) or "
-                                           "timesketch-csv. Default: from -o's extension (.body, "
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT", callback=_name,
+                                      help="bodyfile (TSK 3, for mactime), timesketch (JSONL; "
+                                           "also jsonl) or timesketch-csv (also csv). Default: from -o's extension (.body, "
                                            ".jsonl, .csv), else bodyfile."),
     output: Optional[str] = _output_opt(),
     force: bool = _force_opt(),
+    only: List[str] = _F["only"],
     include: List[str] = _F["include"],
     exclude: List[str] = _F["exclude"],
     whiteouts: str = _F["whiteouts"],
@@ -161,16 +160,18 @@ def timeline_cmd(
     if fmt is None:
         ext = os.path.splitext(output or "")[1].lower()
         fmt = {".jsonl": "timesketch", ".csv": "timesketch-csv"}.get(ext, "bodyfile")
+    fmt = {"csv": "timesketch-csv", "jsonl": "timesketch"}.get(fmt, fmt)  # diff's names too
     if fmt not in timeline.FORMATS:
         raise fail(f"--format: unknown timeline format {fmt!r}; expected one of "
-                   f"{', '.join(timeline.FORMATS)}")
+                   f"{', '.join(timeline.FORMATS)} (csv and jsonl name the last two)")
     _extra_columns(hashes, False)  # validates --hash
     _needs_run_record(image_hash, meta)
     stack = Stack(container, upper, lowers, lower, root, engine, data_root, namespace)
     run = RunRecord() if meta else None
     try:
         records = stack.records(whiteouts, xattr_ns, run=run, include=include, exclude=exclude,
-                                hashes=hashes or (), packages=packages)
+                                hashes=hashes or (), packages=packages,
+                                only=_split_list(only) or None)
     except (LayerError, ValueError) as exc:
         raise fail(str(exc)) from None
     say(f"ovforensics: {timeline.UTC_NOTE[fmt]}")
@@ -224,11 +225,15 @@ def recover_cmd(
     from ovforensics.recovery.runfile import write_run_record
     from ovforensics.writers.runrecord import RunRecord
 
+    from ovforensics.writers import progress
+
     run = RunRecord()
     try:
-        result = stack.recover(to=to, paths=args, all_deleted=all_deleted, all_modified=all_modified,
-                               all_added=all_added, include=include, exclude=exclude,
-                               whiteouts=whiteouts, xattr_ns=xattr_ns, packages=packages)
+        with progress.ticking(progress.on_terminal(), label="recovering"):
+            result = stack.recover(to=to, paths=args, all_deleted=all_deleted,
+                                   all_modified=all_modified,
+                                   all_added=all_added, include=include, exclude=exclude,
+                                   whiteouts=whiteouts, xattr_ns=xattr_ns, packages=packages)
     except (LayerError, OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
     try:

@@ -72,6 +72,19 @@ ENGINE_HELP = "Only this engine: docker, podman, containerd (default: all found)
 DATA_ROOT_HELP = "The engine's data root inside --root (default: from the engine's config, else its default)."
 
 
+def _name(value):
+    """One rule for every option that names something (a format, an algorithm, an engine, marker
+    rules): case does not matter, surrounding blanks neither, and an empty value (an unset
+    shell variable) is refused."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_name(v) for v in value]
+    if not value.strip():
+        raise typer.BadParameter("empty (an unset shell variable?)")
+    return value.strip().lower()
+
+
 def _root_opt():
     return typer.Option("/", "--root", metavar="DIR|IMAGE", help=ROOT_HELP)
 
@@ -119,7 +132,7 @@ def _needs_run_record(image_hash: Optional[str], meta: bool) -> None:
 
 
 def _engine_opt():
-    return typer.Option(None, "--engine", metavar="ENGINE", help=ENGINE_HELP,
+    return typer.Option(None, "--engine", metavar="ENGINE", callback=_name, help=ENGINE_HELP,
                         autocompletion=choices(("docker", "podman", "containerd")))
 
 
@@ -134,7 +147,7 @@ def _data_root_opt():
 
 
 def _format_opt():
-    return typer.Option(None, "--format", "-f", metavar="FORMAT", autocompletion=choices(FORMATS),
+    return typer.Option(None, "--format", "-f", metavar="FORMAT", callback=_name, autocompletion=choices(FORMATS),
                         help=f"One of {', '.join(FORMATS)}. Default: table on a terminal, else from "
                              "-o's extension, else jsonl.")
 
@@ -245,6 +258,13 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
     from ovforensics.writers.formats import json_line
 
     records = progress.tracked(records, progress.wanted(fmt, output))  # stderr, on a terminal
+    counted = [0]
+
+    def counting(items):
+        for counted[0], item in enumerate(items, 1):
+            yield item
+
+    records = counting(records)
     _preload()
 
     def write_records(stream) -> None:
@@ -281,6 +301,11 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
                 side.write(json_line({"meta": run.to_dict()}) + "\n")
     except (LayerError, OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
+    what = f"{counted[0]:,} records" if counted[0] or write is None else "the report"
+    side_file = f"; run record: {output}.meta.json" if run is not None and not inline_meta else ""
+    line = progress.wrote(output, f"{what} ({fmt})", side_file)
+    if line:
+        say(line)
 
 
 def _set_max_decompressed(value: Optional[str]) -> Optional[str]:
@@ -310,7 +335,7 @@ def _meta_opt():
 
 
 def _hash_opt():
-    return typer.Option(None, "--hash", metavar="ALGOS",
+    return typer.Option(None, "--hash", metavar="ALGOS", callback=_name,
                         help="Hash both versions of each changed file: md5, sha1, sha256, sha512 "
                              "(comma list).")
 
@@ -346,15 +371,19 @@ def _more_columns(packages: bool, yara: Optional[str], originals: bool) -> tuple
 
 def _filter_opts():
     return dict(
+        only=typer.Option([], "--only", metavar="KINDS", callback=_name,
+                          help="Keep only these change kinds: added, modified, deleted, anomaly "
+                               "(comma list or repeated)."),
         include=typer.Option([], "--include", metavar="GLOB",
                              help="Keep only paths matching GLOB (repeatable)."),
-        exclude=typer.Option([], "--exclude", metavar="GLOB",
-                             help="Drop paths matching GLOB (repeatable)."),
-        whiteouts=typer.Option("auto", "--whiteouts", metavar="RULES",
+        exclude=typer.Option([], "--exclude", "--ignore", metavar="GLOB",
+                             help="Drop paths matching GLOB (repeatable; a directory takes its "
+                                  "subtree; --ignore is the same option, as in bloat)."),
+        whiteouts=typer.Option("auto", "--whiteouts", metavar="RULES", callback=_name,
                                help="Marker rules: auto (oci for tar; kernel for directories, unless "
                                     "one carries only OCI/AUFS or fuse-overlayfs marks; the "
                                     f"store's own for a container), {', '.join(RULES)}."),
-        xattr_ns=typer.Option("auto", "--xattr-ns", metavar="NS",
+        xattr_ns=typer.Option("auto", "--xattr-ns", metavar="NS", callback=_name,
                               help="Control xattr namespace honoured: auto (from the layer roots), "
                                    "both, trusted (root mounts), user (userxattr mounts)."),
     )
@@ -387,9 +416,14 @@ def _emit_rows(fmt: str, rows, columns: tuple, output: Optional[str], evidence: 
         if output and output != "-":
             refuse_inside(output, evidence)
         with report_stream(output) as stream:
-            write_rows(fmt, rows, columns, stream, table=table, no_trunc=no_trunc)
+            count = write_rows(fmt, rows, columns, stream, table=table, no_trunc=no_trunc)
     except (OutputError, ValueError) as exc:
         raise fail(str(exc)) from None
+    from ovforensics.writers import progress
+
+    line = progress.wrote(output, f"{count:,} rows ({fmt})")
+    if line:
+        say(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,7 @@ import typer
 from typing import List, Optional
 
 from ovforensics.cli.app import _warn, app, fail
-from ovforensics.cli.options import (_force_opt, _partition_opt, Stack, _F, _S, _Y, _data_root_opt, _emit_rows, _engine_opt,
+from ovforensics.cli.options import (_name, _force_opt, _partition_opt, Stack, _F, _S, _Y, _data_root_opt, _emit_rows, _engine_opt,
     _format_opt, _namespace_opt, _output_opt, _pick_format, _root_opt)
 from ovforensics.layers.layer import LayerError
 from ovforensics.writers.output import OutputError, refuse_inside, report_stream
@@ -62,7 +62,7 @@ def triage_cmd(
     engine: Optional[str] = _engine_opt(),
     namespace: Optional[str] = _namespace_opt(),
     data_root: Optional[str] = _data_root_opt(),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT", callback=_name,
                                       help="table, json or html. Default: from -o's extension "
                                            "(.html, .json), else table."),
     output: Optional[str] = _output_opt(),

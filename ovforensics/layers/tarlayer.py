@@ -26,6 +26,7 @@ import tarfile
 import urllib.parse
 from typing import BinaryIO
 
+from ovforensics.ticker import tick
 from ovforensics.layers import bigdir
 from ovforensics.layers import unpack
 from ovforensics.layers.deeppath import DEEP, DeepPath, child
@@ -383,6 +384,7 @@ class TarLayer:
                 if info is None:
                     break
                 self._add(info)
+                tick("indexing a tar layer", info.name)
                 tf.members.clear()  # kept in the index, compactly (_Member)
             end = tf.offset
         except HeaderTooLarge as exc:

@@ -53,6 +53,7 @@ import hashlib
 import os
 from typing import Callable, Iterable
 
+from ovforensics.ticker import tick
 from ovforensics.scanner.globs import compile_globs, matches
 from ovforensics.layers.deeppath import child
 from ovforensics.layers.layer import Entry, EntryError, Layer, Path, join
@@ -206,6 +207,7 @@ class Recoverer(Copier):
                     kinds = {k for k, on in ((DELETED, all_deleted), (MODIFIED, all_modified),
                                              (ADDED, self._all_added)) if on}
                     for record in self.differ.changes():
+                        tick("comparing the layers", record.path_text)
                         if record.change in kinds:
                             self._from_record(record)
             except _DiskFull as exc:
@@ -395,6 +397,7 @@ class Recoverer(Copier):
     # -- output --------------------------------------------------------------------------------
     def _emit(self, row: ManifestRow, path: Path) -> None:
         self.manifest.write(row)
+        tick("recovering", path)
         self.result.counts[row.status] = self.result.counts.get(row.status, 0) + 1
         if self.on_row is not None:
             self.on_row(row)

@@ -1,5 +1,8 @@
 """A progress display for long scans: on stderr, and only when stderr is a terminal.
 
+Two sources: the records a report writes (:func:`tracked`), and the library's own ticks while
+it works before any record exists (:class:`ticking`: ``bloat``, ``image``, ``recover``).
+
 :func:`tracked` passes the records through unchanged. When the display is wanted, and once a
 scan has run for :data:`DELAY` seconds (short scans print nothing), a one-line rich display
 shows a pulsing bar, the records so far, the elapsed time and the path being reported; it is
@@ -8,11 +11,12 @@ nor when the report itself streams to the same terminal (the two would interleav
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Iterable, Iterator
 
-DELAY = 1.0  # seconds before the display appears
+DELAY = float(os.environ.get("OVF_PROGRESS_DELAY", "1.0"))  # seconds before the display shows
 EVERY = 256  # records between updates (an update costs far more than a record)
 
 
@@ -27,11 +31,54 @@ def wanted(fmt: str, output: str | None, stderr=None, stdout=None) -> bool:
     return not (to_stdout and fmt != "table" and _is_tty(stdout))
 
 
+def on_terminal(stderr=None) -> bool:
+    """Show the library's progress (:class:`ticking`)? When stderr is a terminal: the report of
+    the commands that tick is written only once the work is done, so nothing interleaves."""
+    return _is_tty(stderr or sys.stderr)
+
+
+def wrote(output: str | None, what: str, also: str = "", stderr=None) -> str | None:
+    """The line that ends a run which wrote a report file, on a terminal only (a script's
+    stderr stays quiet): what was written where. None when there is nothing to say."""
+    if not output or output == "-" or not _is_tty(stderr or sys.stderr):
+        return None
+    return f"ovforensics: wrote {what} to {_visible(output)}{_visible(also)}"
+
+
 def tracked(records: Iterable, show: bool, stream=None, label: str = "scanning") -> Iterable:
     """``records`` as they are, or, when ``show``, the same records drawing the display."""
     if not show:
         return records
     return _shown(records, _Display(stream or sys.stderr, label))
+
+
+class ticking:
+    """While the library works (``bloat``, ``image``, ``recover``), show its ticks
+    (:mod:`ovforensics.ticker`): the stage, the items so far, the time, the item; transient, on
+    stderr, only when :func:`wanted` says so."""
+
+    def __init__(self, show: bool, stream=None, label: str = "working"):
+        self.display = _Display(stream or sys.stderr, label, "items") if show else None
+        self.counts: dict[str, int] = {}
+
+    def _tick(self, stage: str, item: str) -> None:
+        count = self.counts[stage] = self.counts.get(stage, 0) + 1  # each stage its own count
+        if count % EVERY == 0:
+            self.display.update(count, item, stage)
+
+    def __enter__(self) -> "ticking":
+        if self.display is not None:
+            from ovforensics import ticker
+
+            ticker.set_display(self._tick)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.display is not None:
+            from ovforensics import ticker
+
+            ticker.set_display(None)
+            self.display.stop()
 
 
 def _shown(records: Iterable, display: "_Display") -> Iterator:
@@ -45,19 +92,23 @@ def _shown(records: Iterable, display: "_Display") -> Iterator:
 
 
 class _Display:
-    def __init__(self, stream, label: str):
+    def __init__(self, stream, label: str, unit: str = "records"):
         self.stream = stream
-        self.label = label
+        self.label, self.unit = label, unit
         self.started = time.monotonic()
         self.progress = None
         self.task = None
 
-    def update(self, count: int, record) -> None:
+    def update(self, count: int, record, stage: str | None = None) -> None:
         if self.progress is None:
-            if time.monotonic() - self.started < DELAY:
+            if time.monotonic() - self.started < float(DELAY):
                 return
             self._start(count)
-        self.progress.update(self.task, completed=count, path=_shown_path(record))
+        path = _shown_path(record) if stage is None else _visible(record)
+        if stage is None:
+            self.progress.update(self.task, completed=count, path=path)
+        else:
+            self.progress.update(self.task, completed=count, path=path, stage=_visible(stage))
 
     def _start(self, count: int) -> None:
         from rich.console import Console
@@ -66,12 +117,14 @@ class _Display:
 
         console = Console(file=self.stream, force_terminal=True)
         self.progress = Progress(
-            SpinnerColumn(), TextColumn(self.label), BarColumn(bar_width=20),
-            TextColumn("{task.completed:,} records"), TimeElapsedColumn(),
+            SpinnerColumn(), TextColumn("{task.fields[stage]}", markup=False),
+            BarColumn(bar_width=20),
+            TextColumn("{task.completed:,} " + self.unit), TimeElapsedColumn(),
             TextColumn("{task.fields[path]}", markup=False,
                        table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
             console=console, transient=True, redirect_stdout=False, redirect_stderr=False)
-        self.task = self.progress.add_task(self.label, total=None, completed=count, path="")
+        self.task = self.progress.add_task(self.label, total=None, completed=count, path="",
+                                           stage=self.label)
         self.progress.start()
 
     def stop(self) -> None:
@@ -85,6 +138,20 @@ def _shown_path(record) -> str:
 
     text = getattr(record, "path_text", None)
     return visible(text) if isinstance(text, str) else ""
+
+
+def _visible(item) -> str:
+    """A stage or an item as shown: a str escaped; a raw path (bytes, or a tuple of its names)
+    as a record shows it."""
+    import os
+
+    from ovforensics.writers.formats import visible
+
+    if isinstance(item, tuple):
+        item = b"/" + b"/".join(item)
+    if isinstance(item, bytes):
+        item = os.fsdecode(item)
+    return visible(item) if isinstance(item, str) else ""
 
 
 def _is_tty(stream) -> bool:
