@@ -312,3 +312,13 @@ def test_diff_says_what_it_wrote_on_a_terminal_and_nothing_elsewhere(many_files,
                     f"record: {tmp_path / 'r.csv'}.meta.json"), seen[-400:]
     proc = cli("diff", "--upper", upper, "-o", tmp_path / "s.csv", "--meta")
     assert proc.returncode == 0 and "wrote" not in proc.stderr
+
+
+@pytest.mark.parametrize("option", ["--whiteouts", "--xattr-ns"])
+def test_a_bad_rule_is_refused_before_any_container_is_looked_up(tmp_path, option):
+    """The same check whatever is scanned: a container (here one that does not exist: the
+    option is refused first), an upper, a tar."""
+    for target in (["no-such-container", "--root", tmp_path], STACK):
+        proc = cli("diff", *target, option, "foo")
+        assert proc.returncode == 2 and "expected one of" in proc.stderr, proc.stderr
+        assert "no such container" not in proc.stderr

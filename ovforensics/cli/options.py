@@ -85,6 +85,17 @@ def _name(value):
     return value.strip().lower()
 
 
+def _one_of(*allowed):
+    """A callback: :func:`_name`, then one of ``allowed`` whatever is scanned (a container, an
+    upper, a tar): the same check in every mode."""
+    def check(value):
+        value = _name(value)
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+    return check
+
+
 def _root_opt():
     return typer.Option("/", "--root", metavar="DIR|IMAGE", help=ROOT_HELP)
 
@@ -379,11 +390,13 @@ def _filter_opts():
         exclude=typer.Option([], "--exclude", "--ignore", metavar="GLOB",
                              help="Drop paths matching GLOB (repeatable; a directory takes its "
                                   "subtree; --ignore is the same option, as in bloat)."),
-        whiteouts=typer.Option("auto", "--whiteouts", metavar="RULES", callback=_name,
+        whiteouts=typer.Option("auto", "--whiteouts", metavar="RULES",
+                               callback=_one_of("auto", *RULES),
                                help="Marker rules: auto (oci for tar; kernel for directories, unless "
                                     "one carries only OCI/AUFS or fuse-overlayfs marks; the "
                                     f"store's own for a container), {', '.join(RULES)}."),
-        xattr_ns=typer.Option("auto", "--xattr-ns", metavar="NS", callback=_name,
+        xattr_ns=typer.Option("auto", "--xattr-ns", metavar="NS",
+                              callback=_one_of("auto", "both", "trusted", "user"),
                               help="Control xattr namespace honoured: auto (from the layer roots), "
                                    "both, trusted (root mounts), user (userxattr mounts)."),
     )
