@@ -220,3 +220,44 @@ def test_xfs_v4_reads_as_v5_does_from_one_prototype(tmp_path):
     with open(os.path.join(str(tmp_path), "content"), "rb") as fh:
         assert v4["/etc/passwd"][11] == hashlib.sha256(fh.read()).hexdigest()
     assert v4["/many/entry02999" + "x" * 30][11] == hashlib.sha256(b"small file").hexdigest()
+
+
+def test_the_cli_reads_an_xfs_image_and_leaves_it_as_it_was(xfs_image):
+    with open(xfs_image, "rb") as fh:
+        before = hashlib.file_digest(fh, "sha256").hexdigest()
+    with open("/proc/self/mountinfo") as fh:
+        mounts = set(fh.read().splitlines())
+    proc = subprocess.run([sys.executable, "-m", "ovforensics", "containers", "--root",
+                           xfs_image, "-f", "jsonl"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr  # no store in it
+    with open("/proc/self/mountinfo") as fh:
+        new = set(fh.read().splitlines()) - mounts
+    assert not [m for m in new if " xfs " in m or xfs_image in m], new
+    with open(xfs_image, "rb") as fh:
+        assert hashlib.file_digest(fh, "sha256").hexdigest() == before
+
+
+def test_a_damaged_xfs_inode_is_that_entry_alone(xfs_image, tmp_path):
+    """One inode's magic overwritten: that entry is an error naming it, the others read."""
+    import shutil as _shutil
+
+    from ovforensics.evidence.diskimage.xfs import XfsError
+
+    copy = str(tmp_path / "damaged.xfs")
+    _shutil.copyfile(xfs_image, copy)
+    fs = open_filesystem(copy)
+    xfs = fs.xfs
+    ino = fs.lstat("/etc/passwd").st_ino
+    shift = xfs.agblklog + xfs.inopblog
+    agno, agino = ino >> shift, ino & ((1 << shift) - 1)
+    offset = (agno * xfs.agblocks + (agino >> xfs.inopblog)) * xfs.bs + \
+        (agino & ((1 << xfs.inopblog) - 1)) * xfs.isize
+    fs.close()
+    with open(copy, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"XX")
+    fs = open_filesystem(copy)
+    with pytest.raises(XfsError, match=f"inode {ino}: no inode magic"):
+        fs.lstat("/etc/passwd")
+    assert fs.lstat("/etc/sub/rel").st_size == len("../etc/passwd")
+    assert "passwd" in fs.listdir("/etc")

@@ -19,8 +19,8 @@ READABLE = ("ext4", "xfs")
 REFUSED = {
     "btrfs": "btrfs is not read from an image: mount it read-only (ro,noload where it applies) "
              "and give the directory",
-    "lvm": "an LVM physical volume: activate it read-only (vgchange -ay --readonly) and give "
-           "the logical volume's device or a mount of it",
+    "lvm": "an LVM physical volume (its logical volumes are numbered after the partitions: "
+           "pick one with --partition N)",
 }
 
 __all__ = ["DiskImageError", "ExtFS", "Media", "Partition", "XfsFS", "open_filesystem",
@@ -28,7 +28,7 @@ __all__ = ["DiskImageError", "ExtFS", "Media", "Partition", "XfsFS", "open_files
 
 
 def _open(media: Media, part: Partition, label: str) -> ExtFS | XfsFS:
-    src = Source(media, part.offset, part.size)
+    src = Source(part.media or media, part.offset, part.size)
     try:  # XfsError is an Ext4Error
         fs = XfsFS(Xfs(src, label), label) if part.fs == "xfs" else ExtFS(Ext4(src, label), label)
     except Ext4Error as exc:
@@ -58,7 +58,8 @@ def open_filesystem(path: str, partition: int | None = None) -> ExtFS | XfsFS:
         if partition is not None:
             chosen = [p for p in parts if p.number == partition]
             if not chosen:
-                listed = ", ".join(f"{p.number} ({p.fs or 'unknown'})" for p in parts)
+                listed = ", ".join(f"{p.number} ({p.fs or 'unknown'}"
+                                   f"{', LVM ' + p.volume if p.volume else ''})" for p in parts)
                 raise DiskImageError(f"{path}: no partition {partition} (there are: {listed})")
             part = chosen[0]
             if part.fs not in READABLE:
@@ -70,7 +71,7 @@ def open_filesystem(path: str, partition: int | None = None) -> ExtFS | XfsFS:
         if not readable:
             kinds = sorted({p.fs for p in parts if p.fs})
             why = "; ".join(REFUSED[k] for k in kinds if k in REFUSED) or \
-                "no ext2/3/4 or XFS filesystem found (btrfs and LVM are not read from an image)"
+                "no ext2/3/4 or XFS filesystem found (btrfs is not read from an image)"
             raise DiskImageError(f"{path}: {why}")
         if len(readable) == 1:
             return _open(media, readable[0], _label(path, readable[0], parts))
@@ -87,6 +88,8 @@ def open_filesystem(path: str, partition: int | None = None) -> ExtFS | XfsFS:
 
 
 def _label(path: str, part: Partition, parts: list[Partition]) -> str:
+    if part.volume:
+        return f"{path} LVM {part.volume} (partition {part.number})"
     return path if part.number == 0 else f"{path} partition {part.number}"
 
 

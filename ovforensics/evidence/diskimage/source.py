@@ -29,6 +29,8 @@ class Partition:
     scheme: str  # "mbr", "gpt", "none"
     type: str  # the table's type (MBR hex byte, GPT type GUID)
     fs: str | None = None  # ext4, xfs, btrfs, lvm, swap, ... (by magic), None unknown
+    media: object = None  # an LVM logical volume: its own bytes (offset 0 of them)
+    volume: str | None = None  # an LVM logical volume: VG/LV
 
 
 class Media:
@@ -193,7 +195,7 @@ def _qcow_parents(h, path: str, pyqcow, backing: list, depth: int = 0) -> None:
 
 
 # -- partitions ---------------------------------------------------------------------------------
-def _fs_magic(media: Media, offset: int, size: int) -> str | None:
+def _fs_magic(media, offset: int, size: int) -> str | None:
     def at(off: int, n: int) -> bytes:
         if off + n > size:
             return b""
@@ -228,7 +230,91 @@ def partitions(media: Media) -> list[Partition]:
         found = [Partition(0, 0, media.size, "none", "")]
     for p in found:
         p.fs = _fs_magic(media, p.offset, p.size)
-    return found
+    out: list[Partition] = []
+    nxt = max(p.number for p in found) + 1  # logical volumes: numbered after the partitions
+    for p in found:
+        out.append(p)
+        if p.fs == "lvm":
+            volumes = _logical_volumes(media, p, nxt)
+            out += volumes
+            nxt += len(volumes)
+    return out
+
+
+class _Window:
+    """``size`` bytes of ``media`` from ``offset``, as the file-like libyal's bindings read."""
+
+    def __init__(self, media, offset: int, size: int):
+        self.media, self.offset, self.size, self.pos = media, offset, size, 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: 0, 1: self.pos, 2: self.size}[whence] + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def get_size(self) -> int:
+        return self.size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n is None or n < 0 else min(n, self.size - self.pos)
+        if n <= 0:
+            return b""
+        data = self.media.pread(n, self.offset + self.pos)
+        self.pos += len(data)
+        return data
+
+
+class _Volume:
+    """An LVM logical volume's bytes (libvslvm-python), with ``pread`` as :class:`Media` has."""
+
+    def __init__(self, lv):
+        self.lv, self.size = lv, int(lv.get_size())
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.lv.seek_offset(offset, whence)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.lv.read_buffer(n)
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return self.lv.read_buffer_at_offset(n, offset)
+
+
+def _logical_volumes(media, pv: Partition, first: int) -> list[Partition]:
+    """The logical volumes of the volume group on physical volume ``pv``, numbered on from
+    ``first`` (libvslvm-python reads the metadata; linear and striped volumes)."""
+    pyvslvm = _module("pyvslvm", "libvslvm-python")
+    window = _Window(media, pv.offset, pv.size)
+    try:
+        h = pyvslvm.handle()
+        h.open_file_object(window)
+        h.open_physical_volume_files_as_file_objects([window])
+        vg = h.get_volume_group()
+        if vg.number_of_physical_volumes > 1:
+            raise DiskImageError(f"{media.path}: LVM volume group {vg.name} spans "
+                                 f"{vg.number_of_physical_volumes} physical volumes; only one is "
+                                 "read: activate it read-only (vgchange -ay --readonly) and "
+                                 "give a mount of the volume")
+        out = []
+        for i in range(vg.number_of_logical_volumes):
+            lv = vg.get_logical_volume(i)
+            volume = _Volume(lv)
+            part = Partition(first + i, 0, volume.size, "lvm", "", media=volume,
+                             volume=f"{vg.name}/{lv.name}")
+            try:
+                part.fs = _fs_magic(volume, 0, volume.size)
+            except (OSError, IOError) as exc:
+                part.fs = None
+                part.type = f"unreadable: {str(exc).splitlines()[0]}"
+            out.append(part)
+        return out
+    except DiskImageError:
+        raise
+    except (OSError, IOError) as exc:
+        raise DiskImageError(f"{media.path}: LVM physical volume (partition {pv.number}) not "
+                             f"read: {str(exc).splitlines()[0]}") from None
 
 
 def _mbr(media: Media, entries) -> list[Partition]:
