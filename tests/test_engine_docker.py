@@ -700,6 +700,14 @@ def test_a_docker_store_in_a_disk_image_reads_as_the_kernel_mounts_it(dockerd, l
         assert kernel, cmd
         assert mapped(mine.stdout) == mapped(kernel), cmd
     assert '"c1"' in ours["containers -f jsonl"].stdout
+    # no privilege needed: with every capability dropped (no mount, no loop device, no reading
+    # past file modes) the same report
+    proc = subprocess.run(["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--",
+                           sys.executable, "-m", "ovforensics", "diff", "c1", "--root",
+                           str(image), "--engine", "docker", "-f", "jsonl"],
+                          capture_output=True, text=True, cwd=ROOT_DIR)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ours["diff c1 -f jsonl"].stdout
     # --image-hash: the image's file hashed into the run record (and refused without one)
     proc = _cli("diff", "c1", "--root", str(image), "--engine", "docker", "-f", "jsonl", "--meta",
                 "--image-hash", "sha256,md5")
