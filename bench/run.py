@@ -34,7 +34,7 @@ from measure import Cmd, Result, at_least, at_most, compare, rss_at_most  # noqa
 OVF = [sys.executable, "-m", "ovforensics"]
 FORMATS = ("table", "csv", "json", "jsonl", "docker")
 GROUPS = ("docker", "stack", "mixed", "deep", "memory", "hashing", "containers", "packages",
-          "single")
+          "single", "diskimage")
 # Measured as a user's install runs: this machine sets PYTHONUNBUFFERED=1 (every record its own
 # write(2) in the Python writers) and PYTHONDONTWRITEBYTECODE=1 (an editable checkout would
 # recompile every module on each run); main() compiles the package once, as pip does.
@@ -212,6 +212,45 @@ class Bench:
                          Cmd([str(binary), *sample]), Cmd(OVF + sample), self.sizes.rounds,
                          warm=self.sizes.warm))
 
+    def diskimage(self) -> None:
+        """``--root disk-image``: one container's diff out of an ext4 and an XFS image (read by
+        our own readers, nothing mounted) against the same store as a directory."""
+        size = self.sizes.mixed if self.sizes is QUICK else synth.MixedSize(
+            lower_dirs=100, lower_files=200, touched=25, new_dirs=20, new_files=100)
+        built = synth.mixed(str(self.work / "image-mixed"), size)
+        evidence = self.work / "image-evidence"
+        name = synth.docker_store(str(evidence), built.upper, built.lowers[0])
+        entries = built.upper_entries + built.lower_entries
+        images = {}
+        ext4 = self.work / "image.ext4"
+        if shutil.which("mkfs.ext4"):
+            ext4.unlink(missing_ok=True)
+            subprocess.run(["mkfs.ext4", "-q", "-F", "-I", "256", "-d", str(evidence), str(ext4),
+                            "1G"], check=True, capture_output=True)
+            images["ext4"] = ext4
+        xfs = self.work / "image.xfs"
+        if os.geteuid() == 0 and shutil.which("mkfs.xfs") and shutil.which("unshare"):
+            xfs.unlink(missing_ok=True)
+            with open(xfs, "wb") as fh:
+                fh.truncate(1 << 30)
+            subprocess.run(["mkfs.xfs", "-q", "-f", str(xfs)], check=True, capture_output=True)
+            mnt = self.work / "image-mnt"
+            mnt.mkdir(exist_ok=True)
+            subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            f"mount -o loop -t xfs {xfs} {mnt} && cp -a {evidence}/. {mnt}/; "
+                            f"rc=$?; umount {mnt}; exit $rc"], check=True, capture_output=True)
+            images["xfs"] = xfs
+        base = Cmd([*OVF, "diff", name, "--root", str(evidence), "-f", "jsonl"], env=PYTHON_DIFFER)
+        for fs, image in images.items():
+            self.add(compare(f"diff out of an {fs} image ({entries:,} entries) vs the store as "
+                             "a directory (Python differ both)", "info",
+                             Cmd([*OVF, "diff", name, "--root", str(image), "-f", "jsonl"]),
+                             base, self.sizes.rounds, warm=self.sizes.warm))
+        for fs in ("ext4", "xfs"):
+            if fs not in images:
+                self.skip(f"diff out of an {fs} image", "info",
+                          "needs mkfs.ext4" if fs == "ext4" else "needs root and mkfs.xfs")
+
     def packages(self) -> None:
         """The price of --packages: a debootstrapped Debian 12 root (tests/bookworm/build.sh's
         cache) as the lower, an upper replacing packaged files (each one altered)."""
@@ -346,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if groups & {"docker", "containers"}:
             bench.engines(groups)
-        for group in ("stack", "mixed", "deep", "memory", "hashing", "packages", "single"):
+        for group in ("stack", "mixed", "deep", "memory", "hashing", "packages", "single",
+                      "diskimage"):
             if group in groups:
                 getattr(bench, group)()
     finally:

@@ -351,3 +351,46 @@ def _build_hashing(base: str, size: HashSize) -> Built:
         blob(f"{upper}/data/a{j:03d}", 2000 + j)
     same_times(f"{lower}/data", f"{upper}/data")
     return Built(upper, [lower], count_entries(upper), count_entries(lower), files=files)
+
+
+# -- a Docker overlay2 store holding one container, for the disk-image cases ------------------
+def docker_store(root: str, upper: str, lower: str, name: str = "bench") -> str:
+    """``root``/var/lib/docker with one container ``name``: ``upper`` its upper layer, ``lower``
+    its image's only layer (copied with ``cp -a``: xattrs and whiteouts kept), an empty init
+    layer. Returns the container's name."""
+    import hashlib
+    import json
+    import shutil
+    import subprocess
+
+    d = os.path.join(root, "var/lib/docker")
+    if os.path.exists(d):
+        shutil.rmtree(d)
+    cid, image, mount, layer, chain = (hashlib.sha256(f"{name}-{x}".encode()).hexdigest()
+                                       for x in ("id", "image", "mount", "layer", "chain"))
+    os.makedirs(f"{d}/containers/{cid}")
+    with open(f"{d}/containers/{cid}/config.v2.json", "w") as fh:
+        json.dump({"ID": cid, "Name": f"/{name}", "Driver": "overlay2",
+                   "Image": f"sha256:{image}", "Config": {"Image": "bench:1"},
+                   "Created": "2026-12-01T12:00:00Z",
+                   "State": {"Status": "exited", "ExitCode": 0}}, fh)
+    mounts = f"{d}/image/overlay2/layerdb/mounts/{cid}"
+    os.makedirs(mounts)
+    for key, value in (("mount-id", mount), ("init-id", mount + "-init"),
+                       ("parent", "sha256:" + chain)):
+        with open(f"{mounts}/{key}", "w") as fh:
+            fh.write(value)
+    ldb = f"{d}/image/overlay2/layerdb/sha256/{chain}"
+    os.makedirs(ldb)
+    for key, value in (("cache-id", layer), ("diff", "sha256:" + chain)):
+        with open(f"{ldb}/{key}", "w") as fh:
+            fh.write(value)
+    content = f"{d}/image/overlay2/imagedb/content/sha256"
+    os.makedirs(content)
+    with open(f"{content}/{image}", "w") as fh:
+        json.dump({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + chain]}}, fh)
+    os.makedirs(f"{d}/overlay2/{mount}-init/diff")
+    for src, dst in ((upper, mount), (lower, layer)):
+        os.makedirs(f"{d}/overlay2/{dst}")
+        subprocess.run(["cp", "-a", src, f"{d}/overlay2/{dst}/diff"], check=True)
+    return name
