@@ -13,8 +13,9 @@ import sys
 from conftest import need
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "bench", "run.py")
-CASES = ("docker diff", "containers", "native differ", "synthetic", "deep 1 layer", "deep 3 layers", "memory",
-         "--hash sha256", "single file", "diff out of an ext4 image", "diff out of an xfs image")
+CASES = ("docker diff", "containers", "native differ", "synthetic", "deep 1 layer", "deep 3 layers",
+         "memory", "--hash sha256", "single file", "diff out of an ext4 image",
+         "diff out of an xfs image")
 
 
 def test_quick_benchmark_runs_and_prints_the_table():
