@@ -122,6 +122,7 @@ class Ext4:
         self.groups = (self.inodes_count + self.inodes_per_group - 1) // self.inodes_per_group
         self._tables: dict[int, int] = {}
         self._dirs: dict[int, dict[bytes, int]] = {}
+        self._path_inodes: dict[int, Inode] = {}
 
     # -- inodes ---------------------------------------------------------------------------------
     def _inode_table(self, group: int) -> int:
@@ -325,18 +326,27 @@ class Ext4:
                     out[name] = ino
             off += rec_len
 
+    def _dir_inode(self, ino: int) -> Inode:
+        """An inode a path goes through, kept: every lookup walks from the root (bounded)."""
+        n = self._path_inodes.get(ino)
+        if n is None:
+            if len(self._path_inodes) > 8192:
+                self._path_inodes.clear()
+            n = self._path_inodes[ino] = self.inode(ino)
+        return n
+
     def lookup(self, path: bytes) -> Inode:
         """The inode at ``path`` (absolute inside the filesystem), no link followed."""
-        n = self.inode(ROOT_INO)
-        for part in path.split(b"/"):
-            if part in (b"", b"."):
-                continue
+        parts = [p for p in path.split(b"/") if p not in (b"", b".")]
+        n = self._dir_inode(ROOT_INO)
+        for i, part in enumerate(parts):
             if part == b"..":
                 raise Ext4Error(f"{path!r}: '..' is not looked up", 22)
             ino = self.entries(n).get(part)
             if ino is None:
-                raise FileNotFoundError(2, f"{os.fsdecode(path)}: no such file or directory")
-            n = self.inode(ino)
+                raise FileNotFoundError(2,
+                                        f"{os.fsdecode(path)}: no such file or directory")
+            n = self._dir_inode(ino) if i < len(parts) - 1 else self.inode(ino)
         return n
 
 

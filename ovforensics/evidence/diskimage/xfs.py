@@ -110,6 +110,7 @@ class Xfs:
         if src.size is None:
             src.size = dblocks * self.bs
         self._dirs: dict[int, dict[bytes, int]] = {}
+        self._path_inodes: dict[int, Inode] = {}
 
     # -- addresses ------------------------------------------------------------------------------
     def linear(self, fsb: int) -> int:
@@ -316,19 +317,27 @@ class Xfs:
                 out[name] = child
             off += (8 + 1 + namelen + extra + 2 + 7) & ~7
 
+    def _dir_inode(self, ino: int) -> Inode:
+        """An inode a path goes through, kept: every lookup walks from the root (bounded)."""
+        n = self._path_inodes.get(ino)
+        if n is None:
+            if len(self._path_inodes) > 8192:
+                self._path_inodes.clear()
+            n = self._path_inodes[ino] = self.inode(ino)
+        return n
+
     def lookup(self, path: bytes) -> Inode:
         """The inode at ``path`` (absolute inside the filesystem), no link followed."""
-        n = self.inode(self.rootino)
-        for part in path.split(b"/"):
-            if part in (b"", b"."):
-                continue
+        parts = [p for p in path.split(b"/") if p not in (b"", b".")]
+        n = self._dir_inode(self.rootino)
+        for i, part in enumerate(parts):
             if part == b"..":
                 raise XfsError(f"{path!r}: '..' is not looked up", errno.EINVAL)
             ino = self.entries(n).get(part)
             if ino is None:
                 raise FileNotFoundError(errno.ENOENT,
                                         f"{os.fsdecode(path)}: no such file or directory")
-            n = self.inode(ino)
+            n = self._dir_inode(ino) if i < len(parts) - 1 else self.inode(ino)
         return n
 
     # -- extended attributes --------------------------------------------------------------------
