@@ -322,3 +322,33 @@ def test_a_bad_rule_is_refused_before_any_container_is_looked_up(tmp_path, optio
         proc = cli("diff", *target, option, "foo")
         assert proc.returncode == 2 and "expected one of" in proc.stderr, proc.stderr
         assert "no such container" not in proc.stderr
+
+
+def test_output_to_a_device_or_a_pipe_writes_to_it_and_never_replaces_it(tmp_path):
+    """``-o /dev/null`` once renamed a regular file over /dev/null (with --force): a character
+    device or a FIFO is now written to as it is, and a directory is refused."""
+    import stat
+    import threading
+
+    before = os.stat("/dev/null")
+    proc = cli("diff", *STACK, "-f", "csv", "-o", "/dev/null")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("diff", *STACK, "-f", "csv", "-o", "/dev/null", "--force")
+    assert proc.returncode == 0, proc.stderr
+    after = os.stat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev
+    proc = cli("diff", *STACK, "-f", "csv", "-o", "/dev/null", "--meta")
+    assert proc.returncode == 2 and "a regular file" in proc.stderr
+    assert not os.path.exists("/dev/null.meta.json")
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()))
+    reader.start()
+    proc = cli("diff", *STACK, "-f", "csv", "-o", fifo)
+    reader.join(30)
+    assert proc.returncode == 0, proc.stderr
+    assert got and got[0].startswith("path,change") and "/etc/passwd" in got[0]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    proc = cli("diff", *STACK, "-f", "csv", "-o", tmp_path)
+    assert proc.returncode == 2 and "a directory" in proc.stderr

@@ -2,6 +2,8 @@
 to the library's ``open_target``), and writing a report or an inventory."""
 from __future__ import annotations
 
+import os
+
 import typer
 from typing import List, Optional
 
@@ -288,8 +290,10 @@ def _emit(fmt: str, records, output: Optional[str], evidence: list, *, run=None,
         writer.close()
 
     inline_meta = run is not None and fmt in ("json", "jsonl") and write is None
-    if run is not None and not inline_meta and (not output or output == "-"):
-        raise fail(f"--meta with --format {fmt} writes a side file FILE.meta.json: give -o FILE")
+    if run is not None and not inline_meta and (not output or output == "-" or (
+            os.path.exists(output) and not os.path.isfile(output))):
+        raise fail(f"--meta with --format {fmt} writes a side file FILE.meta.json: give -o "
+                   "FILE, a regular file")
     try:
         if output and output != "-":
             refuse_inside(output, evidence)

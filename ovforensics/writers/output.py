@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 from typing import Iterable, Iterator, TextIO
@@ -34,7 +35,26 @@ def report_stream(target: str | None, force: bool | None = None) -> Iterator[Tex
     if not target:
         raise OutputError("-o: the path is empty (an unset shell variable?): give a file, or - "
                           "for standard output")
-    if not (_FORCE if force is None else force) and os.path.lexists(target):
+    try:
+        st = os.lstat(target)
+    except OSError:
+        st = None
+    if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        # /dev/null, /dev/stdout's terminal, a pipe: written to as they are, never replaced (a
+        # rename over /dev/null would put a regular file in its place)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OutputError(f"{target}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            yield stream
+        return
+    if st is not None and (stat.S_ISDIR(st.st_mode) or stat.S_ISBLK(st.st_mode) or
+                           stat.S_ISSOCK(st.st_mode)):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a block device" \
+            if stat.S_ISBLK(st.st_mode) else "a socket"
+        raise OutputError(f"{target}: {kind}, not a report file (nothing written)")
+    if not (_FORCE if force is None else force) and st is not None:
         raise OutputError(f"{target}: exists; give --force to replace it (nothing written)")
     directory = os.path.dirname(os.path.abspath(target))
     try:
