@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -42,6 +43,37 @@ def _overlay_works() -> tuple[bool, str]:
             return False, f"cannot mount overlayfs here: {proc.stderr.strip()}"
         subprocess.run(["umount", f"{d}/m"], check=False)
     return True, ""
+
+
+@functools.cache
+def _loop_mount_works() -> tuple[bool, str]:
+    """Root, a loop device and a loop mount that really works (a container usually has no
+    /dev/loop-control, or may not mount a block device)."""
+    if os.geteuid() != 0:
+        return False, "needs root (a loop mount to have the kernel read or write the image)"
+    for tool in ("losetup", "mkfs.ext4", "unshare", "mount"):
+        if shutil.which(tool) is None:
+            return False, f"needs {tool} for a loop mount"
+    if not os.path.exists("/dev/loop-control"):
+        return False, "no /dev/loop-control here: the kernel cannot be asked to loop-mount an image"
+    with tempfile.TemporaryDirectory(prefix="ovf-loop-probe-") as d:
+        image, mnt = os.path.join(d, "probe.ext4"), os.path.join(d, "m")
+        os.mkdir(mnt)
+        with open(image, "wb") as fh:
+            fh.truncate(4 << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True, capture_output=True)
+        proc = subprocess.run(["unshare", "-m", "--propagation", "private", "mount", "-o",
+                               "ro,noload,loop", "-t", "ext4", image, mnt],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return False, f"cannot loop-mount an image here: {proc.stderr.strip()}"
+    return True, ""
+
+
+def need_loop_mount() -> None:
+    """Skip (fail under OVF_REQUIRE_REAL=1) where the kernel cannot loop-mount an image."""
+    ok, why = _loop_mount_works()
+    need(ok, why)
 
 
 @pytest.fixture

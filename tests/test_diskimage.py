@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from conftest import need
+from conftest import need, need_loop_mount
 
 from ovforensics.evidence.diskimage import DiskImageError, open_filesystem
 
@@ -74,6 +74,7 @@ def _mkfs(tree: str, image: str, size: str = "64M") -> None:
 
 def _walk_kernel(image: str, offset: int = 0, fstype: str = "ext4") -> dict:
     """The kernel's reading: the image mounted read-only in a private mount namespace."""
+    need_loop_mount()
     script = r"""
 import hashlib, json, os, stat, subprocess, sys, tempfile
 image, offset, fstype = sys.argv[1], int(sys.argv[2]), sys.argv[3]

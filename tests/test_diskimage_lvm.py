@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from conftest import need
+from conftest import need, need_loop_mount
 from test_diskimage import _mkfs, _tree, _walk_kernel, _walk_ours
 
 from ovforensics.evidence.diskimage import DiskImageError, open_filesystem
@@ -70,6 +70,7 @@ def lvm_image(tmp_path_factory):
     need(not missing, f"needs {', '.join(missing)} (apt-get install -y lvm2 e2fsprogs fdisk "
                       "qemu-utils)")
     need(os.geteuid() == 0, "needs root (a loop device for pvcreate)")
+    need_loop_mount()
     top = tmp_path_factory.mktemp("lvm")
     tree, fs_image, pv = str(top / "tree"), str(top / "fs.ext4"), str(top / "pv.img")
     _tree(tree)

@@ -24,7 +24,7 @@ import sys
 
 import pytest
 
-from conftest import need
+from conftest import need, need_loop_mount
 from test_diskimage import _tree, _walk_kernel, _walk_ours
 
 from ovforensics.evidence.diskimage import open_filesystem
@@ -44,6 +44,7 @@ def _need_xfs():
     need(os.geteuid() == 0, "needs root (a loop mount to have the kernel write the image)")
     with open("/proc/filesystems") as fh:
         need(any(line.split()[-1] == "xfs" for line in fh), "needs XFS in the kernel")
+    need_loop_mount()
 
 
 def _acl(*entries) -> bytes:

@@ -28,7 +28,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import engine_docker as ed  # noqa: E402
-from conftest import need, need_container_runtime  # noqa: E402
+from conftest import need, need_container_runtime, need_loop_mount  # noqa: E402
 
 import ovforensics  # noqa: E402
 from ovforensics.stores import docker  # noqa: E402
@@ -642,6 +642,7 @@ def test_a_docker_store_in_a_disk_image_reads_as_the_kernel_mounts_it(dockerd, l
     from test_diskimage import _need_tools
 
     _need_tools("mkfs.ext4", "mkfs.xfs", "sfdisk", "qemu-img", "unshare")
+    need_loop_mount()
     evidence = tmp_path / "evidence"
     _copy_store(dockerd, evidence / "var/lib/docker")
     fs_image, raw, image = tmp_path / f"fs.{fstype}", tmp_path / "disk.raw", tmp_path / "disk.qcow2"
