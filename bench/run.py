@@ -103,7 +103,8 @@ class Bench:
               f"  {result.name}: {result.note}", file=sys.stderr, flush=True)
 
     def skip(self, name: str, target: str, why: str) -> None:
-        self.add(Result(name, target, note=f"skipped: {why}"))
+        # one table row: a tool's stderr may hold several lines
+        self.add(Result(name, target, note="skipped: " + " ".join(why.split())))
 
     # -- cases ---------------------------------------------------------------------------------
     def stack(self) -> None:
@@ -244,7 +245,8 @@ class Bench:
             if proc.returncode == 0:
                 images["xfs"] = xfs
             else:  # a container may not loop-mount (no /dev/loop-control): say so, go on
-                why["xfs"] = f"cannot loop-mount the XFS image here: {proc.stderr.strip()[-200:]}"
+                why["xfs"] = ("cannot loop-mount the XFS image here: "
+                             + (proc.stderr.strip().splitlines() or ["?"])[0][-200:])
         base = Cmd([*OVF, "diff", name, "--root", str(evidence), "-f", "jsonl"], env=PYTHON_DIFFER)
         for fs, image in images.items():
             self.add(compare(f"diff out of an {fs} image ({entries:,} entries) vs the store as "
