@@ -11,6 +11,7 @@ had to explain, for the tests to pin down exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -165,11 +166,43 @@ class DockerD:
         self.pid = None
         unmount_under(self.base)
 
+    @contextlib.contextmanager
+    def paused(self):
+        """The daemon stopped (SIGSTOP to dockerd and the containerd it manages) for the block,
+        continued after: a live store whose own daemon may write it (containerd's metadata
+        GC updates meta.db some seconds after containers change) holds still, so a change seen
+        in the block is the reader's. Running containers are left alone."""
+        pids = [p for p in (self.pid, self._containerd_pid()) if p is not None and _alive(p)]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 10
+            while not all(_stopped(pid) for pid in pids):  # SIGSTOP lands asynchronously
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"dockerd {pids} did not stop")
+                time.sleep(0.05)
+            yield
+        finally:
+            for pid in pids:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGCONT)
+
     def _containerd_pid(self) -> int | None:
         try:
             return int((self.exec_root / "containerd" / "containerd.pid").read_text().strip())
         except (OSError, ValueError):
             return None
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is in the stopped state (T)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        states = [open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()[0]
+                  for t in tasks]
+    except OSError:
+        return True  # gone: it writes nothing
+    return all(state == "T" for state in states)
 
 
 def _alive(pid: int) -> bool:

@@ -538,13 +538,15 @@ def _run_all(store: str, scratch) -> None:
 def test_live_store_is_untouched(dockerd, live, tmp_path):
     """On the live (rw, relatime) store: no inode's mtime or ctime moves (no write, no xattr
     change), and no file's or directory's atime. Only a symlink's atime can move: readlink(2)
-    updates it on a relatime mount and has no O_NOATIME (docs/evidence.md)."""
+    updates it on a relatime mount and has no O_NOATIME (docs/evidence.md). The daemon is
+    paused for the run: its own containerd writes meta.db on its own schedule (seen in CI)."""
     from evidence import changed, snapshot
 
     store = str(dockerd.data)
-    before = snapshot(store)
-    _run_all(store, tmp_path)
-    moved = changed(before, snapshot(store))
+    with dockerd.paused():
+        before = snapshot(store)
+        _run_all(store, tmp_path)
+        moved = changed(before, snapshot(store))
     assert moved["mtime"] == [] and moved["ctime"] == []
     assert moved["added"] == [] and moved["gone"] == []
     assert [path for path, is_link in moved["atime"] if not is_link] == []
@@ -552,7 +554,8 @@ def test_live_store_is_untouched(dockerd, live, tmp_path):
 
 def test_noatime_evidence_mount_is_untouched_entirely(dockerd, live, tmp_path):
     """Evidence mounted the way docs/evidence.md says (read-only, noatime): every inode's
-    atime, mtime and ctime stay exactly as they were, symlinks included."""
+    atime, mtime and ctime stay exactly as they were, symlinks included (the daemon paused, as
+    above)."""
     from evidence import changed, snapshot
 
     view = tmp_path / "evidence"
@@ -560,9 +563,11 @@ def test_noatime_evidence_mount_is_untouched_entirely(dockerd, live, tmp_path):
     subprocess.run(["mount", "--bind", str(dockerd.data), str(view)], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro,noatime", str(view)], check=True)
-        before = snapshot(str(dockerd.data))
-        _run_all(str(view), tmp_path)
-        assert changed(before, snapshot(str(dockerd.data))) == \
+        with dockerd.paused():
+            before = snapshot(str(dockerd.data))
+            _run_all(str(view), tmp_path)
+            after = snapshot(str(dockerd.data))
+        assert changed(before, after) == \
             {"atime": [], "mtime": [], "ctime": [], "added": [], "gone": []}
     finally:
         subprocess.run(["umount", "-l", str(view)], check=False)
