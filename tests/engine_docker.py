@@ -145,11 +145,7 @@ class DockerD:
             ids = self.cli("ps", "-aq", check=False).stdout.split()
             if ids:
                 self.cli("rm", "-f", *[i.decode() for i in ids], check=False)
-            pid = self.pid
-            try:
-                pid = int(self.pidfile.read_text().strip())  # dockerd's own word for its pid
-            except (OSError, ValueError):
-                pass
+            pid = self._dockerd_pid()
             containerd = self._containerd_pid()
             for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 5.0)):
                 try:
@@ -172,7 +168,8 @@ class DockerD:
         continued after: a live store whose own daemon may write it (containerd's metadata
         GC updates meta.db some seconds after containers change) holds still, so a change seen
         in the block is the reader's. Running containers are left alone."""
-        pids = [p for p in (self.pid, self._containerd_pid()) if p is not None and _alive(p)]
+        pids = [p for p in (self._dockerd_pid(), self._containerd_pid())
+                if p is not None and _alive(p)]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         try:
@@ -187,6 +184,13 @@ class DockerD:
                 if _alive(pid):
                     os.kill(pid, signal.SIGCONT)
 
+    def _dockerd_pid(self) -> int | None:
+        """dockerd's own word for its pid (its pidfile), else the pid we started."""
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return self.pid
+
     def _containerd_pid(self) -> int | None:
         try:
             return int((self.exec_root / "containerd" / "containerd.pid").read_text().strip())
@@ -197,9 +201,10 @@ class DockerD:
 def _stopped(pid: int) -> bool:
     """Every thread of ``pid`` is in the stopped state (T)."""
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-        states = [open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()[0]
-                  for t in tasks]
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                states.append(fh.read().rsplit(")", 1)[1].split()[0])
     except OSError:
         return True  # gone: it writes nothing
     return all(state == "T" for state in states)
