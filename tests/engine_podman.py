@@ -171,8 +171,10 @@ class Podman:
         return json.loads(self("inspect", "--format", "json", name).stdout)[0]
 
     def diff(self, name: str) -> dict[str, str]:
-        """``podman diff`` as {path: "A"|"C"|"D"} (the JSON form: names with newlines survive)."""
-        raw = json.loads(self("diff", "--format", "json", name).stdout or "{}")
+        """``podman diff`` as {path: "A"|"C"|"D"} (the JSON form: names with newlines survive).
+        Asked as ``podman container diff``: plain ``podman diff c3`` diffs an image whose id
+        starts with ``c3`` instead of the container named c3 (docs/engines.md)."""
+        raw = json.loads(self("container", "diff", "--format", "json", name).stdout or "{}")
         out: dict[str, str] = {}
         for key, kind in (("added", "A"), ("changed", "C"), ("deleted", "D")):
             for path in raw.get(key) or []:
